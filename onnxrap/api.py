@@ -1,0 +1,140 @@
+"""The Python API: ``Explainer(model).explain(x, target=None, method="rap")``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import methods
+from .backend import numpy_backend
+from .capture import Capture
+from .engine import Context, propagate
+from .errors import InputError, ModelError
+from .graph import Graph
+
+
+@dataclass
+class Explanation:
+    """Relevance for a batch, with what was explained."""
+
+    relevance: np.ndarray  # shaped like the model input
+    logits: np.ndarray  # (N, classes)
+    target: np.ndarray  # (N,) class explained per sample
+    method: str
+    channel_axis: int | None  # None: the input has no channel axis (features)
+    layer_sums: list = field(default_factory=list)  # (op name, op type, relevance sum per sample)
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """Per-pixel relevance: the sum over channels."""
+        if self.channel_axis is None:
+            return self.relevance
+        return self.relevance.sum(axis=self.channel_axis)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def target_logit(self) -> np.ndarray:
+        return self.logits[np.arange(len(self.target)), self.target]
+
+
+class Explainer:
+    """Loads a model once; explains batches of inputs with any registered method.
+
+    ``dtype`` is the arithmetic of the relevance rules: float32 by default,
+    float64 for checking (activations come from ONNX Runtime as the model
+    computes them).
+    """
+
+    def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu"):
+        self.graph = Graph(model, input_name, output_name)
+        if device != "cpu":
+            raise InputError(f"device {device!r} is not available in this build (use cpu)")
+        self.bk = numpy_backend()
+        self.dtype = np.dtype(dtype)
+        self.capture = Capture(self.graph)
+        self._layout = None
+
+    @property
+    def input_shape(self):
+        return self.graph.input_shape
+
+    @property
+    def metadata(self) -> dict:
+        return {p.key: p.value for p in self.graph.model.metadata_props}
+
+    @property
+    def labels(self):
+        """Class names from the model's ``onnxrap.labels`` metadata (comma-separated), if any."""
+        text = self.metadata.get("onnxrap.labels")
+        return [t.strip() for t in text.split(",")] if text else None
+
+    @property
+    def layout(self) -> str:
+        """``nchw``, ``nhwc`` (channels last) or ``features`` for rank-2 inputs; settable."""
+        if self._layout:
+            return self._layout
+        shape = self.graph.input_shape
+        if shape is None or len(shape) < 3:
+            return "features"
+        first, last = shape[1], shape[-1]
+        if last in (1, 3, 4) and first not in (1, 3, 4):
+            return "nhwc"
+        return "nchw"
+
+    @layout.setter
+    def layout(self, value):
+        if value not in ("nchw", "nhwc", "features"):
+            raise InputError(f"unknown layout {value!r} (nchw, nhwc or features)")
+        self._layout = value
+
+    @property
+    def channel_axis(self):
+        return {"features": None, "nchw": 1, "nhwc": -1}[self.layout]
+
+    def explain(self, x, target=None, method="rap", trace=False) -> Explanation:
+        """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
+
+        ``target``: None (each sample's top class), an int, or one int per sample.
+        ``trace``: also record the relevance sum at every op's output.
+        """
+        m = methods.get(method)
+        m.check(self.graph)
+        x = np.asarray(x)
+        values = self.capture.run(x)
+        logits_raw = values[self.graph.logits_name]
+        logits = self._class_vector(logits_raw)
+        targets = self._targets(target, logits)
+        bk = self.bk
+        ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
+                      self.graph.constants)
+        seed = m.seed(bk, ctx[self.graph.logits_name], targets)
+        sums = []
+        record = (lambda op, R: sums.append((op.name, op.op_type, bk.to_numpy(bk.sample_sum(R, keepdims=False))))) \
+            if trace else None
+        relevance = propagate(self.graph, m, ctx, seed, trace=record)
+        return Explanation(bk.to_numpy(relevance), logits, targets, m.name, self.channel_axis, sums)
+
+    def _dtype_of(self, v):
+        return self.dtype if np.issubdtype(v.dtype, np.floating) else v.dtype
+
+    def _class_vector(self, logits):
+        if logits.ndim < 2 or any(d != 1 for d in logits.shape[2:]) or logits.shape[1] < 2:
+            raise ModelError(f"{self.graph.label}: output {self.graph.logits_name} has shape "
+                             f"{tuple(logits.shape)}, not a vector of class scores per sample")
+        if not np.all(np.isfinite(logits)):
+            raise ModelError(f"{self.graph.label}: the model's output contains NaN or Inf for this input")
+        return logits.reshape(logits.shape[0], -1).astype(np.float64)
+
+    @staticmethod
+    def _targets(target, logits):
+        n, classes = logits.shape
+        if target is None:
+            return logits.argmax(axis=1)
+        t = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
+        bad = t[(t < 0) | (t >= classes)]
+        if bad.size:
+            raise InputError(f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})")
+        return t

@@ -1,0 +1,228 @@
+"""Array backend: NumPy on the CPU, CuPy on a GPU, behind one small object.
+
+Rules and op semantics are written once against ``Backend``; nothing above
+this module imports numpy or cupy for arithmetic on relevance.
+The sliding-window primitives here serve convolution and pooling of any
+rank: a window *gather* (im2col as a strided view) and its adjoint, a
+*scatter* that adds window columns back into the input (col2im).  Both loop
+over kernel taps only, never over pixels or channels.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeviceError
+
+# Columns larger than this are built a few samples at a time so that a batch
+# of large images does not need a multi-GB im2col buffer at once.
+_COLUMN_BYTES_LIMIT = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Geometry of a sliding window over the trailing ``len(kernel)`` axes."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads_begin: tuple[int, ...]
+    pads_end: tuple[int, ...]
+    in_shape: tuple[int, ...]  # spatial input shape
+    out_shape: tuple[int, ...]  # spatial output shape
+
+    @property
+    def taps(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """Padded extent, grown where ceil_mode lets a window run past the pads."""
+        return tuple(
+            max(i + b + e, (o - 1) * s + (k - 1) * d + 1)
+            for i, b, e, o, s, k, d in zip(
+                self.in_shape, self.pads_begin, self.pads_end, self.out_shape,
+                self.strides, self.kernel, self.dilations)
+        )
+
+
+def window_spec(in_shape, kernel, strides=None, dilations=None, pads=None,
+                auto_pad="NOTSET", ceil_mode=False) -> WindowSpec:
+    """Resolve ONNX window attributes (Conv, MaxPool, AveragePool) to a spec."""
+    rank = len(kernel)
+    kernel = tuple(int(k) for k in kernel)
+    strides = tuple(int(s) for s in (strides or [1] * rank))
+    dilations = tuple(int(d) for d in (dilations or [1] * rank))
+    in_shape = tuple(int(i) for i in in_shape)
+    extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = tuple(-(-i // s) for i, s in zip(in_shape, strides))
+        total = [max(0, (o - 1) * s + e - i) for o, s, e, i in zip(out, strides, extent, in_shape)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+        return WindowSpec(kernel, strides, dilations, tuple(begin), tuple(end), in_shape, out)
+    if auto_pad == "VALID":
+        pads = [0] * (2 * rank)
+    pads = list(pads or [0] * (2 * rank))
+    begin, end = tuple(pads[:rank]), tuple(pads[rank:])
+    out = []
+    for i, b, e, x, s in zip(in_shape, begin, end, extent, strides):
+        span = i + b + e - x
+        if span < 0:
+            raise ValueError(f"window of extent {x} does not fit input of size {i} with pads {b},{e}")
+        o = (-(-span // s) if ceil_mode else span // s) + 1
+        # A ceil_mode window must start inside the input or its left pad.
+        if ceil_mode and (o - 1) * s >= i + b:
+            o -= 1
+        out.append(o)
+    return WindowSpec(kernel, strides, dilations, begin, end, in_shape, tuple(out))
+
+
+class Backend:
+    """One array module (``xp``) and the primitives the rules need."""
+
+    def __init__(self, xp, name: str):
+        self.xp = xp
+        self.name = name
+
+    # -- transfer -------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+
+    # -- elementwise helpers shared by many rules -------------------------
+    def sdiv(self, a, b):
+        """``a / b`` where ``b != 0``, else 0 (the spec's safe division)."""
+        xp = self.xp
+        nz = b != 0
+        return xp.where(nz, a, 0) / xp.where(nz, b, 1)
+
+    def pos(self, a):
+        return self.xp.maximum(a, 0)
+
+    def neg(self, a):
+        return self.xp.minimum(a, 0)
+
+    def unbroadcast(self, a, shape):
+        """Sum ``a`` over the axes that broadcasting added to an array of ``shape``."""
+        shape = tuple(shape)
+        if a.shape == shape:
+            return a
+        lead = a.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, n in enumerate(shape) if n == 1 and a.shape[lead + i] != 1)
+        return a.sum(axis=axes, keepdims=True).reshape(shape)
+
+    def sample_sum(self, a, keepdims=True):
+        """Sum over every non-batch axis (the spec's S)."""
+        axes = tuple(range(1, a.ndim))
+        return a.sum(axis=axes, keepdims=keepdims)
+
+    # -- sliding windows ---------------------------------------------------
+    def pad(self, x, spec: WindowSpec, value=0.0):
+        """Pad the spatial axes of ``x`` to ``spec.padded_shape`` with ``value``."""
+        rank = len(spec.kernel)
+        widths = [(0, 0)] * (x.ndim - rank) + [
+            (b, p - i - b) for b, p, i in zip(spec.pads_begin, spec.padded_shape, spec.in_shape)
+        ]
+        if all(w == (0, 0) for w in widths):
+            return x
+        return self.xp.pad(x, widths, mode="constant", constant_values=value)
+
+    def windows(self, x, spec: WindowSpec, value=0.0):
+        """Strided view ``(N, C, *kernel, *out)`` of the padded input."""
+        xp_ = self.xp
+        padded = xp_.ascontiguousarray(self.pad(x, spec, value))
+        rank = len(spec.kernel)
+        lead = padded.shape[:-rank]
+        sp_strides = padded.strides[-rank:]
+        shape = lead + spec.kernel + spec.out_shape
+        strides = (padded.strides[:-rank]
+                   + tuple(st * d for st, d in zip(sp_strides, spec.dilations))
+                   + tuple(st * s for st, s in zip(sp_strides, spec.strides)))
+        return xp_.lib.stride_tricks.as_strided(padded, shape=shape, strides=strides)
+
+    def scatter(self, cols, spec: WindowSpec):
+        """Adjoint of ``windows``: add ``(N, C, *kernel, *out)`` columns back
+        into an input-shaped array (pads cropped)."""
+        xp_ = self.xp
+        rank = len(spec.kernel)
+        lead = cols.shape[:-2 * rank]
+        out = xp_.zeros(lead + spec.padded_shape, dtype=cols.dtype)
+        for tap in itertools.product(*(range(k) for k in spec.kernel)):
+            region = tuple(
+                slice(t * d, t * d + (o - 1) * s + 1, s)
+                for t, d, o, s in zip(tap, spec.dilations, spec.out_shape, spec.strides)
+            )
+            out[(Ellipsis,) + region] += cols[(Ellipsis,) + tap + (slice(None),) * rank]
+        crop = tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))
+        return out[(Ellipsis,) + crop]
+
+    # -- convolution -------------------------------------------------------
+    def _sample_chunks(self, n, per_sample_bytes):
+        step = max(1, int(_COLUMN_BYTES_LIMIT // max(per_sample_bytes, 1)))
+        return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+    def conv(self, x, w, spec: WindowSpec, groups: int):
+        """Convolution (cross-correlation) of ``x (N, C, *sp)`` with ``w (O, C/g, *k)``, no bias."""
+        xp_ = self.xp
+        n, c = x.shape[:2]
+        o = w.shape[0]
+        taps, length = spec.taps, math.prod(spec.out_shape)
+        wg = w.reshape(groups, o // groups, -1)
+        if taps == 1 and all(s == 1 for s in spec.strides) and not any(spec.pads_begin + spec.pads_end):
+            cols = x.reshape(n, groups, c // groups, length)  # 1x1 convolution: no im2col
+            y = xp_.matmul(wg, cols)
+            return y.reshape((n, o) + spec.out_shape)
+        y = xp_.empty((n, groups, o // groups, length), dtype=x.dtype)
+        for part in self._sample_chunks(n, c * taps * length * x.itemsize):
+            cols = self.windows(x[part], spec).reshape(-1, groups, (c // groups) * taps, length)
+            y[part] = xp_.matmul(wg, cols)
+        return y.reshape((n, o) + spec.out_shape)
+
+    def conv_adjoint(self, s, w, spec: WindowSpec, groups: int):
+        """Transposed convolution: the adjoint of ``conv`` for input shape ``spec.in_shape``."""
+        xp_ = self.xp
+        n, o = s.shape[:2]
+        c = w.shape[1] * groups
+        taps, length = spec.taps, math.prod(spec.out_shape)
+        wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+        sg = s.reshape(n, groups, o // groups, length)
+        if taps == 1 and all(st == 1 for st in spec.strides) and not any(spec.pads_begin + spec.pads_end):
+            return xp_.matmul(wt, sg).reshape((n, c) + spec.in_shape)
+        out = xp_.empty((n, c) + spec.in_shape, dtype=s.dtype)
+        for part in self._sample_chunks(n, c * taps * length * s.itemsize):
+            cols = xp_.matmul(wt, sg[part])
+            out[part] = self.scatter(cols.reshape((-1, c) + spec.kernel + spec.out_shape), spec)
+        return out
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def numpy_backend() -> Backend:
+    if "cpu" not in _BACKENDS:
+        _BACKENDS["cpu"] = Backend(np, "cpu")
+    return _BACKENDS["cpu"]
+
+
+def cupy_backend() -> Backend:
+    """The CuPy backend, or a DeviceError that says what is missing."""
+    if "cuda" not in _BACKENDS:
+        try:
+            import cupy
+        except ImportError as exc:
+            raise DeviceError(f"--device cuda needs CuPy (pip install onnxrap[gpu]): {exc}") from None
+        try:
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise DeviceError("--device cuda: CuPy sees no CUDA device")
+        except cupy.cuda.runtime.CUDARuntimeError as exc:
+            raise DeviceError(f"--device cuda: no usable CUDA driver or device ({exc})") from None
+        _BACKENDS["cuda"] = Backend(cupy, "cuda")
+    return _BACKENDS["cuda"]

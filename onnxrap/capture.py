@@ -1,0 +1,86 @@
+"""One ONNX Runtime forward pass that captures every activation the rules read.
+
+The data tensors the DAG reads are added as graph outputs.  ORT never fuses
+a node whose output is a graph output, so BatchNormalization inputs and
+outputs stay visible; the captured model's own output is then checked
+against a plain session of the untouched model, so a capture that computed
+something else is an error, never a silent wrong answer.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import InputError, ModelError, first_line
+
+_ORT_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                    onnx.TensorProto.FLOAT16: np.float16}
+
+
+def session_options():
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: provider chatter is not for users
+    return so
+
+
+class Capture:
+    """Runs ``graph``'s model once per batch and returns its activations by tensor name."""
+
+    def __init__(self, graph, providers=("CPUExecutionProvider",)):
+        self.graph = graph
+        self.providers = list(providers)
+        wanted = {graph.logits_name}
+        for op in graph.ops:
+            wanted.update(op.inputs)
+            wanted.add(op.output)
+        existing = {o.name for o in graph.model.graph.output}
+        self.names = sorted(wanted - existing) + [graph.output_name]
+        model = onnx.ModelProto()
+        model.CopyFrom(graph.model)
+        for name in sorted(wanted - existing):
+            elem = graph._types.get(name) or onnx.TensorProto.FLOAT
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), session_options(),
+                                                providers=self.providers)
+            self.plain = ort.InferenceSession(graph.model.SerializeToString(), session_options(),
+                                              providers=self.providers)
+        except Exception as exc:
+            raise ModelError(f"{graph.label}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
+        self.input_dtype = _ORT_FLOAT_TYPES.get(graph.input_type)
+        if self.input_dtype is None:
+            raise ModelError(f"{graph.label}: input {graph.input_name} is not a float tensor "
+                             f"({onnx.TensorProto.DataType.Name(graph.input_type)})")
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Activations for the batch ``x``; raises if the capture disagrees with a plain run."""
+        if not np.all(np.isfinite(x)):
+            raise InputError("the input contains NaN or Inf values")
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        self._check_shape(x)
+        feed = {self.graph.input_name: x}
+        try:
+            values = dict(zip(self.names, self.session.run(self.names, feed)))
+            plain = self.plain.run([self.graph.output_name], feed)[0]
+        except Exception as exc:
+            raise InputError(f"{self.graph.label}: ONNX Runtime rejects an input of shape "
+                             f"{tuple(x.shape)}: {first_line(exc)}") from None
+        got = values[self.graph.output_name]
+        scale = max(1.0, float(np.max(np.abs(plain))) if plain.size else 1.0)
+        if got.shape != plain.shape or not np.allclose(got, plain, rtol=1e-3, atol=1e-4 * scale):
+            worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
+            raise ModelError(f"{self.graph.label}: the captured forward pass disagrees with a plain ONNX Runtime "
+                             f"run (max difference {worst:.3g}); refusing to explain")
+        values[self.graph.input_name] = x
+        return values
+
+    def _check_shape(self, x):
+        expected = self.graph.input_shape
+        if expected is None:
+            return
+        if len(expected) != x.ndim or any(e is not None and e != s for e, s in zip(expected, x.shape)):
+            shown = tuple("?" if e is None else e for e in expected)
+            raise InputError(f"{self.graph.label}: input {self.graph.input_name} expects shape {shown}, "
+                             f"got {tuple(x.shape)}")
+

@@ -1,0 +1,190 @@
+"""Command line: ``onnxrap explain MODEL IMAGE [IMAGE ...]``.
+
+Every error a user can cause is one line on stderr and exit code 2; nothing
+is written until every input has been read and explained.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, methods
+from .errors import InputError, OnnxrapError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2, like ours
+        self.exit(EXIT_USAGE, f"onnxrap: error: {message}\n")
+
+
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _size(text):
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def build_parser():
+    p = _Parser(prog="onnxrap", description="Explain ONNX image classifiers with Relative Attributing Propagation.")
+    p.add_argument("--version", action="version", version=f"onnxrap {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("explain", help="heatmaps of why the model decided what it decided")
+    e.add_argument("model", help="the .onnx classifier")
+    e.add_argument("inputs", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF images or .npy arrays")
+    e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
+    e.add_argument("--method", default="rap",
+                   help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.METHODS)}")
+    e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
+    e.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
+    e.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
+    e.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
+    e.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
+    e.add_argument("--preset", help="pixel scaling: imagenet, unit ([0,1]), raw ([0,255]), signed ([-1,1]); "
+                                     "default: the model's onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
+    e.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
+    e.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+    e.add_argument("--labels", help="class names, one per line")
+    e.add_argument("--save-npy", action="store_true", help="also save the input-shaped relevance as .npy")
+    e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
+    e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
+    e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
+    e.set_defaults(run=cmd_explain)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except OnnxrapError as exc:
+        print(f"onnxrap: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("onnxrap: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("ONNXRAP_DEBUG"):
+            raise
+        print(f"onnxrap: internal error: {type(exc).__name__}: {exc} (set ONNXRAP_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+def cmd_explain(args):
+    from .api import Explainer
+    from .io import Preprocess, load_input, read_labels
+    from .viz import atomic_write, save_explanation_figure
+
+    chosen = [methods.get(m.strip()).name for m in args.method.split(",") if m.strip()]
+    if not chosen:
+        raise InputError("--method names no method")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype)
+    labels = read_labels(args.labels) if args.labels else explainer.labels
+    layout = args.layout or explainer.layout
+    if args.layout:
+        explainer.layout = args.layout
+    preprocess = None
+
+    def make_preprocess():
+        nonlocal preprocess
+        if preprocess is None:
+            preprocess = Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=args.size,
+                                              preset=args.preset, mean=args.mean, std=args.std)
+            print(f"preprocessing: {preprocess.describe()}")
+        return preprocess
+
+    rank = len(explainer.input_shape) if explainer.input_shape else None
+    loaded = [load_input(path, make_preprocess, rank) for path in args.inputs]
+
+    # Inputs of one shape are explained together, a batch at a time.
+    results = [dict() for _ in loaded]
+    groups = {}
+    for i, (x, _) in enumerate(loaded):
+        groups.setdefault(x.shape, []).append(i)
+    for members in groups.values():
+        for start in range(0, len(members), args.batch_size):
+            batch = members[start:start + args.batch_size]
+            xs = np.concatenate([loaded[i][0] for i in batch])
+            for m in chosen:
+                exp = explainer.explain(xs, target=args.target, method=m)
+                for k, i in enumerate(batch):
+                    results[i][m] = (exp, k)
+
+    out_dir = Path(args.out_dir)
+    written, report = [], []
+    try:
+        for path, (x, display), per_method in zip(args.inputs, loaded, results):
+            report.append(_write_one(Path(path), display, per_method, chosen, labels, out_dir, args,
+                                     written, save_explanation_figure, atomic_write))
+        summary = out_dir / "summary.json"
+        atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(
+            {"model": str(args.model), "methods": chosen, "inputs": report}, indent=2)))
+        written.append(summary)
+    except BaseException:
+        for f in written:  # all or nothing
+            Path(f).unlink(missing_ok=True)
+        raise
+    return 0
+
+
+def _name(labels, k):
+    if labels and k < len(labels) and labels[k] != str(k):
+        return f"{k} ({labels[k]})"
+    return str(k)
+
+
+def _write_one(path, display, per_method, chosen, labels, out_dir, args, written, save_figure, atomic_write):
+    first, k = per_method[chosen[0]]
+    logits = first.logits[k]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    predicted, target = int(first.predicted[k]), int(first.target[k])
+    stem = path.stem
+    figure = out_dir / f"{stem}_{'+'.join(chosen)}.png"
+    entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
+             "predicted_probability": float(probs[predicted]), "target": target,
+             "target_logit": float(logits[target]), "figure": str(figure), "methods": {}}
+    panels = []
+    for m in chosen:
+        exp, _ = per_method[m]
+        relevance, heatmap = exp.relevance[k], exp.heatmap[k]
+        entry["methods"][m] = {"relevance_sum": float(relevance.sum()),
+                               "positive_sum": float(relevance[relevance > 0].sum()),
+                               "negative_sum": float(relevance[relevance < 0].sum())}
+        panels.append((f"{m}  (sum {relevance.sum():.4g})", heatmap))
+        if args.save_npy:
+            npy = out_dir / f"{stem}_{m}.npy"
+            atomic_write(npy, lambda tmp, r=relevance: np.save(open(tmp, "wb"), r))
+            written.append(npy)
+            entry["methods"][m]["npy"] = str(npy)
+    caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
+               f"p={probs[predicted]:.3f}; explained {_name(labels, target)}")
+    save_figure(figure, display, panels, caption, overlay=args.overlay)
+    written.append(figure)
+    print(f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
+          f"explained {_name(labels, target)} with {', '.join(chosen)} -> {figure}")
+    return entry
+
+
+if __name__ == "__main__":
+    sys.exit(main())

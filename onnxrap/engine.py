@@ -1,0 +1,41 @@
+"""The backward walk: relevance flows from the logits to the input, one rule per op."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Context(dict):
+    """Captured tensors by name, on the backend, plus what rules need besides."""
+
+    def __init__(self, bk, values, constants):
+        super().__init__(values)
+        self.bk = bk
+        self.constants = constants
+
+
+def propagate(graph, method, ctx, seed, trace=None):
+    """Walk ``graph.ops`` backwards from ``seed`` at the logits; return relevance at the input.
+
+    A tensor read by several ops gets the sum of their relevances.  ``trace``,
+    if given, is called as ``trace(op, R)`` with the relevance at each op's output.
+    """
+    relevance = {graph.logits_name: seed}
+    for op in reversed(graph.ops):
+        R = relevance.pop(op.output, None)
+        if R is None:
+            continue
+        if trace is not None:
+            trace(op, R)
+        for name, r in zip(op.inputs, method.rule_for(op)(op, ctx, R)):
+            if r is not None:
+                relevance[name] = relevance[name] + r if name in relevance else r
+    R = relevance.get(graph.input_name)
+    return ctx.bk.xp.zeros_like(ctx[graph.input_name]) if R is None else R
+
+
+def one_hot(bk, shape, targets, dtype):
+    """``shape``-sized zeros with 1 at each sample's target (logits may carry trailing 1-axes)."""
+    n = shape[0]
+    flat = np.zeros((n, int(np.prod(shape[1:]))), dtype=dtype)
+    flat[np.arange(n), np.asarray(targets)] = 1
+    return bk.asarray(flat.reshape(shape))

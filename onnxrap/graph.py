@@ -1,0 +1,296 @@
+"""Load an ONNX classifier and turn it into a DAG of the ops that carry data.
+
+Steps: read and check the model; pick the image input and the logits (a
+terminal Softmax is skipped); mark the tensors that depend on the input's
+*values* (``Shape``/``Size`` only read its shape); evaluate everything else
+as constants; parse each data node into an ``Op``; canonicalise (MatMul or
+Conv + Add of a constant is one linear op with a bias, a zero Pad feeding a
+Conv becomes the Conv's pads); and build a networkx DAG with the position of
+every linear op (``head``: no linear op after it, ``input``: none before it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import ops as op_registry
+from .errors import ModelError, UnsupportedOpsError, first_line
+from .ops.elementwise import ConstantArithmetic
+from .ops.linear import Conv, Linear
+from .ops.structure import Pad
+
+SHAPE_READERS = {"Shape", "Size"}  # read only the shape of a data tensor
+OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
+
+
+def load_model(source) -> tuple[onnx.ModelProto, str]:
+    """Read a path, bytes or ModelProto; return the model and a label for messages."""
+    if isinstance(source, onnx.ModelProto):
+        return source, "<model>"
+    if isinstance(source, (bytes, bytearray)):
+        label = "<bytes>"
+        try:
+            model = onnx.load_model_from_string(bytes(source))
+        except Exception as exc:
+            raise ModelError(f"{label}: not an ONNX model ({first_line(exc)})") from None
+    else:
+        path = Path(os.fspath(source))
+        label = str(path)
+        if not path.is_file():
+            raise ModelError(f"{label}: no such model file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:
+            raise ModelError(f"{label}: not an ONNX model or truncated ({first_line(exc)})") from None
+    if not model.graph.node:
+        raise ModelError(f"{label}: not an ONNX model (the graph has no nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"{label}: the ONNX checker rejects the model: {first_line(exc)}") from None
+    return model, label
+
+
+
+def _node_names(graph) -> list[str]:
+    """Every node's name; unnamed nodes get ``OpType_index`` so messages can name them."""
+    seen, names = set(), []
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+class Graph:
+    """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
+
+    def __init__(self, source, input_name: str | None = None, output_name: str | None = None):
+        model, self.label = load_model(source)
+        self.model = model
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception:
+            inferred = model  # shapes only help; the capture run checks everything
+        g = inferred.graph
+        self._shapes, self._types = {}, {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            self._types[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                              for d in t.shape.dim)
+        nodes = list(model.graph.node)
+        names = _node_names(model.graph)
+        self.input_name = self._pick_input(model.graph, input_name)
+        self.output_name, self.logits_name = self._pick_output(model.graph, nodes, output_name)
+
+        self.data_tensors = self._data_tensors(nodes)
+        if self.logits_name not in self.data_tensors:
+            raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
+        relevant = self._data_ancestors(nodes)
+        self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        self._fold_constants(nodes, names, relevant)
+        self.ops = self._parse(nodes, names, relevant)
+        self._canonicalise()
+        self.dag = self._build_dag()
+        self._mark_positions()
+
+    # -- input and output ---------------------------------------------------
+    def _pick_input(self, g, wanted):
+        inits = {i.name for i in g.initializer}
+        candidates = [i.name for i in g.input if i.name not in inits]
+        if wanted is not None:
+            if wanted not in candidates:
+                raise ModelError(f"{self.label}: no input named {wanted!r} (inputs: {', '.join(candidates)})")
+            return wanted
+        if len(candidates) != 1:
+            raise ModelError(f"{self.label}: the model has {len(candidates)} data inputs "
+                             f"({', '.join(candidates)}); pick one with --input NAME")
+        return candidates[0]
+
+    def _pick_output(self, g, nodes, wanted):
+        outputs = [o.name for o in g.output]
+        if wanted is not None and wanted not in outputs:
+            raise ModelError(f"{self.label}: no output named {wanted!r} (outputs: {', '.join(outputs)})")
+        output = wanted or outputs[0]
+        producer = {o: n for n in nodes for o in n.output}
+        logits = output
+        while logits in producer and producer[logits].op_type in OUTPUT_SQUASHERS:
+            logits = producer[logits].input[0]
+        return output, logits
+
+    # -- data and constants ---------------------------------------------------
+    def _data_tensors(self, nodes):
+        data = {self.input_name}
+        for node in nodes:
+            if node.op_type not in SHAPE_READERS and any(t in data for t in node.input):
+                data.update(t for t in node.output if t)
+        return data
+
+    def _data_ancestors(self, nodes):
+        """Indices of the data nodes the logits depend on."""
+        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        keep, todo = set(), [self.logits_name]
+        while todo:
+            t = todo.pop()
+            i = producer.get(t)
+            if i is None or i in keep or t not in self.data_tensors:
+                continue
+            keep.add(i)
+            todo.extend(nodes[i].input)
+        return keep
+
+    def static_shape(self, name):
+        shape = self._shapes.get(name)
+        if name in self.constants:
+            return tuple(np.shape(self.constants[name]))
+        return shape
+
+    def _fold_constants(self, nodes, names, relevant):
+        """Evaluate every non-data node the data path reads, where its inputs are known."""
+        from onnx.reference import ReferenceEvaluator
+
+        needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
+        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        order, todo = set(), list(needed)
+        while todo:
+            i = producer.get(todo.pop())
+            if i is not None and i not in order and i not in relevant:
+                order.add(i)
+                todo.extend(t for t in nodes[i].input if t and t not in self.data_tensors)
+        opset = [o for o in self.model.opset_import]
+        for i in sorted(order):
+            node = nodes[i]
+            if node.op_type in SHAPE_READERS:
+                shape = self._shapes.get(node.input[0])
+                if shape is None or None in shape:
+                    continue  # dynamic: its value is known only per run
+                shape = np.array(shape, dtype=np.int64)
+                if node.op_type == "Size":
+                    self.constants[node.output[0]] = np.array(shape.prod(), dtype=np.int64)
+                else:
+                    attrs = {a.name: a.i for a in node.attribute}
+                    self.constants[node.output[0]] = shape[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
+                continue
+            if not all(t in self.constants for t in node.input if t):
+                continue
+            try:
+                ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
+                outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
+                sub = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", ins, outs), opset_imports=opset)
+                values = ReferenceEvaluator(sub).run(None, {t: self.constants[t] for t in node.input if t})
+            except Exception:
+                continue  # left for the capture run to compute
+            for t, value in zip([t for t in node.output if t], values):
+                self.constants[t] = np.asarray(value)
+
+    def require_constant(self, name):
+        if name not in self.constants:
+            raise op_registry.Unsupported(f"{name} must be a constant")
+        return self.constants[name]
+
+    # -- ops --------------------------------------------------------------------
+    def _parse(self, nodes, names, relevant):
+        parsed, unsupported = [], []
+        for i in sorted(relevant):
+            node = nodes[i]
+            node.name = names[i]
+            view = op_registry.NodeView(node, self)
+            try:
+                if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                    raise op_registry.Unsupported("control flow")
+                parsed.append(op_registry.parse(view))
+            except op_registry.Unsupported as why:
+                unsupported.append((names[i], node.op_type, str(why)))
+        if unsupported:
+            raise UnsupportedOpsError(unsupported)
+        return parsed
+
+    def consumers(self, tensor):
+        return [op for op in self.ops if tensor in op.inputs]
+
+    def _canonicalise(self):
+        for op in list(self.ops):
+            if isinstance(op, Linear):
+                self._absorb_bias(op)
+        for op in list(self.ops):
+            if isinstance(op, Pad):
+                self._fold_pad(op)
+
+    def _absorb_bias(self, op):
+        """A linear op whose only consumer adds a constant per output unit takes it as its bias."""
+        users = self.consumers(op.output)
+        if len(users) != 1 or op.output == self.logits_name:
+            return
+        add = users[0]
+        if not (isinstance(add, ConstantArithmetic) and add.op_type == "Add"):
+            return
+        c = add.constant
+        out_rank = len(self.static_shape(op.output) or ())
+        if op.family == "dense":
+            fits = np.ndim(c) <= 1 or all(d == 1 for d in np.shape(c)[:-1])
+            bias = c.reshape(-1) if np.ndim(c) else c
+        else:
+            squeezed = [d for d in np.shape(c)]
+            fits = out_rank > 0 and (len(squeezed) in (out_rank - 1, out_rank)) and \
+                all(d == 1 for k, d in enumerate(squeezed[::-1]) if k != out_rank - 2)
+            bias = c.reshape(-1)
+        if not fits:
+            return
+        op.absorb_bias(bias.astype(np.float64), add.output)
+        self.ops.remove(add)
+
+    def _fold_pad(self, pad):
+        rank = len(pad.pads) // 2
+        if pad.value != 0 or pad.pads[1] or pad.pads[rank + 1]:
+            return
+        spatial = pad.pads[2:rank] + pad.pads[rank + 2:]
+        folded = False
+        for conv in self.consumers(pad.output):
+            if isinstance(conv, Conv) and conv.auto_pad in ("NOTSET", "VALID") and len(conv.kernel) == rank - 2:
+                conv.absorb_pad(spatial, pad.inputs[0])
+                folded = True
+        if folded and not self.consumers(pad.output) and pad.output != self.logits_name:
+            self.ops.remove(pad)
+
+    def _build_dag(self):
+        dag = nx.DiGraph()
+        producer = {op.output: op for op in self.ops}
+        for op in self.ops:
+            dag.add_node(op.name, op=op)
+            for t in op.inputs:
+                if t in producer:
+                    dag.add_edge(producer[t].name, op.name, tensor=t)
+        return dag
+
+    def _mark_positions(self):
+        linear = {op.name for op in self.ops if isinstance(op, Linear)}
+        for op in self.ops:
+            if op.name in linear:
+                positions = []
+                if not (nx.descendants(self.dag, op.name) & linear):
+                    positions.append("head")
+                if not (nx.ancestors(self.dag, op.name) & linear):
+                    positions.append("input")
+                op.positions = tuple(positions)
+
+    # -- facts for the user -------------------------------------------------------
+    @property
+    def input_shape(self):
+        return self._shapes.get(self.input_name)
+
+    @property
+    def input_type(self):
+        return self._types.get(self.input_name, onnx.TensorProto.FLOAT)
+
+    @property
+    def logits_shape(self):
+        return self._shapes.get(self.logits_name)

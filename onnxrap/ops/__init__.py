@@ -1,0 +1,113 @@
+"""What each ONNX op computes, as far as relevance rules need to know.
+
+Every supported ONNX op type is registered here by the module of its family
+(``linear``, ``pooling``, ``elementwise``, ``structure``).  A parser turns an
+ONNX node into an ``Op``: its canonical *kind* (what methods map to rules),
+its data inputs, and the forward and adjoint pieces the rules use.  A new op
+type is one ``@register`` entry in one family module.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ModelError
+
+
+class Unsupported(Exception):
+    """Raised by a parser for a node it cannot explain; the reason is listed to the user."""
+
+
+class Op:
+    """One data-carrying op of the canonical graph.
+
+    ``inputs`` are the data tensors it reads (relevance flows back to them);
+    ``output`` is the one data tensor it writes.  ``kind`` selects the rule.
+    """
+
+    kind = "op"
+    family = None  # linear ops: "dense" or "conv"
+
+    def __init__(self, name: str, op_type: str, inputs: list[str], output: str):
+        self.name = name
+        self.op_type = op_type
+        self.inputs = list(inputs)
+        self.output = output
+        self.positions: tuple[str, ...] = ()  # set by the graph: "head", "input"
+
+    def vjp(self, bk, ctx, grad):
+        """Vector-Jacobian product: the gradient at each data input."""
+        raise NotImplementedError(f"{self.op_type} has no adjoint")
+
+    def __repr__(self):
+        return f"<{self.op_type} {self.name}: {self.inputs} -> {self.output}>"
+
+
+class NodeView:
+    """What a parser sees of an ONNX node: attributes, constant inputs, data inputs."""
+
+    def __init__(self, node, graph):
+        self.node = node
+        self.graph = graph
+        self.name = node.name
+        self.op_type = node.op_type
+        self.attrs = {a.name: _attr_value(a) for a in node.attribute}
+
+    def attr(self, key, default=None):
+        return self.attrs.get(key, default)
+
+    def is_data(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] in self.graph.data_tensors
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def data_inputs(self) -> list[str]:
+        return [t for t in self.node.input if t in self.graph.data_tensors]
+
+    def const(self, i: int):
+        """Value of constant input ``i`` (a NumPy array)."""
+        name = self.node.input[i]
+        if name not in self.graph.constants:
+            raise Unsupported(f"input {i} ({name}) must be a constant but depends on the input's shape or values")
+        return self.graph.constants[name]
+
+    def input_shape(self, i: int):
+        return self.graph.static_shape(self.node.input[i])
+
+
+def _attr_value(attr):
+    import onnx
+
+    value = onnx.helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(value)
+    return value
+
+
+PARSERS: dict[str, Callable[[NodeView], Op]] = {}
+
+
+def register(*op_types: str):
+    """Register a parser ``f(view) -> Op`` for ONNX op types."""
+
+    def wrap(fn):
+        for t in op_types:
+            if t in PARSERS:
+                raise ModelError(f"op type {t} registered twice")
+            PARSERS[t] = fn
+        return fn
+
+    return wrap
+
+
+def parse(view: NodeView) -> Op:
+    parser = PARSERS.get(view.op_type)
+    if parser is None:
+        raise Unsupported("")
+    return parser(view)
+
+
+# Import the families so that their ops register.
+from . import elementwise, linear, pooling, structure  # noqa: E402,F401

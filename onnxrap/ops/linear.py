@@ -1,0 +1,162 @@
+"""Linear ops: Gemm, MatMul with a constant weight, Conv of any rank and groups.
+
+All expose the same interface to the rules: ``L_W(x)`` as ``forward``, its
+adjoint ``L_W^T(s)`` as ``adjoint``, the weight and its positive and
+negative parts, and the bias as a map over the output.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import window_spec
+from . import Op, Unsupported, register
+
+
+class Linear(Op):
+    kind = "linear"
+
+    def __init__(self, name, op_type, inputs, output, weight, bias):
+        super().__init__(name, op_type, inputs, output)
+        self.weight = weight  # NumPy, float64 master copy
+        self.bias_values = bias  # NumPy or None
+        self._cache = {}
+
+    def weights(self, bk, dtype):
+        """``(W, W+, W-)`` on the backend in ``dtype``, cached."""
+        key = (bk.name, np.dtype(dtype).str)
+        if key not in self._cache:
+            w = bk.asarray(self.weight, dtype=dtype)
+            self._cache[key] = (w, bk.pos(w), bk.neg(w))
+        return self._cache[key]
+
+    def absorb_bias(self, bias, output):
+        """Fold a following Add of a constant into this op (MatMul + Add = Gemm)."""
+        self.bias_values = bias if self.bias_values is None else self.bias_values + bias
+        self.output = output
+
+    def take(self, x):
+        """The op's input as the linear map sees it (Gemm's transA)."""
+        return x
+
+    def give(self, r):
+        """Relevance for the data input, from relevance shaped like ``take``'s result."""
+        return r
+
+    def vjp(self, bk, ctx, grad):
+        w, _, _ = self.weights(bk, grad.dtype)
+        x = self.take(ctx[self.inputs[0]])
+        return [self.give(self.adjoint(bk, grad, w, x.shape))]
+
+
+class Dense(Linear):
+    """``x @ W (+ b)`` with ``W`` of shape (K, M) acting on the last axis."""
+
+    family = "dense"
+
+    def __init__(self, *args, trans_input=False, **kw):
+        super().__init__(*args, **kw)
+        self.trans_input = trans_input
+
+    def take(self, x):
+        return x.T if self.trans_input else x
+
+    def give(self, r):
+        return r.T if self.trans_input else r
+
+    def forward(self, bk, x, w):
+        return x @ w
+
+    def adjoint(self, bk, s, w, x_shape):
+        return s @ w.T
+
+    def bias(self, bk, dtype, out_shape):
+        # Gemm's C and an absorbed Add broadcast against the output as they are.
+        return None if self.bias_values is None else bk.asarray(self.bias_values, dtype=dtype)
+
+
+@register("Gemm")
+def _gemm(v):
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("only data @ constant weight is supported")
+    b = v.const(1).astype(np.float64)
+    if b.ndim != 2:
+        raise Unsupported("weight must be a matrix")
+    w = v.attr("alpha", 1.0) * (b.T if v.attr("transB", 0) else b)
+    bias = None
+    if v.has_input(2):
+        bias = v.attr("beta", 1.0) * v.const(2).astype(np.float64)
+    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, bias,
+                 trans_input=bool(v.attr("transA", 0)))
+
+
+@register("MatMul")
+def _matmul(v):
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("only data @ constant weight is supported")
+    w = v.const(1).astype(np.float64)
+    if w.ndim != 2:
+        raise Unsupported("weight must be a matrix")
+    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, None)
+
+
+class Conv(Linear):
+    """N-D convolution with groups, strides, dilations and pads (auto_pad resolved per input shape)."""
+
+    family = "conv"
+
+    def __init__(self, *args, groups, kernel, strides, dilations, pads, auto_pad, **kw):
+        super().__init__(*args, **kw)
+        self.groups = groups
+        self.kernel = kernel
+        self.strides = strides
+        self.dilations = dilations
+        self.pads = list(pads)
+        self.auto_pad = auto_pad
+        self._specs = {}
+
+    def absorb_pad(self, pads, source):
+        """Fold a zero Pad that feeds this Conv into its pads (spatial axes only)."""
+        rank = len(self.kernel)
+        self.pads = [p + q for p, q in zip(self.pads, list(pads[:rank]) + list(pads[rank:]))]
+        self.auto_pad = "NOTSET"  # VALID with pads is NOTSET; the graph never folds into SAME_*
+        self.inputs = [source]
+
+    def spec(self, x_shape):
+        key = tuple(x_shape[2:])
+        if key not in self._specs:
+            self._specs[key] = window_spec(key, self.kernel, self.strides, self.dilations,
+                                           self.pads, self.auto_pad)
+        return self._specs[key]
+
+    def forward(self, bk, x, w):
+        return bk.conv(x, w, self.spec(x.shape), self.groups)
+
+    def adjoint(self, bk, s, w, x_shape):
+        return bk.conv_adjoint(s, w, self.spec(x_shape), self.groups)
+
+    def bias(self, bk, dtype, out_shape):
+        if self.bias_values is None:
+            return None
+        b = np.asarray(self.bias_values).reshape((-1,) + (1,) * (len(out_shape) - 2))
+        return bk.asarray(b, dtype=dtype)
+
+
+@register("Conv")
+def _conv(v):
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("the weight must be a constant")
+    w = v.const(1).astype(np.float64)
+    rank = w.ndim - 2
+    if rank < 1:
+        raise Unsupported("weight must have rank 3 or more")
+    auto_pad = v.attr("auto_pad", "NOTSET")
+    pads = v.attr("pads") or [0] * (2 * rank)
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad {auto_pad}")
+    if auto_pad != "NOTSET" and any(pads):
+        raise Unsupported("auto_pad together with pads")
+    bias = v.const(2).astype(np.float64) if v.has_input(2) else None
+    return Conv(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, bias,
+                groups=int(v.attr("group", 1)), kernel=tuple(w.shape[2:]),
+                strides=v.attr("strides"), dilations=v.attr("dilations"), pads=pads,
+                auto_pad=auto_pad)

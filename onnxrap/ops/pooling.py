@@ -1,0 +1,174 @@
+"""Pooling: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, ReduceMean.
+
+Average pools expose a *sum* pool and its adjoint plus the divisor, because
+the relevance rules share by ``x / sum(x)`` within a window, where the
+divisor cancels; only the gradient needs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..backend import window_spec
+from . import Op, Unsupported, register
+
+
+def _window_attrs(v):
+    rank = len(v.attr("kernel_shape"))
+    auto_pad = v.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise Unsupported(f"auto_pad {auto_pad}")
+    return dict(kernel=tuple(v.attr("kernel_shape")), strides=v.attr("strides"),
+                dilations=v.attr("dilations"), pads=v.attr("pads") or [0] * (2 * rank),
+                auto_pad=auto_pad, ceil_mode=bool(v.attr("ceil_mode", 0)))
+
+
+class _Windowed(Op):
+    """An op over sliding windows of the trailing axes; ``kernel=None`` is global."""
+
+    def __init__(self, name, op_type, inputs, output, kernel=None, strides=None, dilations=None,
+                 pads=None, auto_pad="NOTSET", ceil_mode=False):
+        super().__init__(name, op_type, inputs, output)
+        self.window = dict(kernel=kernel, strides=strides, dilations=dilations, pads=pads,
+                           auto_pad=auto_pad, ceil_mode=ceil_mode)
+        self._specs = {}
+
+    def spec(self, x_shape):
+        key = tuple(x_shape[2:])
+        if key not in self._specs:
+            w = dict(self.window)
+            if w["kernel"] is None:
+                w["kernel"] = key
+            self._specs[key] = window_spec(key, **w)
+        return self._specs[key]
+
+
+class MaxPool(_Windowed):
+    kind = "maxpool"
+
+    def route(self, bk, x, grad):
+        """Gradient of the max: each window's value goes to its (first) arg-max."""
+        xp = bk.xp
+        spec = self.spec(x.shape)
+        n, c = x.shape[:2]
+        win = bk.windows(x, spec, value=-np.inf).reshape((n, c, spec.taps) + spec.out_shape)
+        arg = win.argmax(axis=2)
+        taps = xp.arange(spec.taps).reshape((1, 1, -1) + (1,) * len(spec.out_shape))
+        cols = (taps == arg[:, :, None]) * grad[:, :, None]
+        return bk.scatter(cols.reshape((n, c) + spec.kernel + spec.out_shape), spec)
+
+    def vjp(self, bk, ctx, grad):
+        return [self.route(bk, ctx[self.inputs[0]], grad)]
+
+
+@register("MaxPool")
+def _maxpool(v):
+    if v.attr("storage_order", 0):
+        raise Unsupported("storage_order=1")
+    return MaxPool(v.name, v.op_type, [v.node.input[0]], v.node.output[0], **_window_attrs(v))
+
+
+@register("GlobalMaxPool")
+def _global_maxpool(v):
+    return MaxPool(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+
+
+class AveragePool(_Windowed):
+    kind = "avgpool"
+
+    def __init__(self, *args, count_include_pad=False, **kw):
+        super().__init__(*args, **kw)
+        self.count_include_pad = count_include_pad
+
+    def sum_pool(self, bk, x):
+        spec = self.spec(x.shape)
+        win = bk.windows(x, spec)
+        return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
+
+    def sum_pool_adjoint(self, bk, s, x_shape):
+        spec = self.spec(x_shape)
+        rank = len(spec.kernel)
+        cols = bk.xp.broadcast_to(s.reshape(s.shape[:2] + (1,) * rank + s.shape[2:]),
+                                  s.shape[:2] + spec.kernel + s.shape[2:])
+        return bk.scatter(cols, spec)
+
+    def divisor(self, bk, x_shape, dtype):
+        """Elements each window averages over, as ONNX defines it (ceil_mode overhang never counts)."""
+        spec = self.spec(x_shape)
+        counted = np.zeros(spec.padded_shape)
+        if self.count_include_pad:
+            counted[tuple(slice(0, b + i + e) for b, i, e in
+                          zip(spec.pads_begin, spec.in_shape, spec.pads_end))] = 1
+        else:
+            counted[tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))] = 1
+        flat = dataclasses.replace(spec, pads_begin=(0,) * len(spec.kernel),
+                                   pads_end=(0,) * len(spec.kernel), in_shape=spec.padded_shape)
+        win = bk.windows(bk.asarray(counted[None, None], dtype=dtype), flat)
+        return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
+
+    def vjp(self, bk, ctx, grad):
+        x = ctx[self.inputs[0]]
+        return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
+
+
+@register("AveragePool")
+def _avgpool(v):
+    return AveragePool(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
+                       count_include_pad=bool(v.attr("count_include_pad", 0)), **_window_attrs(v))
+
+
+class MeanReduce(Op):
+    """Mean over fixed non-batch axes (GlobalAveragePool, ReduceMean)."""
+
+    kind = "avgpool"
+
+    def __init__(self, name, op_type, inputs, output, axes, keepdims):
+        super().__init__(name, op_type, inputs, output)
+        self.axes = axes  # None: every axis after the channel axis
+        self.keepdims = keepdims
+
+    def _axes(self, ndim):
+        axes = tuple(range(2, ndim)) if self.axes is None else tuple(sorted(a % ndim for a in self.axes))
+        if 0 in axes:
+            raise Unsupported("reducing over the batch axis")
+        return axes
+
+    def sum_pool(self, bk, x):
+        return x.sum(axis=self._axes(x.ndim), keepdims=self.keepdims)
+
+    def sum_pool_adjoint(self, bk, s, x_shape):
+        kept = list(x_shape)
+        for a in self._axes(len(x_shape)):
+            kept[a] = 1
+        return bk.xp.broadcast_to(s.reshape(kept), x_shape)
+
+    def divisor(self, bk, x_shape, dtype):
+        return math.prod(x_shape[a] for a in self._axes(len(x_shape)))
+
+    def vjp(self, bk, ctx, grad):
+        x = ctx[self.inputs[0]]
+        return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
+
+
+@register("GlobalAveragePool")
+def _gap(v):
+    return MeanReduce(v.name, v.op_type, [v.node.input[0]], v.node.output[0], None, True)
+
+
+@register("ReduceMean")
+def _reduce_mean(v):
+    if v.has_input(1):  # opset 18 moved axes to an input
+        axes = [int(a) for a in np.atleast_1d(v.const(1))]
+    else:
+        axes = v.attr("axes")
+    if not axes:
+        if v.attr("noop_with_empty_axes", 0):
+            raise Unsupported("ReduceMean with no axes and noop_with_empty_axes")
+        raise Unsupported("reducing over every axis, the batch axis included")
+    shape = v.input_shape(0)
+    if any(a == 0 or (shape and a % len(shape) == 0) for a in axes):
+        raise Unsupported("reducing over the batch axis")
+    return MeanReduce(v.name, v.op_type, [v.node.input[0]], v.node.output[0], axes,
+                      bool(v.attr("keepdims", 1)))

@@ -1,0 +1,132 @@
+"""Joins and shape moves: Add of data tensors, Concat, Reshape and friends, Transpose, Pad."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Op, Unsupported, register
+
+
+class Sum(Op):
+    """Elementwise sum of data tensors (a residual join); inputs may broadcast."""
+
+    kind = "add"
+
+    def vjp(self, bk, ctx, grad):
+        return [bk.unbroadcast(grad, ctx[name].shape) for name in self.inputs]
+
+
+class Concat(Op):
+    kind = "concat"
+
+    def __init__(self, name, op_type, inputs, output, axis, parts):
+        super().__init__(name, op_type, inputs, output)
+        self.axis = axis
+        self.parts = parts  # every input in order: (tensor name, is data)
+
+    def slices(self, ctx, constants):
+        """``(data input name, index of its slice in the output)`` per data input."""
+        ndim = ctx[self.inputs[0]].ndim
+        axis = self.axis % ndim
+        start, out = 0, []
+        for name, is_data in self.parts:
+            size = (ctx[name] if is_data else constants[name]).shape[axis]
+            if is_data:
+                out.append((name, (slice(None),) * axis + (slice(start, start + size),)))
+            start += size
+        return out
+
+    def vjp(self, bk, ctx, grad):
+        return [grad[index] for _, index in self.slices(ctx, ctx.constants)]
+
+
+@register("Concat")
+def _concat(v):
+    parts = [(t, t in v.graph.data_tensors) for t in v.node.input]
+    for t, is_data in parts:
+        if not is_data:
+            v.graph.require_constant(t)
+    return Concat(v.name, v.op_type, v.data_inputs(), v.node.output[0], int(v.attr("axis")), parts)
+
+
+class Reshape(Op):
+    """Any move that keeps the element order: its inverse is a reshape back."""
+
+    kind = "shape"
+
+    def vjp(self, bk, ctx, grad):
+        return [grad.reshape(ctx[self.inputs[0]].shape)]
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(v):
+    if v.op_type == "Flatten" and v.attr("axis", 1) == 0:
+        raise Unsupported("Flatten with axis=0 merges the batch axis")
+    return Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+
+
+class Transpose(Op):
+    kind = "shape"
+
+    def __init__(self, name, op_type, inputs, output, perm):
+        super().__init__(name, op_type, inputs, output)
+        self.perm = perm
+
+    def vjp(self, bk, ctx, grad):
+        perm = self.perm or list(range(grad.ndim))[::-1]
+        return [grad.transpose(np.argsort(perm))]
+
+
+@register("Transpose")
+def _transpose(v):
+    perm = v.attr("perm")
+    if perm is not None and perm[0] != 0:
+        raise Unsupported("moving the batch axis")
+    if perm is None:
+        raise Unsupported("reversing every axis moves the batch axis")
+    return Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
+
+
+class Pad(Op):
+    """Constant padding; the adjoint crops."""
+
+    kind = "shape"
+
+    def __init__(self, name, op_type, inputs, output, pads, value):
+        super().__init__(name, op_type, inputs, output)
+        self.pads = pads  # begins then ends, one per axis
+        self.value = value
+
+    def vjp(self, bk, ctx, grad):
+        rank = grad.ndim
+        if any(p < 0 for p in self.pads):
+            raise Unsupported("negative pads")
+        crop = tuple(slice(b, n - e) for b, e, n in zip(self.pads[:rank], self.pads[rank:], grad.shape))
+        return [grad[crop]]
+
+
+@register("Pad")
+def _pad(v):
+    mode = v.attr("mode", "constant")
+    if mode != "constant":
+        raise Unsupported(f"mode={mode}")
+    if v.has_input(1):  # opset 11 moved pads and value to inputs
+        pads = [int(p) for p in v.const(1)]
+        value = float(v.const(2)) if v.has_input(2) else 0.0
+        if v.has_input(3):
+            axes = [int(a) for a in v.const(3)]
+            shape = v.input_shape(0)
+            if shape is None:
+                raise Unsupported("Pad with axes on an input of unknown rank")
+            full = [0] * (2 * len(shape))
+            for k, a in enumerate(axes):
+                a %= len(shape)
+                full[a], full[len(shape) + a] = pads[k], pads[len(axes) + k]
+            pads = full
+    else:
+        pads, value = list(v.attr("pads")), float(v.attr("value", 0.0))
+    rank = len(pads) // 2
+    if any(p < 0 for p in pads):
+        raise Unsupported("negative pads (cropping)")
+    if pads[0] or pads[rank]:
+        raise Unsupported("padding the batch axis")
+    return Pad(v.name, v.op_type, [v.node.input[0]], v.node.output[0], pads, value)

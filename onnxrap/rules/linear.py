@@ -1,0 +1,160 @@
+"""Rules for linear ops (Gemm, MatMul, Conv): RAP's three rules and LRP's.
+
+Written against the op's ``forward`` (``L_W``) and ``adjoint`` (``L_W^T``),
+so one rule serves dense and convolutional layers of any rank and groups.
+Section numbers refer to docs/rap-spec.md (A1..A3, B).
+"""
+from __future__ import annotations
+
+from . import Rule
+
+
+class _LinearRule(Rule):
+    @staticmethod
+    def _setup(op, ctx):
+        x = op.take(ctx[op.inputs[0]])
+        w, wp, wn = op.weights(ctx.bk, x.dtype)
+        fwd = lambda a, weight: op.forward(ctx.bk, a, weight)  # noqa: E731
+        adj = lambda s, weight: op.adjoint(ctx.bk, s, weight, x.shape)  # noqa: E731
+        return x, (w, wp, wn), fwd, adj
+
+
+class RapFirst(_LinearRule):
+    """A1: the first propagation, at the linear op that produces the logits.
+
+    Per output unit j (weighted by the arriving R_j) contributions are split by
+    the signs of input and weight; the bias goes to the positive and negative
+    parts in proportion; then relevance is |C| rescaled so it sums as C does.
+    """
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        xp = bk.pos(x)
+        zpp, zpn = fwd(xp, wp), fwd(xp, wn)
+        C = xp * (adj(R * (zpp != 0), wp) + adj(R * (zpn != 0), wn))
+        pos, neg = zpp, zpn
+        if (x < 0).any():
+            xn = bk.neg(x)
+            znp, znn = fwd(xn, wp), fwd(xn, wn)
+            C = C + xn * (adj(R * (znp != 0), wp) + adj(R * (znn != 0), wn))
+            pos, neg = zpp + znn, zpn + znp
+        b = op.bias(bk, x.dtype, zpp.shape)
+        if b is not None:
+            total = pos + neg
+            bias_pos = b * R * bk.sdiv(pos, total)
+            bias_neg = b * R * bk.sdiv(neg, total)
+            C = C + xp * (adj(bk.sdiv(bias_pos, zpp), wp) + adj(bk.sdiv(bias_neg, zpn), wn))
+        out = abs(C) * bk.sdiv(bk.sample_sum(C), bk.sample_sum(abs(C)))
+        return [op.give(out)]
+
+
+class RapHidden(_LinearRule):
+    """A2: promoters and inhibitors of each input sign, then a uniform shift.
+
+    ``per_sign=False`` (rap) shifts once per layer so the layer keeps the sum
+    of R; ``per_sign=True`` (rap-reference) shifts each sign's part to the
+    sum of R on its own, as the released code does.
+    """
+
+    def __init__(self, per_sign: bool):
+        self.per_sign = per_sign
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        mask = R != 0
+        conv = op.family == "conv"
+        parts = [self._part(bk, R, mask, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
+        if (x < 0).any():  # the x- part is exactly zero otherwise
+            parts.append(self._part(bk, R, mask, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
+        if self.per_sign:
+            out = sum(self._shift(bk, p, R) for p in parts)
+        else:
+            out = self._shift(bk, sum(parts), R)
+        return [op.give(out)]
+
+    @staticmethod
+    def _part(bk, R, mask, x1, wa, sa, wb, sb, conv, fwd, adj):
+        """The spec's P(R, Za, Zb, x1, wa, sa, wb, sb)."""
+        za = sa * mask * fwd(x1, wa)
+        zb = sb * mask * fwd(x1, wb)
+        total = za + zb
+        one = total != 0
+        share = bk.sdiv(zb, total)
+        ta = bk.sdiv(bk.pos(R) * one, za)
+        # C2 + C2n: R+ and R- share one denominator and never overlap.
+        tb = bk.sdiv(R * share, zb)
+        # C1n: the released code sends R- through wa for dense ops, wb for convolutions.
+        if conv:
+            tb = tb + bk.sdiv(bk.neg(R) * one, zb)
+        else:
+            ta = ta + bk.sdiv(bk.neg(R) * one, za)
+        return x1 * (sa * adj(ta, wa) + sb * adj(tb, wb))
+
+    @staticmethod
+    def _shift(bk, C, R):
+        """Move every nonzero entry by the same amount so that C sums to S(R)."""
+        nonzero = C != 0
+        excess = bk.sample_sum(C) - bk.sample_sum(R)
+        return C - nonzero * bk.sdiv(excess, bk.sample_sum(nonzero))
+
+
+class ZBox(_LinearRule):
+    """A3 / z^B: the linear op that reads the input, bounded by the sample's min and max.
+
+    ``stabilizer=None`` divides safely (rap); a number adds it to Z as the
+    released LRP code does (1e-9).
+    """
+
+    def __init__(self, stabilizer: float | None = None):
+        self.stabilizer = stabilizer
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        x, (w, wp, wn), fwd, adj = self._setup(op, ctx)
+        axes = tuple(range(1, x.ndim))
+        low = x.min(axis=axes, keepdims=True)
+        high = x.max(axis=axes, keepdims=True)
+        ones = bk.xp.ones((1,) + x.shape[1:], dtype=x.dtype)
+        z = fwd(x, w) - low * fwd(ones, wp) - high * fwd(ones, wn)
+        s = bk.sdiv(R, z) if self.stabilizer is None else R / (z + self.stabilizer)
+        return [op.give(x * adj(s, w) - low * adj(s, wp) - high * adj(s, wn))]
+
+
+class Epsilon(_LinearRule):
+    """LRP-epsilon: ``x * L^T(R / (z + e sign(z)))`` with the bias in z and sign(0) = 1."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        x, (w, _, _), fwd, adj = self._setup(op, ctx)
+        z = fwd(x, w)
+        b = op.bias(bk, x.dtype, z.shape)
+        if b is not None:
+            z = z + b
+        z = z + self.epsilon * bk.xp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+        return [op.give(x * adj(R / z, w))]
+
+
+class AlphaBeta(_LinearRule):
+    """LRP-alpha-beta with beta = alpha - 1: activating minus inhibiting contributions."""
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        pieces = [(bk.pos(x), wp, wn)]
+        if (x < 0).any():
+            pieces.append((bk.neg(x), wn, wp))
+        beta = self.alpha - 1.0
+        out = 0
+        for xs, w_act, w_inh in pieces:  # x+ is activated through W+, x- through W-
+            out = out + self.alpha * xs * adj(bk.sdiv(R, fwd(xs, w_act)), w_act)
+            if beta:
+                out = out - beta * xs * adj(bk.sdiv(R, fwd(xs, w_inh)), w_inh)
+        return [op.give(out)]

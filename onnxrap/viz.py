@@ -1,0 +1,94 @@
+"""Figures: the input beside its heatmaps, red for positive and blue for negative.
+
+Colour scales are symmetric around zero (``seismic``, +-max|R|) as in the
+paper's figures, so white is exactly zero relevance.  Files are written
+atomically: a failed run never leaves a half-written PNG behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+CMAP = "seismic"
+
+
+def symmetric_limit(heatmap) -> float:
+    limit = float(np.max(np.abs(heatmap))) if np.size(heatmap) else 0.0
+    return limit if limit > 0 else 1.0
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _show_input(ax, image):
+    if image is None:
+        ax.set_axis_off()
+        return
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title("input")
+    ax.set_axis_off()
+
+
+def as_image(heatmap):
+    """A 2-D picture of any heatmap: features as a strip, a volume as a grid of slices along its first axis."""
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim == 1:
+        return heatmap[None, :]
+    if heatmap.ndim == 2:
+        return heatmap
+    depth = heatmap.shape[0]
+    slices = heatmap.reshape(depth, heatmap.shape[1], -1)
+    cols = int(np.ceil(np.sqrt(depth)))
+    rows = -(-depth // cols)
+    h, w = slices.shape[1:]
+    grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+    for d in range(depth):
+        r, c = divmod(d, cols)
+        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = slices[d]
+    return grid
+
+
+def _show_heatmap(fig, ax, heatmap, title, background=None):
+    limit = symmetric_limit(np.nan_to_num(heatmap))
+    heatmap = as_image(heatmap)
+    if background is not None and background.shape[:2] != heatmap.shape:
+        background = None
+    if background is not None:
+        gray = background if background.ndim == 2 else background.mean(axis=2)
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        shown = ax.imshow(heatmap, cmap=CMAP, vmin=-limit, vmax=limit, alpha=0.6, interpolation="nearest")
+    else:
+        shown = ax.imshow(heatmap, cmap=CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+
+
+def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
+    """One row: the input, then each ``(title, heatmap)``; with ``overlay`` each heatmap over the input."""
+    panels = 1 + len(heatmaps)
+    fig = Figure(figsize=(3.2 * panels, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    _show_input(axes[0], image)
+    for ax, (title, heatmap) in zip(axes[1:], heatmaps):
+        _show_heatmap(fig, ax, heatmap, title, background=image if overlay else None)
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
