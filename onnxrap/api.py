@@ -22,7 +22,7 @@ class Explanation:
     target: np.ndarray  # (N,) class explained per sample
     method: str
     channel_axis: int | None  # None: the input has no channel axis (features)
-    layer_sums: list = field(default_factory=list)  # (op name, op type, relevance sum per sample)
+    layer_sums: list = field(default_factory=list)  # (op name, op type, sum at output, sum at inputs) per sample
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -98,23 +98,37 @@ class Explainer:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
-        ``trace``: also record the relevance sum at every op's output.
+        ``trace``: also record, per op, the relevance sum at its output and at its inputs.
+        A model exported with a fixed batch size gets the batch in pieces of that size.
         """
         m = methods.get(method)
         m.check(self.graph)
         x = np.asarray(x)
+        fixed = (self.graph.input_shape or (None,))[0]
+        if x.ndim == 0 or fixed is None or x.shape[0] == fixed or x.shape[0] % fixed:
+            return self._explain_batch(x, target, m, trace)
+        targets = np.broadcast_to(np.asarray(-1 if target is None else target), (x.shape[0],))
+        parts = [self._explain_batch(x[i:i + fixed], None if target is None else targets[i:i + fixed], m, trace)
+                 for i in range(0, x.shape[0], fixed)]
+        return Explanation(np.concatenate([p.relevance for p in parts]), np.concatenate([p.logits for p in parts]),
+                           np.concatenate([p.target for p in parts]), m.name, self.channel_axis,
+                           [s for p in parts for s in p.layer_sums])
+
+    def _explain_batch(self, x, target, m, trace):
         values = self.capture.run(x)
-        logits_raw = values[self.graph.logits_name]
-        logits = self._class_vector(logits_raw)
+        logits = self._class_vector(values[self.graph.logits_name])
         targets = self._targets(target, logits)
         bk = self.bk
         ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
                       self.graph.constants)
         seed = m.seed(bk, ctx[self.graph.logits_name], targets)
         sums = []
-        record = (lambda op, R: sums.append((op.name, op.op_type, bk.to_numpy(bk.sample_sum(R, keepdims=False))))) \
-            if trace else None
-        relevance = propagate(self.graph, m, ctx, seed, trace=record)
+
+        def record(op, R, R_inputs):
+            total = lambda a: bk.to_numpy(bk.sample_sum(a, keepdims=False))  # noqa: E731
+            sums.append((op.name, op.op_type, total(R), sum(total(r) for r in R_inputs if r is not None)))
+
+        relevance = propagate(self.graph, m, ctx, seed, trace=record if trace else None)
         return Explanation(bk.to_numpy(relevance), logits, targets, m.name, self.channel_axis, sums)
 
     def _dtype_of(self, v):

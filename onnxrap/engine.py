@@ -17,16 +17,17 @@ def propagate(graph, method, ctx, seed, trace=None):
     """Walk ``graph.ops`` backwards from ``seed`` at the logits; return relevance at the input.
 
     A tensor read by several ops gets the sum of their relevances.  ``trace``,
-    if given, is called as ``trace(op, R)`` with the relevance at each op's output.
+    if given, is called as ``trace(op, R, R_inputs)`` at every op.
     """
     relevance = {graph.logits_name: seed}
     for op in reversed(graph.ops):
         R = relevance.pop(op.output, None)
         if R is None:
             continue
+        R_inputs = method.rule_for(op)(op, ctx, R)
         if trace is not None:
-            trace(op, R)
-        for name, r in zip(op.inputs, method.rule_for(op)(op, ctx, R)):
+            trace(op, R, R_inputs)
+        for name, r in zip(op.inputs, R_inputs):
             if r is not None:
                 relevance[name] = relevance[name] + r if name in relevance else r
     R = relevance.get(graph.input_name)

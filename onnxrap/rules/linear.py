@@ -77,8 +77,8 @@ class RapHidden(_LinearRule):
     @staticmethod
     def _part(bk, R, mask, x1, wa, sa, wb, sb, conv, fwd, adj):
         """The spec's P(R, Za, Zb, x1, wa, sa, wb, sb)."""
-        za = sa * mask * fwd(x1, wa)
-        zb = sb * mask * fwd(x1, wb)
+        za = sa * (fwd(x1, wa) * mask)  # python scalar times a bool mask would make float64
+        zb = sb * (fwd(x1, wb) * mask)
         total = za + zb
         one = total != 0
         share = bk.sdiv(zb, total)
@@ -97,7 +97,7 @@ class RapHidden(_LinearRule):
         """Move every nonzero entry by the same amount so that C sums to S(R)."""
         nonzero = C != 0
         excess = bk.sample_sum(C) - bk.sample_sum(R)
-        return C - nonzero * bk.sdiv(excess, bk.sample_sum(nonzero))
+        return C - nonzero * bk.sdiv(excess, bk.sample_sum(nonzero).astype(C.dtype))
 
 
 class ZBox(_LinearRule):
