@@ -55,6 +55,7 @@ class Explainer:
         self.bk = numpy_backend()
         self.dtype = np.dtype(dtype)
         self.capture = Capture(self.graph)
+        self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
 
     @property
@@ -94,42 +95,51 @@ class Explainer:
     def channel_axis(self):
         return {"features": None, "nchw": 1, "nhwc": -1}[self.layout]
 
-    def explain(self, x, target=None, method="rap", trace=False) -> Explanation:
+    def explain(self, x, target=None, method="rap", trace=False, **options) -> Explanation:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
+        ``options``: the method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
-        A model exported with a fixed batch size gets the batch in pieces of that size.
         """
-        m = methods.get(method)
+        m = methods.get(method, **options)
         m.check(self.graph)
         x = np.asarray(x)
-        fixed = (self.graph.input_shape or (None,))[0]
-        if x.ndim == 0 or fixed is None or x.shape[0] == fixed or x.shape[0] % fixed:
-            return self._explain_batch(x, target, m, trace)
-        targets = np.broadcast_to(np.asarray(-1 if target is None else target), (x.shape[0],))
-        parts = [self._explain_batch(x[i:i + fixed], None if target is None else targets[i:i + fixed], m, trace)
-                 for i in range(0, x.shape[0], fixed)]
-        return Explanation(np.concatenate([p.relevance for p in parts]), np.concatenate([p.logits for p in parts]),
-                           np.concatenate([p.target for p in parts]), m.name, self.channel_axis,
-                           [s for p in parts for s in p.layer_sums])
-
-    def _explain_batch(self, x, target, m, trace):
-        values = self.capture.run(x)
-        logits = self._class_vector(values[self.graph.logits_name])
+        captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
+        logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
         targets = self._targets(target, logits)
+        sums = [] if trace else None
+
+        def backprop(method_, xs, ts):
+            pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
+            out, start = [], 0
+            for part, values in pieces:
+                values = values if values is not None else self.capture.run(part)
+                out.append(self._propagate(method_, values, ts[start:start + len(part)], sums))
+                start += len(part)
+            return np.concatenate(out)
+
+        relevance = m.attribute(backprop, x.astype(self.capture.input_dtype), targets)
+        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [])
+
+    def _pieces(self, x):
+        """Batches for ONNX Runtime: the model's own batch size if fixed, else ``max_batch``."""
+        fixed = (self.graph.input_shape or (None,))[0] if x.ndim else None
+        size = fixed if fixed and x.shape[0] % fixed == 0 else self.max_batch
+        return [x[i:i + size] for i in range(0, len(x), size)] if x.ndim else [x]
+
+    def _propagate(self, method, values, targets, sums):
         bk = self.bk
         ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
                       self.graph.constants)
-        seed = m.seed(bk, ctx[self.graph.logits_name], targets)
-        sums = []
+        seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):
             total = lambda a: bk.to_numpy(bk.sample_sum(a, keepdims=False))  # noqa: E731
             sums.append((op.name, op.op_type, total(R), sum(total(r) for r in R_inputs if r is not None)))
 
-        relevance = propagate(self.graph, m, ctx, seed, trace=record if trace else None)
-        return Explanation(bk.to_numpy(relevance), logits, targets, m.name, self.channel_axis, sums)
+        relevance = propagate(self.graph, method, ctx, seed, trace=record if sums is not None else None)
+        return bk.to_numpy(relevance)
 
     def _dtype_of(self, v):
         return self.dtype if np.issubdtype(v.dtype, np.floating) else v.dtype

@@ -17,6 +17,7 @@ from . import __version__, methods
 from .errors import InputError, OnnxrapError
 
 EXIT_USAGE = 2
+METHOD_OPTIONS = ("epsilon", "alpha", "steps", "baseline", "samples", "noise")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +52,13 @@ def build_parser():
     e.add_argument("inputs", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF images or .npy arrays")
     e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
     e.add_argument("--method", default="rap",
-                   help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.METHODS)}")
+                   help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
+    e.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
+    e.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
+    e.add_argument("--steps", type=int, help="integrated-gradients: points on the path (default 32)")
+    e.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
+    e.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
+    e.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range (default 0.15)")
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
     e.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
     e.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
@@ -93,9 +100,18 @@ def cmd_explain(args):
     from .io import Preprocess, load_input, read_labels
     from .viz import atomic_write, save_explanation_figure
 
-    chosen = [methods.get(m.strip()).name for m in args.method.split(",") if m.strip()]
+    chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
         raise InputError("--method names no method")
+    options = {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k) is not None}
+    per_method = {}
+    for m in chosen:
+        methods.get(m)  # unknown names fail here, before any work
+        per_method[m] = {k: v for k, v in options.items() if k in methods.options_of(m)}
+        methods.get(m, **per_method[m])  # and bad option values
+    unused = set(options) - {k for opts in per_method.values() for k in opts}
+    if unused:
+        raise InputError(f"--{sorted(unused)[0]} is not an option of {', '.join(chosen)}")
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype)
@@ -126,7 +142,7 @@ def cmd_explain(args):
             batch = members[start:start + args.batch_size]
             xs = np.concatenate([loaded[i][0] for i in batch])
             for m in chosen:
-                exp = explainer.explain(xs, target=args.target, method=m)
+                exp = explainer.explain(xs, target=args.target, method=m, **per_method[m])
                 for k, i in enumerate(batch):
                     results[i][m] = (exp, k)
 

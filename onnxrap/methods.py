@@ -1,34 +1,50 @@
 """Attribution methods: compositions of rules, registered by name.
 
-A method maps op kinds to rules.  Linear ops are looked up most specific
-first: ``conv.head``, ``conv.input``, ``conv``, then ``linear``; other ops
-by kind (``batchnorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``,
-``activation``, ``scale``, ``identity``, ``shape``).  A new method is one
-``register(Method(...))`` entry.
+A method maps op kinds to rules, as zennit's composites do.  Linear ops are
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
+``linear`` (``dense.*`` likewise); other ops by kind (``batchnorm``,
+``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
+``identity``, ``shape``).  A new method is one ``@register`` factory; its
+keyword arguments are the method's options (``epsilon``, ``steps``, ...).
 """
 from __future__ import annotations
+
+import inspect
+
+import numpy as np
 
 from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
 from .rules.joins import AddShare, ConcatSlices
-from .rules.linear import AlphaBeta, RapFirst, RapHidden, ZBox
+from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.pooling import MaxWinner, WindowShare
 
 
 class Method:
     """A named composite of rules.  ``seed`` is ``"one"`` (1 at the target) or ``"logit"``."""
 
-    def __init__(self, name, rules, seed="one", description=""):
+    def __init__(self, name, rules, seed="one", description="", options=None, default=None):
         self.name = name
         self.rules = dict(rules)
+        self.default = default  # the rule for ops no key names
         self.seed_kind = seed
         self.description = description
+        self.options = dict(options or {})
+
+    @property
+    def label(self):
+        """The name with any options: ``lrp-eps(epsilon=0.1)``."""
+        if not self.options:
+            return self.name
+        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.options.items())})"
 
     def rule_for(self, op):
         for key in self._keys(op):
             if key in self.rules:
                 return self.rules[key]
+        if self.default is not None:
+            return self.default
         raise UnsupportedOpsError([(op.name, op.op_type, f"method {self.name} has no rule for it")])
 
     @staticmethod
@@ -41,7 +57,8 @@ class Method:
     def check(self, graph):
         """Fail before any work if an op of the graph has no rule in this method."""
         missing = [(op.name, op.op_type, f"method {self.name} has no rule for it")
-                   for op in graph.ops if not any(k in self.rules for k in self._keys(op))]
+                   for op in graph.ops
+                   if self.default is None and not any(k in self.rules for k in self._keys(op))]
         if missing:
             raise UnsupportedOpsError(missing)
 
@@ -49,22 +66,73 @@ class Method:
         hot = one_hot(bk, logits.shape, targets, logits.dtype)
         return hot * logits if self.seed_kind == "logit" else hot
 
-
-METHODS: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
+    def attribute(self, backprop, x, targets):
+        """Relevance for the batch ``x``; ``backprop(method, x, targets)`` runs one backward walk."""
+        return backprop(self, x, targets)
 
 
-def get(name: str) -> Method:
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
-    return METHODS[name]
+class GradientTimesInput(Method):
+    def attribute(self, backprop, x, targets):
+        return backprop(self, x, targets) * x
 
 
-# Rules every method shares for ops that carry relevance without choices.
+class IntegratedGradients(Method):
+    """Mean gradient along the straight path from ``baseline`` to x, times ``x - baseline``.
+
+    The midpoint rule over ``steps`` points; every scaled input of a sample
+    goes through the model in one batch.
+    """
+
+    def attribute(self, backprop, x, targets):
+        steps, baseline = self.options["steps"], self.options["baseline"]
+        base = np.full_like(x, baseline)
+        alphas = (np.arange(steps) + 0.5) / steps
+        shape = (len(x) * steps,) + x.shape[1:]
+        path = (base[:, None] + alphas.reshape((1, steps) + (1,) * (x.ndim - 1)) * (x - base)[:, None])
+        grads = backprop(self, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps))
+        return grads.reshape((len(x), steps) + x.shape[1:]).mean(axis=1) * (x - base)
+
+
+class SmoothGrad(Method):
+    """Mean gradient over ``samples`` noisy copies, noise std = ``noise`` x (max - min) of each sample."""
+
+    def attribute(self, backprop, x, targets):
+        samples, noise = self.options["samples"], self.options["noise"]
+        rng = np.random.default_rng(self.options["seed"])
+        spread = (x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1)) * noise
+        jitter = rng.standard_normal((len(x), samples) + x.shape[1:]) * spread.reshape((-1, 1) + (1,) * (x.ndim - 1))
+        noisy = (x[:, None] + jitter).reshape((len(x) * samples,) + x.shape[1:]).astype(x.dtype)
+        grads = backprop(self, noisy, np.repeat(targets, samples))
+        return grads.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
+
+
+FACTORIES: dict = {}
+
+
+def register(name):
+    """Register ``factory(**options) -> Method`` under ``name``."""
+
+    def wrap(factory):
+        FACTORIES[name] = factory
+        return factory
+
+    return wrap
+
+
+def options_of(name) -> set[str]:
+    return set(inspect.signature(FACTORIES[name]).parameters)
+
+
+def get(name: str, **options) -> Method:
+    if name not in FACTORIES:
+        raise InputError(f"unknown method {name!r} (known: {', '.join(FACTORIES)})")
+    unknown = set(options) - options_of(name)
+    if unknown:
+        raise InputError(f"method {name} takes no option {', '.join(sorted(unknown))}")
+    return FACTORIES[name](**options)
+
+
+# Rules every relevance method shares for ops that carry relevance without choices.
 _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(),
           "concat": ConcatSlices(), "maxpool": MaxWinner()}
 
@@ -72,21 +140,86 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
         "linear": RapHidden(per_sign=False), "batchnorm": Pass(),
         "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
 
-register(Method("rap", _RAP, description=(
-    "Relative Attributing Propagation with the measured fixes (spec section A): conserves the logit")))
 
-register(Method("rap-reference", {
-    **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
-    "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
-    description="RAP as its authors released it (spec section A with the [ref] items)"))
+@register("rap")
+def _rap():
+    return Method("rap", _RAP, description=(
+        "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
 
 
-def _lrp(rules):
-    """LRP composites: z-rules at joins and pools, z^B at the input convolution (spec B)."""
-    return {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
-            "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules}
+@register("rap-reference")
+def _rap_reference():
+    return Method("rap-reference", {
+        **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
+        "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
+        description="RAP as its authors released it (spec section A with the [ref] items)")
 
 
-for _alpha in (1, 2):
-    register(Method(f"lrp-a{_alpha}b{_alpha - 1}", _lrp({"linear": AlphaBeta(alpha=_alpha)}), seed="logit",
-                    description=f"LRP alpha={_alpha} beta={_alpha - 1}"))
+def _lrp(name, rules, description, options=None):
+    """LRP composites (spec B): z-rules at joins and pools, z^B at the input convolution."""
+    return Method(name, {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
+                         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules},
+                  seed="logit", description=description, options=options)
+
+
+@register("lrp-eps")
+def _lrp_eps(epsilon: float = 1e-6):
+    return _lrp("lrp-eps", {"linear": Epsilon(epsilon)}, "LRP-epsilon on every linear op",
+                {"epsilon": epsilon})
+
+
+@register("lrp-ab")
+def _lrp_ab(alpha: float = 2.0):
+    if alpha < 1:
+        raise InputError(f"lrp-ab needs alpha >= 1 (beta = alpha - 1), got {alpha}")
+    return _lrp("lrp-ab", {"linear": AlphaBeta(alpha)}, "LRP alpha-beta, beta = alpha - 1", {"alpha": alpha})
+
+
+def _alpha_beta_preset(alpha):
+    name = f"lrp-a{alpha}b{alpha - 1}"
+    register(name)(lambda: _lrp(name, {"linear": AlphaBeta(alpha)}, f"LRP alpha={alpha} beta={alpha - 1}"))
+
+
+_alpha_beta_preset(1)
+_alpha_beta_preset(2)
+
+
+@register("lrp-preset-a")
+def _preset_a(epsilon: float = 0.1):
+    return _lrp("lrp-preset-a", {"dense": Epsilon(epsilon), "conv": AlphaBeta(1)},
+                "iNNvestigate's preset A: epsilon on dense layers, alpha1-beta0 on convolutions")
+
+
+@register("lrp-preset-b")
+def _preset_b(epsilon: float = 0.1):
+    return _lrp("lrp-preset-b", {"dense": Epsilon(epsilon), "conv": AlphaBeta(2)},
+                "iNNvestigate's preset B: epsilon on dense layers, alpha2-beta1 on convolutions")
+
+
+_GRADIENT = dict(rules={}, default=Adjoint())  # every op's own adjoint
+
+
+@register("gradient")
+def _gradient():
+    return Method("gradient", **_GRADIENT, description="the gradient of the target logit")
+
+
+@register("gradient-x-input")
+def _gradient_x_input():
+    return GradientTimesInput("gradient-x-input", **_GRADIENT, description="gradient times input")
+
+
+@register("integrated-gradients")
+def _integrated_gradients(steps: int = 32, baseline: float = 0.0):
+    if steps < 1:
+        raise InputError(f"integrated-gradients needs steps >= 1, got {steps}")
+    return IntegratedGradients("integrated-gradients", **_GRADIENT, options={"steps": int(steps), "baseline": baseline},
+                               description="integrated gradients from a constant baseline")
+
+
+@register("smoothgrad")
+def _smoothgrad(samples: int = 16, noise: float = 0.15, seed: int = 0):
+    if samples < 1:
+        raise InputError(f"smoothgrad needs samples >= 1, got {samples}")
+    return SmoothGrad("smoothgrad", **_GRADIENT, options={"samples": int(samples), "noise": noise, "seed": seed},
+                      description="gradients averaged over noisy copies of the input")

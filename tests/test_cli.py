@@ -46,6 +46,19 @@ def test_side_by_side_methods_and_target(tmp_path, capsys):
     assert entry["figure"].endswith("rap+rap-reference+lrp-a2b1.png")
 
 
+def test_method_options_from_the_command_line(tmp_path, capsys):
+    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--method",
+                          "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--steps", "8"],
+                         capsys)
+    assert code == 0, err
+    entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]
+    assert list(entry["methods"]) == ["rap", "lrp-eps", "integrated-gradients", "gradient-x-input"]
+    assert_refused(tmp_path / "x", capsys, ["explain", DIGITS, DIGIT_IMAGES[0], "--epsilon", "0.5"],
+                   "--epsilon is not an option of rap")
+    assert_refused(tmp_path / "y", capsys, ["explain", DIGITS, DIGIT_IMAGES[0], "--method", "lrp-ab", "--alpha",
+                                            "0.2"], "alpha >= 1")
+
+
 @pytest.mark.parametrize("mode,suffix", [("L", ".png"), ("RGB", ".jpg"), ("RGBA", ".png"), ("RGB", ".bmp"),
                                          ("L", ".tiff")])
 def test_image_formats_and_modes(tmp_path, capsys, mode, suffix):
