@@ -8,7 +8,7 @@ import numpy as np
 from . import methods
 from .backend import numpy_backend
 from .capture import Capture
-from .engine import Context, propagate
+from .engine import Context, propagate, recompute
 from .errors import InputError, ModelError
 from .graph import Graph
 
@@ -44,16 +44,19 @@ class Explainer:
     """Loads a model once; explains batches of inputs with any registered method.
 
     ``dtype`` is the arithmetic of the relevance rules: float32 by default,
-    float64 for checking (activations come from ONNX Runtime as the model
-    computes them).
+    float64 for checking.  ``recompute`` (default: on for float64) replaces
+    ONNX Runtime's float32 activations by onnxrap's own forward pass in
+    ``dtype`` from the same input, after checking that it reproduces the
+    model's logits.
     """
 
-    def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu"):
+    def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None):
         self.graph = Graph(model, input_name, output_name)
         if device != "cpu":
             raise InputError(f"device {device!r} is not available in this build (use cpu)")
         self.bk = numpy_backend()
         self.dtype = np.dtype(dtype)
+        self.recompute = self.dtype == np.float64 if recompute is None else recompute
         self.capture = Capture(self.graph)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
@@ -74,16 +77,8 @@ class Explainer:
 
     @property
     def layout(self) -> str:
-        """``nchw``, ``nhwc`` (channels last) or ``features`` for rank-2 inputs; settable."""
-        if self._layout:
-            return self._layout
-        shape = self.graph.input_shape
-        if shape is None or len(shape) < 3:
-            return "features"
-        first, last = shape[1], shape[-1]
-        if last in (1, 3, 4) and first not in (1, 3, 4):
-            return "nhwc"
-        return "nchw"
+        """``nchw`` (channels first, any rank), ``nhwc`` (channels last) or ``features``; settable."""
+        return self._layout or self.graph.layout
 
     @layout.setter
     def layout(self, value):
@@ -132,6 +127,11 @@ class Explainer:
         bk = self.bk
         ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
                       self.graph.constants)
+        if self.recompute:
+            deviation = recompute(self.graph, ctx)
+            if deviation > 1e-3:
+                raise ModelError(f"{self.graph.label}: onnxrap's own forward pass differs from ONNX Runtime's "
+                                 f"logits by {deviation:.2g} (relative); cannot recompute in {self.dtype}")
         seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):

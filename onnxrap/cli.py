@@ -74,6 +74,12 @@ def build_parser():
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     e.set_defaults(run=cmd_explain)
+
+    i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
+    i.add_argument("model", help="the .onnx classifier")
+    i.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
+    i.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
+    i.set_defaults(run=cmd_inspect)
     return p
 
 
@@ -130,7 +136,7 @@ def cmd_explain(args):
         return preprocess
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
-    loaded = [load_input(path, make_preprocess, rank) for path in args.inputs]
+    loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis) for path in args.inputs]
 
     # Inputs of one shape are explained together, a batch at a time.
     results = [dict() for _ in loaded]
@@ -160,6 +166,43 @@ def cmd_explain(args):
         for f in written:  # all or nothing
             Path(f).unlink(missing_ok=True)
         raise
+    return 0
+
+
+def cmd_inspect(args):
+    import collections
+
+    import onnx
+
+    from .graph import Graph
+    from .ops import PARSERS
+
+    graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name, strict=False)
+    model = graph.model
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    print(f"model: {graph.label} (IR {model.ir_version}; opsets {opsets}; "
+          f"producer {model.producer_name or '?'} {model.producer_version})")
+    shape = lambda s: "[" + ", ".join("?" if d is None else str(d) for d in s) + "]" if s else "unknown"  # noqa: E731
+    elem = onnx.TensorProto.DataType.Name(graph.input_type).lower()
+    print(f"input: {graph.input_name} {elem} {shape(graph.input_shape)} (layout {graph.layout})")
+    via = "" if graph.logits_name == graph.output_name else f" (explained through its Softmax: {graph.logits_name})"
+    print(f"output: {graph.output_name} {shape(graph._shapes.get(graph.output_name))}{via}")
+    bad = collections.Counter(op_type for _, op_type, _ in graph.unsupported)
+    counts = collections.Counter(n.op_type for n in graph.data_nodes)
+    print("ops on the data path:")
+    for op_type, n in sorted(counts.items()):
+        status = "supported" if op_type in PARSERS and not bad[op_type] else (
+            f"NOT SUPPORTED ({bad[op_type]} of {n})" if op_type in PARSERS else "NOT SUPPORTED")
+        print(f"  {op_type:<22} {n:>5}  {status}")
+    folded = collections.Counter(n.op_type for n in graph.folded_nodes)
+    if folded:
+        print("folded to constants: " + ", ".join(f"{t} {n}" for t, n in sorted(folded.items())))
+    if graph.unsupported:
+        print(f"cannot explain: {len(graph.unsupported)} node(s) stop it:")
+        for name, op_type, why in graph.unsupported:
+            print(f"  {name} ({op_type}){': ' + why if why else ': no rule for this op type'}")
+        return EXIT_USAGE
+    print(f"explainable: yes ({len(graph.ops)} ops after canonicalisation; methods: {', '.join(methods.FACTORIES)})")
     return 0
 
 

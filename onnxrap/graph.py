@@ -72,7 +72,8 @@ def _node_names(graph) -> list[str]:
 class Graph:
     """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
 
-    def __init__(self, source, input_name: str | None = None, output_name: str | None = None):
+    def __init__(self, source, input_name: str | None = None, output_name: str | None = None, strict=True):
+        """``strict=False`` records unsupported nodes in ``unsupported`` instead of raising (for inspect)."""
         model, self.label = load_model(source)
         self.model = model
         try:
@@ -96,9 +97,14 @@ class Graph:
         if self.logits_name not in self.data_tensors:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
+        self.data_nodes = [nodes[i] for i in sorted(relevant)]
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
         self._fold_constants(nodes, names, relevant)
-        self.ops = self._parse(nodes, names, relevant)
+        self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
+                             any(t in self.constants for t in nodes[i].output)]
+        self.ops, self.unsupported = self._parse(nodes, names, relevant)
+        if self.unsupported and strict:
+            raise UnsupportedOpsError(self.unsupported)
         self._canonicalise()
         self.dag = self._build_dag()
         self._mark_positions()
@@ -210,9 +216,7 @@ class Graph:
                 parsed.append(op_registry.parse(view))
             except op_registry.Unsupported as why:
                 unsupported.append((names[i], node.op_type, str(why)))
-        if unsupported:
-            raise UnsupportedOpsError(unsupported)
-        return parsed
+        return parsed, unsupported
 
     def consumers(self, tensor):
         return [op for op in self.ops if tensor in op.inputs]
@@ -286,6 +290,16 @@ class Graph:
     @property
     def input_shape(self):
         return self._shapes.get(self.input_name)
+
+    @property
+    def layout(self) -> str:
+        """``features`` for rank-2 inputs; ``nhwc`` when only the last axis looks like colour channels."""
+        shape = self.input_shape
+        if shape is None or len(shape) < 3:
+            return "features"
+        if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+            return "nhwc"
+        return "nchw"
 
     @property
     def input_type(self):

@@ -117,12 +117,25 @@ def read_array(path: Path, input_rank: int | None):
     return x.astype(np.float32)
 
 
-def load_input(path, preprocess_factory, input_rank):
+def array_display(x, channel_axis):
+    """A picture of an array input in [0, 1]: channels averaged; a volume as a grid of slices."""
+    from .viz import as_image
+
+    if channel_axis is None or x.ndim < 4:
+        return None
+    sample = x[0].mean(axis=channel_axis if channel_axis < 0 else channel_axis - 1)
+    low, high = float(sample.min()), float(sample.max())
+    scaled = (sample - low) / (high - low) if high > low else np.zeros_like(sample)
+    return as_image(scaled)
+
+
+def load_input(path, preprocess_factory, input_rank, channel_axis=1):
     """Read one input file: ``(model input with batch 1, display image or None)``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
-        return read_array(path, input_rank), None
+        x = read_array(path, input_rank)
+        return x, array_display(x, channel_axis)
     if suffix not in IMAGE_SUFFIXES and path.exists():
         raise InputError(f"{path}: unknown input type {suffix or '(no suffix)'} "
                          f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; arrays: .npy)")

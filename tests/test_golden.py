@@ -90,3 +90,19 @@ def test_explicit_target(golden):
     e = ex.explain(case["x"], target=3, method="rap")
     assert int(e.target[0]) == 3
     assert abs(e.relevance.sum() - e.logits[0, 3]) < 1e-4 * max(1, abs(e.logits[0, 3]))
+
+
+@pytest.mark.parametrize("name", GOLDEN_CASES)
+def test_float64_recompute_matches_to_rounding(name):
+    # dtype=float64 replaces ORT's float32 activations by onnxrap's own float64 forward pass:
+    # then the spec's arithmetic is reproduced to rounding (the remaining ~1e-12 is
+    # BatchNormalization's epsilon, stored as float32 in the ONNX file but 1e-5 in PyTorch).
+    from conftest import GOLDEN
+    from onnxrap import Explainer
+
+    ex = Explainer(GOLDEN / name / "model.onnx", dtype="float64")
+    case = np.load(GOLDEN / name / "case.npz")
+    assert rel_l2(ex.explain(case["x"], method="rap").relevance, case["rap_robust64"]) < 1e-10
+    # rap-reference divides by a + b at residual Adds: even 1e-12 moves it by 1e-8 there.
+    tolerance = 1e-6 if name == "resnet50_w4" else 1e-10
+    assert rel_l2(ex.explain(case["x"], method="rap-reference").relevance, case["rap64"]) < tolerance

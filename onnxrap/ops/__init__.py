@@ -34,6 +34,10 @@ class Op:
         self.output = output
         self.positions: tuple[str, ...] = ()  # set by the graph: "head", "input"
 
+    def forward(self, bk, ctx):
+        """The op's output from its inputs in ``ctx`` (onnxrap's own forward, for float64 checking)."""
+        raise NotImplementedError(f"{self.op_type} has no forward")
+
     def vjp(self, bk, ctx, grad):
         """Vector-Jacobian product: the gradient at each data input."""
         raise NotImplementedError(f"{self.op_type} has no adjoint")

@@ -7,13 +7,17 @@ from . import Op, Unsupported, register
 
 
 class Activation(Op):
-    """A piecewise-linear activation; ``slope(x)`` is its derivative."""
+    """A piecewise-linear activation ``fn`` with derivative ``slope``."""
 
     kind = "activation"
 
-    def __init__(self, name, op_type, inputs, output, slope):
+    def __init__(self, name, op_type, inputs, output, fn, slope):
         super().__init__(name, op_type, inputs, output)
+        self.fn = fn
         self.slope = slope
+
+    def forward(self, bk, ctx):
+        return self.fn(bk.xp, ctx[self.inputs[0]])
 
     def vjp(self, bk, ctx, grad):
         return [grad * self.slope(bk.xp, ctx[self.inputs[0]])]
@@ -22,13 +26,14 @@ class Activation(Op):
 @register("Relu")
 def _relu(v):
     return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
-                      lambda xp, x: x > 0)
+                      lambda xp, x: xp.maximum(x, 0), lambda xp, x: x > 0)
 
 
 @register("LeakyRelu")
 def _leaky(v):
     alpha = float(v.attr("alpha", 0.01))
     return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
+                      lambda xp, x: xp.where(x > 0, x, alpha * x),
                       lambda xp, x: xp.where(x > 0, 1.0, alpha).astype(x.dtype))
 
 
@@ -40,7 +45,7 @@ def _clip(v):
     else:
         lo, hi = float(v.attr("min", -np.inf)), float(v.attr("max", np.inf))
     return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
-                      lambda xp, x: (x > lo) & (x < hi))
+                      lambda xp, x: xp.clip(x, lo, hi), lambda xp, x: (x > lo) & (x < hi))
 
 
 class BatchNorm(Op):
@@ -53,8 +58,15 @@ class BatchNorm(Op):
         self.gain_values = gain  # g = scale / sqrt(var + eps)
         self.shift_values = shift
 
+    def _per_channel(self, bk, values, x):
+        return bk.asarray(values.reshape((-1,) + (1,) * (x.ndim - 2)), dtype=x.dtype)
+
     def gain(self, bk, x):
-        return bk.asarray(self.gain_values.reshape((-1,) + (1,) * (x.ndim - 2)), dtype=x.dtype)
+        return self._per_channel(bk, self.gain_values, x)
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        return x * self.gain(bk, x) + self._per_channel(bk, self.shift_values, x)
 
     def vjp(self, bk, ctx, grad):
         return [grad * self.gain(bk, grad)]
@@ -74,14 +86,33 @@ class ConstantArithmetic(Op):
 
     kind = "scale"
 
-    def __init__(self, name, op_type, inputs, output, factor, constant=None):
+    def __init__(self, name, op_type, inputs, output, constant, reversed_operands=False):
         super().__init__(name, op_type, inputs, output)
-        self.factor = factor  # d output / d x, broadcastable
         self.constant = constant  # the c; an Add's c may become a linear op's bias
+        self.reversed_operands = reversed_operands  # c - x
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        c = bk.asarray(self.constant, dtype=x.dtype)
+        if self.op_type == "Mul":
+            return x * c
+        if self.op_type == "Div":
+            return x / c
+        if self.op_type == "Sub":
+            return c - x if self.reversed_operands else x - c
+        return x + c
+
+    def factor(self):
+        """d output / d x, broadcastable."""
+        if self.op_type == "Mul":
+            return self.constant
+        if self.op_type == "Div":
+            return 1.0 / self.constant
+        return -1.0 if self.reversed_operands else 1.0
 
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]
-        return [bk.unbroadcast(grad * bk.asarray(self.factor, dtype=grad.dtype), x.shape)]
+        return [bk.unbroadcast(grad * bk.asarray(self.factor(), dtype=grad.dtype), x.shape)]
 
 
 @register("Add", "Sub", "Mul", "Div", "Sum")
@@ -93,23 +124,21 @@ def _arithmetic(v):
         if v.op_type in ("Add", "Sum"):
             return Sum(v.name, v.op_type, v.data_inputs(), v.node.output[0])
         raise Unsupported(f"{v.op_type} of two data tensors")
-    if v.op_type == "Sum":
-        return ConstantArithmetic(v.name, v.op_type, v.data_inputs(), v.node.output[0], 1.0)
     (i,) = data
-    c = v.const(1 - i).astype(np.float64)
-    if v.op_type == "Mul":
-        factor = c
-    elif v.op_type == "Div":
-        if i != 0:
-            raise Unsupported("division of a constant by data")
-        factor = 1.0 / c
-    else:
-        factor = -1.0 if (v.op_type == "Sub" and i == 1) else 1.0
-    return ConstantArithmetic(v.name, v.op_type, [v.node.input[i]], v.node.output[0], factor, c)
+    if v.op_type == "Sum":  # one data input, maybe constants beside it
+        rest = [v.const(k).astype(np.float64) for k in range(len(v.node.input)) if k != i]
+        return ConstantArithmetic(v.name, v.op_type, [v.node.input[i]], v.node.output[0], sum(rest) if rest else 0.0)
+    if v.op_type == "Div" and i != 0:
+        raise Unsupported("division of a constant by data")
+    return ConstantArithmetic(v.name, v.op_type, [v.node.input[i]], v.node.output[0],
+                              v.const(1 - i).astype(np.float64), reversed_operands=(v.op_type == "Sub" and i == 1))
 
 
 class Identity(Op):
     kind = "identity"
+
+    def forward(self, bk, ctx):
+        return ctx[self.inputs[0]]
 
     def vjp(self, bk, ctx, grad):
         return [grad]

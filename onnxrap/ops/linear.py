@@ -1,6 +1,6 @@
 """Linear ops: Gemm, MatMul with a constant weight, Conv of any rank and groups.
 
-All expose the same interface to the rules: ``L_W(x)`` as ``forward``, its
+All expose the same interface to the rules: ``L_W(x)`` as ``apply``, its
 adjoint ``L_W^T(s)`` as ``adjoint``, the weight and its positive and
 negative parts, and the bias as a map over the output.
 """
@@ -42,6 +42,13 @@ class Linear(Op):
         """Relevance for the data input, from relevance shaped like ``take``'s result."""
         return r
 
+    def forward(self, bk, ctx):
+        x = self.take(ctx[self.inputs[0]])
+        w, _, _ = self.weights(bk, x.dtype)
+        y = self.apply(bk, x, w)
+        b = self.bias(bk, x.dtype, y.shape)
+        return y if b is None else y + b
+
     def vjp(self, bk, ctx, grad):
         w, _, _ = self.weights(bk, grad.dtype)
         x = self.take(ctx[self.inputs[0]])
@@ -63,7 +70,7 @@ class Dense(Linear):
     def give(self, r):
         return r.T if self.trans_input else r
 
-    def forward(self, bk, x, w):
+    def apply(self, bk, x, w):
         return x @ w
 
     def adjoint(self, bk, s, w, x_shape):
@@ -128,7 +135,7 @@ class Conv(Linear):
                                            self.pads, self.auto_pad)
         return self._specs[key]
 
-    def forward(self, bk, x, w):
+    def apply(self, bk, x, w):
         return bk.conv(x, w, self.spec(x.shape), self.groups)
 
     def adjoint(self, bk, s, w, x_shape):

@@ -59,6 +59,11 @@ class MaxPool(_Windowed):
         cols = (taps == arg[:, :, None]) * grad[:, :, None]
         return bk.scatter(cols.reshape((n, c) + spec.kernel + spec.out_shape), spec)
 
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        spec = self.spec(x.shape)
+        return bk.windows(x, spec, value=-np.inf).max(axis=tuple(range(2, 2 + len(spec.kernel))))
+
     def vjp(self, bk, ctx, grad):
         return [self.route(bk, ctx[self.inputs[0]], grad)]
 
@@ -108,6 +113,10 @@ class AveragePool(_Windowed):
         win = bk.windows(bk.asarray(counted[None, None], dtype=dtype), flat)
         return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
 
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        return self.sum_pool(bk, x) / self.divisor(bk, x.shape, x.dtype)
+
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]
         return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
@@ -146,6 +155,10 @@ class MeanReduce(Op):
 
     def divisor(self, bk, x_shape, dtype):
         return math.prod(x_shape[a] for a in self._axes(len(x_shape)))
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        return self.sum_pool(bk, x) / self.divisor(bk, x.shape, x.dtype)
 
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]

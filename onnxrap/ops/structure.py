@@ -11,6 +11,12 @@ class Sum(Op):
 
     kind = "add"
 
+    def forward(self, bk, ctx):
+        out = ctx[self.inputs[0]]
+        for name in self.inputs[1:]:
+            out = out + ctx[name]
+        return out
+
     def vjp(self, bk, ctx, grad):
         return [bk.unbroadcast(grad, ctx[name].shape) for name in self.inputs]
 
@@ -35,6 +41,11 @@ class Concat(Op):
             start += size
         return out
 
+    def forward(self, bk, ctx):
+        parts = [ctx[name] if is_data else bk.asarray(ctx.constants[name], dtype=ctx[self.inputs[0]].dtype)
+                 for name, is_data in self.parts]
+        return bk.xp.concatenate(parts, axis=self.axis)
+
     def vjp(self, bk, ctx, grad):
         return [grad[index] for _, index in self.slices(ctx, ctx.constants)]
 
@@ -52,6 +63,9 @@ class Reshape(Op):
     """Any move that keeps the element order: its inverse is a reshape back."""
 
     kind = "shape"
+
+    def forward(self, bk, ctx):
+        return ctx[self.inputs[0]].reshape(ctx.shapes[self.output])  # the shape ONNX Runtime produced
 
     def vjp(self, bk, ctx, grad):
         return [grad.reshape(ctx[self.inputs[0]].shape)]
@@ -71,9 +85,11 @@ class Transpose(Op):
         super().__init__(name, op_type, inputs, output)
         self.perm = perm
 
+    def forward(self, bk, ctx):
+        return ctx[self.inputs[0]].transpose(self.perm)
+
     def vjp(self, bk, ctx, grad):
-        perm = self.perm or list(range(grad.ndim))[::-1]
-        return [grad.transpose(np.argsort(perm))]
+        return [grad.transpose(np.argsort(self.perm))]
 
 
 @register("Transpose")
@@ -96,10 +112,14 @@ class Pad(Op):
         self.pads = pads  # begins then ends, one per axis
         self.value = value
 
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        rank = x.ndim
+        widths = list(zip(self.pads[:rank], self.pads[rank:]))
+        return bk.xp.pad(x, widths, mode="constant", constant_values=self.value)
+
     def vjp(self, bk, ctx, grad):
         rank = grad.ndim
-        if any(p < 0 for p in self.pads):
-            raise Unsupported("negative pads")
         crop = tuple(slice(b, n - e) for b, e, n in zip(self.pads[:rank], self.pads[rank:], grad.shape))
         return [grad[crop]]
 

@@ -1,6 +1,6 @@
 """Rules for linear ops (Gemm, MatMul, Conv): RAP's three rules and LRP's.
 
-Written against the op's ``forward`` (``L_W``) and ``adjoint`` (``L_W^T``),
+Written against the op's ``apply`` (``L_W``) and ``adjoint`` (``L_W^T``),
 so one rule serves dense and convolutional layers of any rank and groups.
 Section numbers refer to docs/rap-spec.md (A1..A3, B).
 """
@@ -14,7 +14,7 @@ class _LinearRule(Rule):
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
         w, wp, wn = op.weights(ctx.bk, x.dtype)
-        fwd = lambda a, weight: op.forward(ctx.bk, a, weight)  # noqa: E731
+        fwd = lambda a, weight: op.apply(ctx.bk, a, weight)  # noqa: E731
         adj = lambda s, weight: op.adjoint(ctx.bk, s, weight, x.shape)  # noqa: E731
         return x, (w, wp, wn), fwd, adj
 
