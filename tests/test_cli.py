@@ -199,3 +199,32 @@ def test_unknown_method(tmp_path, capsys):
 def test_failure_on_a_later_image_writes_nothing(tmp_path, capsys):
     assert_refused(tmp_path, capsys, ["explain", DIGITS, DIGIT_IMAGES[0], DIGIT_IMAGES[1], tmp_path / "gone.png"],
                    "gone.png")
+
+
+def test_inspect_an_explainable_model(capsys):
+    code, out, err = run(["inspect", DIGITS], capsys)
+    assert code == 0, err
+    assert "input: input float [?, 1, 32, 32] (layout nchw)" in out
+    assert "BatchNormalization" in out and "supported" in out
+    assert "explainable: yes" in out
+
+
+def test_inspect_lists_every_node_that_stops_an_explanation(tmp_path, capsys):
+    model = tiny_model(tmp_path / "odd.onnx",
+                       [helper.make_node("Sin", ["x"], ["a"], name="first_sin"),
+                        helper.make_node("Relu", ["a"], ["b"], name="ok"),
+                        helper.make_node("Cos", ["b"], ["c"], name="last_cos"),
+                        helper.make_node("Softmax", ["c"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    code, out, err = run(["inspect", model], capsys)
+    assert code == 2
+    assert "explained through its Softmax: c" in out
+    assert "first_sin (Sin)" in out and "last_cos (Cos)" in out
+    assert "cannot explain: 2 node(s)" in out
+
+
+def test_inspect_bad_file(tmp_path, capsys):
+    code, out, err = run(["inspect", tmp_path / "missing.onnx"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"onnxrap: error: {tmp_path / 'missing.onnx'}: no such model file"]
