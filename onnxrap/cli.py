@@ -17,7 +17,7 @@ from . import __version__, methods
 from .errors import InputError, OnnxrapError
 
 EXIT_USAGE = 2
-METHOD_OPTIONS = ("epsilon", "alpha", "steps", "baseline", "samples", "noise")
+METHOD_OPTIONS = ("epsilon", "alpha", "steps", "baseline", "samples", "noise", "flow")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +59,8 @@ def build_parser():
     e.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
     e.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
     e.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range (default 0.15)")
+    e.add_argument("--flow", choices=["sum", "normal", "inversion"],
+                   help="rap-paper: the normal flow, the inversion flow, or their sum (default)")
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
     e.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
     e.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")

@@ -18,6 +18,7 @@ from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
 from .rules.joins import AddShare, ConcatSlices
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
+from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
 
 
@@ -106,6 +107,24 @@ class SmoothGrad(Method):
         return grads.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
 
 
+class PaperRap(Method):
+    """rap-paper: the normal and the inversion flow, two backward walks that never mix, and their sum."""
+
+    def __init__(self, flows, **kw):
+        super().__init__(**kw)
+        self.flows = flows  # {"normal": Method, "inversion": Method}
+
+    def check(self, graph):
+        for m in self.flows.values():
+            m.check(graph)
+
+    def attribute(self, backprop, x, targets):
+        flow = self.options["flow"]
+        if flow != "sum":
+            return backprop(self.flows[flow], x, targets)
+        return sum(backprop(m, x, targets) for m in self.flows.values())
+
+
 FACTORIES: dict = {}
 
 
@@ -153,6 +172,18 @@ def _rap_reference():
         **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
         description="RAP as its authors released it (spec section A with the [ref] items)")
+
+
+@register("rap-paper")
+def _rap_paper(flow: str = "sum"):
+    if flow not in ("sum", "normal", "inversion"):
+        raise InputError(f"rap-paper's flow is sum, normal or inversion, not {flow!r}")
+    flows = {k_name: Method(f"rap-paper-{k_name}", {
+        **_RAP, "dense.head": PaperFirst(), "conv.head": PaperFirst(), "conv.input": PaperFlow(k),
+        "linear": PaperFlow(k), "batchnorm": PaperBatchNorm(k)}, seed="logit")
+        for k_name, k in (("normal", 1), ("inversion", -1))}
+    return PaperRap(flows, name="rap-paper", rules={}, seed="logit", options={"flow": flow},
+                    description="RAP as the journal's equations (5)-(11) read (spec section C); experimental")
 
 
 def _lrp(name, rules, description, options=None):
