@@ -127,6 +127,9 @@ class Explainer:
         bk = self.bk
         ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
                       self.graph.constants)
+        for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
+            if op.synthetic:
+                ctx[op.output] = op.forward(bk, ctx)
         if self.recompute:
             deviation = recompute(self.graph, ctx)
             if deviation > 1e-3:

@@ -34,6 +34,7 @@ class Capture:
         for op in graph.ops:
             wanted.update(op.inputs)
             wanted.add(op.output)
+        wanted -= {op.output for op in graph.ops if op.synthetic}
         existing = {o.name for o in graph.model.graph.output}
         self.names = sorted(wanted - existing) + [graph.output_name]
         model = onnx.ModelProto()

@@ -24,7 +24,8 @@ from .ops.elementwise import ConstantArithmetic
 from .ops.linear import Conv, Linear
 from .ops.structure import Pad
 
-SHAPE_READERS = {"Shape", "Size"}  # read only the shape of a data tensor
+# Inputs that only lend their shape or type: a data tensor there does not make the output data.
+SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
 
 
@@ -137,7 +138,8 @@ class Graph:
     def _data_tensors(self, nodes):
         data = {self.input_name}
         for node in nodes:
-            if node.op_type not in SHAPE_READERS and any(t in data for t in node.input):
+            ignored = SHAPE_OR_TYPE_INPUTS.get(node.op_type, ())
+            if any(t in data for k, t in enumerate(node.input) if k not in ignored):
                 data.update(t for t in node.output if t)
         return data
 
@@ -175,7 +177,13 @@ class Graph:
         opset = [o for o in self.model.opset_import]
         for i in sorted(order):
             node = nodes[i]
-            if node.op_type in SHAPE_READERS:
+            if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
+                if node.input[0] in self.constants:  # the data tensor lends only its type
+                    elem = self._types.get(node.input[1]) or onnx.TensorProto.FLOAT
+                    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+                    self.constants[node.output[0]] = self.constants[node.input[0]].astype(dtype)
+                continue
+            if node.op_type in ("Shape", "Size"):
                 shape = self._shapes.get(node.input[0])
                 if shape is None or None in shape:
                     continue  # dynamic: its value is known only per run
@@ -213,7 +221,7 @@ class Graph:
             try:
                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                     raise op_registry.Unsupported("control flow")
-                parsed.append(op_registry.parse(view))
+                parsed.extend(op_registry.parse(view))
             except op_registry.Unsupported as why:
                 unsupported.append((names[i], node.op_type, str(why)))
         return parsed, unsupported

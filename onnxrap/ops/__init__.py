@@ -33,6 +33,7 @@ class Op:
         self.inputs = list(inputs)
         self.output = output
         self.positions: tuple[str, ...] = ()  # set by the graph: "head", "input"
+        self.synthetic = False  # its output is not in the ONNX graph: onnxrap's forward computes it
 
     def forward(self, bk, ctx):
         """The op's output from its inputs in ``ctx`` (onnxrap's own forward, for float64 checking)."""
@@ -106,12 +107,14 @@ def register(*op_types: str):
     return wrap
 
 
-def parse(view: NodeView) -> Op:
+def parse(view: NodeView) -> list[Op]:
+    """The ops of one ONNX node (a fused node gives several)."""
     parser = PARSERS.get(view.op_type)
     if parser is None:
         raise Unsupported("")
-    return parser(view)
+    ops = parser(view)
+    return ops if isinstance(ops, list) else [ops]
 
 
 # Import the families so that their ops register.
-from . import elementwise, linear, pooling, structure  # noqa: E402,F401
+from . import elementwise, fused, linear, pooling, structure  # noqa: E402,F401

@@ -23,18 +23,27 @@ class Activation(Op):
         return [grad * self.slope(bk.xp, ctx[self.inputs[0]])]
 
 
+def relu(name, op_type, x, y):
+    return Activation(name, op_type, [x], y, lambda xp, v: xp.maximum(v, 0), lambda xp, v: v > 0)
+
+
+def leaky_relu(name, op_type, x, y, alpha):
+    return Activation(name, op_type, [x], y, lambda xp, v: xp.where(v > 0, v, alpha * v),
+                      lambda xp, v: xp.where(v > 0, 1.0, alpha).astype(v.dtype))
+
+
+def clip(name, op_type, x, y, lo, hi):
+    return Activation(name, op_type, [x], y, lambda xp, v: xp.clip(v, lo, hi), lambda xp, v: (v > lo) & (v < hi))
+
+
 @register("Relu")
 def _relu(v):
-    return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
-                      lambda xp, x: xp.maximum(x, 0), lambda xp, x: x > 0)
+    return relu(v.name, v.op_type, v.node.input[0], v.node.output[0])
 
 
 @register("LeakyRelu")
 def _leaky(v):
-    alpha = float(v.attr("alpha", 0.01))
-    return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
-                      lambda xp, x: xp.where(x > 0, x, alpha * x),
-                      lambda xp, x: xp.where(x > 0, 1.0, alpha).astype(x.dtype))
+    return leaky_relu(v.name, v.op_type, v.node.input[0], v.node.output[0], float(v.attr("alpha", 0.01)))
 
 
 @register("Clip")
@@ -44,8 +53,7 @@ def _clip(v):
         hi = float(v.const(2)) if v.has_input(2) else np.inf
     else:
         lo, hi = float(v.attr("min", -np.inf)), float(v.attr("max", np.inf))
-    return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
-                      lambda xp, x: xp.clip(x, lo, hi), lambda xp, x: (x > lo) & (x < hi))
+    return clip(v.name, v.op_type, v.node.input[0], v.node.output[0], lo, hi)
 
 
 class BatchNorm(Op):

@@ -82,7 +82,7 @@ class Dense(Linear):
 
 
 @register("Gemm")
-def _gemm(v):
+def parse_gemm(v):
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("only data @ constant weight is supported")
     b = v.const(1).astype(np.float64)
@@ -149,7 +149,7 @@ class Conv(Linear):
 
 
 @register("Conv")
-def _conv(v):
+def parse_conv(v):
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("the weight must be a constant")
     w = v.const(1).astype(np.float64)

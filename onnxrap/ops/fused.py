@@ -1,0 +1,51 @@
+"""ONNX Runtime's fused contrib ops (com.microsoft), as written by its offline optimiser.
+
+``FusedConv`` and ``FusedGemm`` are a linear op, an optional residual Add
+(FusedConv's fourth input) and an activation in one node.  They are split
+back into those ops; the tensors between them do not exist in the ONNX
+graph, so they are marked *synthetic* and computed by onnxrap's own forward
+pass from the captured input.
+"""
+from __future__ import annotations
+
+from . import Unsupported, register
+from .elementwise import clip, leaky_relu, relu
+from .linear import parse_conv, parse_gemm
+from .structure import Sum
+
+
+def _activation(v, x, y):
+    kind = v.attr("activation")
+    params = list(v.attr("activation_params") or [])
+    if kind == "Relu":
+        return relu(v.name + ":activation", kind, x, y)
+    if kind == "LeakyRelu":
+        return leaky_relu(v.name + ":activation", kind, x, y, params[0] if params else 0.01)
+    if kind == "Clip":
+        return clip(v.name + ":activation", kind, x, y, params[0], params[1])
+    raise Unsupported(f"fused activation {kind} is not piecewise linear")
+
+
+def _split(v, linear):
+    """``linear`` (+ the residual input) + activation, joined by synthetic tensors."""
+    out = v.node.output[0]
+    linear.output = out + ":linear"
+    ops = [linear]
+    if v.op_type == "FusedConv" and v.has_input(3):
+        if not v.is_data(3):
+            raise Unsupported("a constant residual input")
+        ops.append(Sum(v.name + ":add", "Add", [linear.output, v.node.input[3]], out + ":sum"))
+    ops.append(_activation(v, ops[-1].output, out))
+    for op in ops[:-1]:
+        op.synthetic = True
+    return ops
+
+
+@register("FusedConv")
+def _fused_conv(v):
+    return _split(v, parse_conv(v))
+
+
+@register("FusedGemm")
+def _fused_gemm(v):
+    return _split(v, parse_gemm(v))
