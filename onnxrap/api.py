@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import methods
-from .backend import numpy_backend
+from .device import resolve as resolve_device
 from .capture import Capture
 from .engine import Context, propagate, recompute
 from .errors import InputError, ModelError
@@ -51,13 +51,14 @@ class Explainer:
     """
 
     def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None):
+        """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
+        both work, else the CPU; ``self.device.note`` says which and why)."""
         self.graph = Graph(model, input_name, output_name)
-        if device != "cpu":
-            raise InputError(f"device {device!r} is not available in this build (use cpu)")
-        self.bk = numpy_backend()
+        self.device = resolve_device(device)
+        self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
-        self.capture = Capture(self.graph)
+        self.capture = Capture(self.graph, self.device.providers)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DeviceError
+from .errors import DeviceError, first_line
 
 # Columns larger than this are built a few samples at a time so that a batch
 # of large images does not need a multi-GB im2col buffer at once.
@@ -108,6 +108,24 @@ class Backend:
 
     def neg(self, a):
         return self.xp.minimum(a, 0)
+
+    def rap_shares(self, R, za, zb, conv):
+        """Spec A2's P(): what ``L_wa^T`` and ``L_wb^T`` carry back (fused into one kernel on a GPU)."""
+        total = za + zb
+        one = total != 0
+        share = self.sdiv(zb, total)
+        ta = self.sdiv(self.pos(R) * one, za)
+        tb = self.sdiv(R * share, zb)  # C2 + C2n: R+ and R- share a denominator and never overlap
+        # C1n: the released code sends R- through wa for dense ops, wb for convolutions.
+        if conv:
+            tb = tb + self.sdiv(self.neg(R) * one, zb)
+        else:
+            ta = ta + self.sdiv(self.neg(R) * one, za)
+        return ta, tb
+
+    def shift(self, C, delta):
+        """``C - delta`` where C is nonzero (delta per sample)."""
+        return C - (C != 0) * delta
 
     def unbroadcast(self, a, shape):
         """Sum ``a`` over the axes that broadcasting added to an array of ``shape``."""
@@ -217,12 +235,15 @@ def cupy_backend() -> Backend:
     if "cuda" not in _BACKENDS:
         try:
             import cupy
-        except ImportError as exc:
-            raise DeviceError(f"--device cuda needs CuPy (pip install onnxrap[gpu]): {exc}") from None
+        except ImportError:
+            raise DeviceError("CUDA needs CuPy, which is not installed (pip install 'onnxrap[gpu]')") from None
         try:
-            if cupy.cuda.runtime.getDeviceCount() < 1:
-                raise DeviceError("--device cuda: CuPy sees no CUDA device")
-        except cupy.cuda.runtime.CUDARuntimeError as exc:
-            raise DeviceError(f"--device cuda: no usable CUDA driver or device ({exc})") from None
-        _BACKENDS["cuda"] = Backend(cupy, "cuda")
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError, or a driver library that fails to load
+            raise DeviceError(f"CUDA: no usable NVIDIA driver or device ({first_line(exc)})") from None
+        if count < 1:
+            raise DeviceError("CUDA: CuPy sees no CUDA device")
+        from .gpu import CupyBackend
+
+        _BACKENDS["cuda"] = CupyBackend()
     return _BACKENDS["cuda"]

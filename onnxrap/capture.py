@@ -5,6 +5,9 @@ a node whose output is a graph output, so BatchNormalization inputs and
 outputs stay visible; the captured model's own output is then checked
 against a plain session of the untouched model, so a capture that computed
 something else is an error, never a silent wrong answer.
+
+On CUDA the activations stay on the GPU: outputs are bound to the device
+with IOBinding and handed to CuPy through DLPack, without a copy.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class Capture:
     def __init__(self, graph, providers=("CPUExecutionProvider",)):
         self.graph = graph
         self.providers = list(providers)
+        self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
         wanted = {graph.logits_name}
         for op in graph.ops:
             wanted.update(op.inputs)
@@ -62,12 +66,14 @@ class Capture:
         self._check_shape(x)
         feed = {self.graph.input_name: x}
         try:
-            values = dict(zip(self.names, self.session.run(self.names, feed)))
+            values = self._run_on_device(x) if self.on_gpu else dict(zip(self.names, self.session.run(self.names, feed)))
             plain = self.plain.run([self.graph.output_name], feed)[0]
         except Exception as exc:
             raise InputError(f"{self.graph.label}: ONNX Runtime rejects an input of shape "
                              f"{tuple(x.shape)}: {first_line(exc)}") from None
         got = values[self.graph.output_name]
+        if self.on_gpu:
+            got = got.get()
         scale = max(1.0, float(np.max(np.abs(plain))) if plain.size else 1.0)
         if got.shape != plain.shape or not np.allclose(got, plain, rtol=1e-3, atol=1e-4 * scale):
             worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
@@ -75,6 +81,16 @@ class Capture:
                              f"run (max difference {worst:.3g}); refusing to explain")
         values[self.graph.input_name] = x
         return values
+
+    def _run_on_device(self, x):
+        import cupy
+
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.graph.input_name, x)
+        for name in self.names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return {name: cupy.from_dlpack(value) for name, value in zip(self.names, binding.get_outputs())}
 
     def _check_shape(self, x):
         expected = self.graph.input_shape

@@ -74,8 +74,59 @@ def build_parser():
     e.add_argument("--save-npy", action="store_true", help="also save the input-shaped relevance as .npy")
     e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="cuda: ONNX Runtime's CUDA provider and CuPy; auto: cuda where it works, else cpu "
+                        "(default: %(default)s)")
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     e.set_defaults(run=cmd_explain)
+
+    v = sub.add_parser("evaluate", help="faithfulness by region perturbation (paper section V.B): "
+                                        "accuracy and score as the most relevant pixels are perturbed")
+    v.add_argument("model", help="the .onnx classifier")
+    v.add_argument("data", help="a folder of images (labels: --labels-csv, class subfolders, or the model's "
+                                "prediction) or an .npz with x (model inputs) and optionally y (labels)")
+    v.add_argument("-o", "--out-dir", default="onnxrap-eval",
+                   help="results.csv/.json, table.md, plots, and methods/ per method (default: %(default)s)")
+    v.add_argument("--methods", default="rap,rap-reference,lrp-a2b1,gradient-x-input",
+                   help=f"comma-separated (default: %(default)s); known: {', '.join(methods.FACTORIES)}")
+    grid = v.add_mutually_exclusive_group()
+    grid.add_argument("--steps", help="pixels perturbed per step, comma-separated, 'all' = every pixel of that "
+                                      "sign (the paper: 0,2000,4000,6000,8000,10000,all; default for inputs of "
+                                      "224x224 and larger)")
+    grid.add_argument("--fractions", help="steps as fractions of the image's pixels, and 'all' (default for "
+                                          "smaller inputs: 0,0.01,0.02,0.04,0.08,0.12,0.16,0.2,all)")
+    v.add_argument("--perturbations", default="min,shuffle",
+                   help="min (set to the image's minimum) and/or shuffle (permute the selected pixels); "
+                        "default: %(default)s")
+    v.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label "
+                                        "(label: class index or class name)")
+    v.add_argument("--labels", help="class names, one per line (maps class folder names and CSV labels to indices; "
+                                    "default: the model's onnxrap.labels metadata)")
+    v.add_argument("--limit", type=int, help="evaluate at most N correctly classified inputs (the first N)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the shuffle perturbation (default: %(default)s)")
+    v.add_argument("--concentration-max", type=int, default=10000,
+                   help="largest K of the concentration D_K (default: %(default)s, capped at the pixel count)")
+    v.add_argument("--resume", action="store_true",
+                   help="reuse results of methods already in OUT/methods/ made with the same model, data and settings")
+    v.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    v.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
+    v.add_argument("--score-batch-size", type=int, default=64,
+                   help="perturbed inputs per ONNX Runtime run (default: %(default)s)")
+    v.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
+    v.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
+    v.add_argument("--ig-steps", type=int, help="integrated-gradients: points on the path (default 32)")
+    v.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
+    v.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
+    v.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range")
+    v.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
+    v.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
+    v.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
+    v.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
+    v.add_argument("--preset", help="pixel scaling of images, as for explain (default: the model's "
+                                     "onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise)")
+    v.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
+    v.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+    v.set_defaults(run=cmd_evaluate)
 
     i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
     i.add_argument("model", help="the .onnx classifier")
@@ -95,6 +146,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("onnxrap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as exc:  # a bug: still one line, with a way to see more
         if os.environ.get("ONNXRAP_DEBUG"):
             raise
@@ -122,7 +176,9 @@ def cmd_explain(args):
         raise InputError(f"--{sorted(unused)[0]} is not an option of {', '.join(chosen)}")
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype)
+    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
+                          device=args.device)
+    print(f"device: {explainer.device.note}")
     labels = read_labels(args.labels) if args.labels else explainer.labels
     layout = args.layout or explainer.layout
     if args.layout:
@@ -169,6 +225,12 @@ def cmd_explain(args):
             Path(f).unlink(missing_ok=True)
         raise
     return 0
+
+
+def cmd_evaluate(args):
+    from .evaluate import run
+
+    return run(args)
 
 
 def cmd_inspect(args):

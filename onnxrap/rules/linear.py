@@ -79,25 +79,14 @@ class RapHidden(_LinearRule):
         """The spec's P(R, Za, Zb, x1, wa, sa, wb, sb)."""
         za = sa * (fwd(x1, wa) * mask)  # python scalar times a bool mask would make float64
         zb = sb * (fwd(x1, wb) * mask)
-        total = za + zb
-        one = total != 0
-        share = bk.sdiv(zb, total)
-        ta = bk.sdiv(bk.pos(R) * one, za)
-        # C2 + C2n: R+ and R- share one denominator and never overlap.
-        tb = bk.sdiv(R * share, zb)
-        # C1n: the released code sends R- through wa for dense ops, wb for convolutions.
-        if conv:
-            tb = tb + bk.sdiv(bk.neg(R) * one, zb)
-        else:
-            ta = ta + bk.sdiv(bk.neg(R) * one, za)
+        ta, tb = bk.rap_shares(R, za, zb, conv)
         return x1 * (sa * adj(ta, wa) + sb * adj(tb, wb))
 
     @staticmethod
     def _shift(bk, C, R):
         """Move every nonzero entry by the same amount so that C sums to S(R)."""
-        nonzero = C != 0
         excess = bk.sample_sum(C) - bk.sample_sum(R)
-        return C - nonzero * bk.sdiv(excess, bk.sample_sum(nonzero).astype(C.dtype))
+        return bk.shift(C, bk.sdiv(excess, bk.sample_sum(C != 0).astype(C.dtype)))
 
 
 class ZBox(_LinearRule):

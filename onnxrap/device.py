@@ -1,0 +1,77 @@
+"""Choosing where an explanation runs: ``cpu``, ``cuda`` or ``auto``.
+
+``cuda`` needs three things, checked in this order so that a CPU-only
+machine never makes ONNX Runtime try (and loudly fail) to load CUDA: the
+CUDA execution provider in the installed onnxruntime, CuPy with a device,
+and a session that really runs on CUDA (the provider loads its libraries
+only then, and falls back to the CPU silently when they are missing).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from .backend import Backend, cupy_backend, numpy_backend
+from .errors import DeviceError, InputError, first_line
+
+CPU = ["CPUExecutionProvider"]
+CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@dataclass
+class Device:
+    name: str  # "cpu" or "cuda"
+    backend: Backend
+    providers: list
+    note: str  # what was chosen and why, for the user
+
+
+def resolve(device: str = "cpu") -> Device:
+    if device == "cpu":
+        return Device("cpu", numpy_backend(), CPU, "cpu")
+    if device == "cuda":
+        return _cuda()
+    if device == "auto":
+        try:
+            return _cuda()
+        except DeviceError as why:
+            return Device("cpu", numpy_backend(), CPU, f"cpu (no GPU: {why})")
+    raise InputError(f"unknown device {device!r} (auto, cpu or cuda)")
+
+
+def _cuda() -> Device:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DeviceError("CUDA: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    backend = cupy_backend()
+    _probe_session()
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return Device("cuda", backend, CUDA, f"cuda ({name})")
+
+
+_PROBED = []
+
+
+def _probe_session():
+    """A one-node session on CUDA: proves the provider's CUDA and cuDNN libraries load."""
+    if _PROBED:
+        return
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=CUDA)
+    except Exception as exc:
+        raise DeviceError(f"CUDA: onnxruntime's CUDA provider cannot start ({first_line(exc)})") from None
+    if "CUDAExecutionProvider" not in session.get_providers():
+        raise DeviceError("CUDA: onnxruntime's CUDA provider did not load (are the CUDA and cuDNN "
+                          "libraries that onnxruntime-gpu needs installed?)")
+    _PROBED.append(True)
