@@ -100,7 +100,7 @@ class Explainer:
         """
         m = methods.get(method, **options)
         m.check(self.graph)
-        x = np.asarray(x)
+        x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
         logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
         targets = self._targets(target, logits)
@@ -115,7 +115,7 @@ class Explainer:
                 start += len(part)
             return np.concatenate(out)
 
-        relevance = m.attribute(backprop, x.astype(self.capture.input_dtype), targets)
+        relevance = m.attribute(backprop, x, targets)
         return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [])
 
     def _pieces(self, x):

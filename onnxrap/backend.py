@@ -99,9 +99,9 @@ class Backend:
     # -- elementwise helpers shared by many rules -------------------------
     def sdiv(self, a, b):
         """``a / b`` where ``b != 0``, else 0 (the spec's safe division)."""
-        xp = self.xp
         nz = b != 0
-        return xp.where(nz, a, 0) / xp.where(nz, b, 1)
+        out = self.xp.zeros(self.xp.broadcast_shapes(a.shape, b.shape), dtype=self.xp.result_type(a, b))
+        return self.xp.divide(a, b, out=out, where=nz)
 
     def pos(self, a):
         return self.xp.maximum(a, 0)
@@ -187,36 +187,51 @@ class Backend:
         step = max(1, int(_COLUMN_BYTES_LIMIT // max(per_sample_bytes, 1)))
         return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
-    def conv(self, x, w, spec: WindowSpec, groups: int):
-        """Convolution (cross-correlation) of ``x (N, C, *sp)`` with ``w (O, C/g, *k)``, no bias."""
-        xp_ = self.xp
-        n, c = x.shape[:2]
-        o = w.shape[0]
-        taps, length = spec.taps, math.prod(spec.out_shape)
-        wg = w.reshape(groups, o // groups, -1)
-        if taps == 1 and all(s == 1 for s in spec.strides) and not any(spec.pads_begin + spec.pads_end):
-            cols = x.reshape(n, groups, c // groups, length)  # 1x1 convolution: no im2col
-            y = xp_.matmul(wg, cols)
-            return y.reshape((n, o) + spec.out_shape)
-        y = xp_.empty((n, groups, o // groups, length), dtype=x.dtype)
-        for part in self._sample_chunks(n, c * taps * length * x.itemsize):
-            cols = self.windows(x[part], spec).reshape(-1, groups, (c // groups) * taps, length)
-            y[part] = xp_.matmul(wg, cols)
-        return y.reshape((n, o) + spec.out_shape)
+    @staticmethod
+    def _pointwise(spec: WindowSpec) -> bool:
+        """A 1x1 convolution with stride 1 and no pads: a plain matmul, no im2col."""
+        return spec.taps == 1 and all(s == 1 for s in spec.strides) and not any(spec.pads_begin + spec.pads_end)
 
-    def conv_adjoint(self, s, w, spec: WindowSpec, groups: int):
-        """Transposed convolution: the adjoint of ``conv`` for input shape ``spec.in_shape``."""
+    def conv(self, x, weights, spec: WindowSpec, groups: int):
+        """Convolutions (cross-correlations) of ``x (N, C, *sp)`` with each ``w (O, C/g, *k)``, no bias.
+
+        The weights share one im2col of ``x``: a list of weights gives a list of outputs.
+        """
         xp_ = self.xp
-        n, o = s.shape[:2]
-        c = w.shape[1] * groups
+        single = not isinstance(weights, (list, tuple))
+        weights = [weights] if single else weights
+        n, c = x.shape[:2]
         taps, length = spec.taps, math.prod(spec.out_shape)
-        wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
-        sg = s.reshape(n, groups, o // groups, length)
-        if taps == 1 and all(st == 1 for st in spec.strides) and not any(spec.pads_begin + spec.pads_end):
-            return xp_.matmul(wt, sg).reshape((n, c) + spec.in_shape)
-        out = xp_.empty((n, c) + spec.in_shape, dtype=s.dtype)
-        for part in self._sample_chunks(n, c * taps * length * s.itemsize):
-            cols = xp_.matmul(wt, sg[part])
+        wgs = [w.reshape(groups, w.shape[0] // groups, -1) for w in weights]
+        if self._pointwise(spec):
+            cols = x.reshape(n, groups, c // groups, length)
+            ys = [xp_.matmul(wg, cols) for wg in wgs]
+        else:
+            ys = [xp_.empty((n,) + wg.shape[:2] + (length,), dtype=x.dtype) for wg in wgs]
+            for part in self._sample_chunks(n, c * taps * length * x.itemsize):
+                cols = self.windows(x[part], spec).reshape(-1, groups, (c // groups) * taps, length)
+                for y, wg in zip(ys, wgs):
+                    y[part] = xp_.matmul(wg, cols)
+        ys = [y.reshape((n, w.shape[0]) + spec.out_shape) for y, w in zip(ys, weights)]
+        return ys[0] if single else ys
+
+    def conv_adjoint(self, pairs, spec: WindowSpec, groups: int):
+        """Transposed convolution, the adjoint of ``conv`` for input shape ``spec.in_shape``,
+        summed over ``[(s, w), ...]``: the columns add up before one col2im."""
+        xp_ = self.xp
+        n = pairs[0][0].shape[0]
+        c = pairs[0][1].shape[1] * groups
+        taps, length = spec.taps, math.prod(spec.out_shape)
+        terms = [(s.reshape(n, groups, s.shape[1] // groups, length),
+                  w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1)) for s, w in pairs]
+        if self._pointwise(spec):
+            return sum(xp_.matmul(wt, sg) for sg, wt in terms).reshape((n, c) + spec.in_shape)
+        dtype = xp_.result_type(*(sg for sg, _ in terms))
+        out = xp_.empty((n, c) + spec.in_shape, dtype=dtype)
+        for part in self._sample_chunks(n, c * taps * length * out.itemsize):
+            cols = xp_.matmul(terms[0][1], terms[0][0][part])
+            for sg, wt in terms[1:]:
+                cols += xp_.matmul(wt, sg[part])
             out[part] = self.scatter(cols.reshape((-1, c) + spec.kernel + spec.out_shape), spec)
         return out
 

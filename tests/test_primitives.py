@@ -243,7 +243,7 @@ def test_conv_adjoint_is_adjoint(case):
     x, w, spec, begin, _ = conv_case(case, seed=2)
     y = BK.conv(x, w, spec, g)
     sv = np.random.default_rng(3).standard_normal(y.shape)
-    back = BK.conv_adjoint(sv, w, spec, g)
+    back = BK.conv_adjoint([(sv, w)], spec, g)
     assert back.shape == x.shape
     lhs, rhs = np.vdot(y, sv), np.vdot(x, back)
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, np.abs(y).sum() * np.abs(sv).max())
@@ -1158,3 +1158,18 @@ def test_conv_hidden_layer(method):
     assert_close(got, ref)
     if method == "rap":
         assert_conserves(model, x, targets)
+
+
+def test_shared_im2col_and_summed_adjoint_match_single_calls():
+    """conv with a list of weights equals one call per weight; conv_adjoint sums its pairs."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 9, 8))
+    w1, w2 = rng.standard_normal((6, 2, 3, 2)), rng.standard_normal((6, 2, 3, 2))
+    spec = window_spec((9, 8), (3, 2), strides=(2, 1), dilations=(1, 2), pads=(1, 0, 0, 1))
+    y1, y2 = BK.conv(x, [w1, w2], spec, 2)
+    np.testing.assert_array_equal(y1, BK.conv(x, w1, spec, 2))
+    np.testing.assert_array_equal(y2, BK.conv(x, w2, spec, 2))
+    s1, s2 = rng.standard_normal(y1.shape), rng.standard_normal(y2.shape)
+    np.testing.assert_allclose(BK.conv_adjoint([(s1, w1), (s2, w2)], spec, 2),
+                               BK.conv_adjoint([(s1, w1)], spec, 2) + BK.conv_adjoint([(s2, w2)], spec, 2),
+                               rtol=1e-12, atol=1e-12)

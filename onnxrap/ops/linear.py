@@ -1,8 +1,10 @@
 """Linear ops: Gemm, MatMul with a constant weight, Conv of any rank and groups.
 
-All expose the same interface to the rules: ``L_W(x)`` as ``apply``, its
-adjoint ``L_W^T(s)`` as ``adjoint``, the weight and its positive and
-negative parts, and the bias as a map over the output.
+All expose the same interface to the rules: ``L_W(x)`` as ``apply`` (a list
+of weights gives a list of outputs, sharing the work on x), the summed
+adjoint ``sum_k L_Wk^T(s_k)`` as ``adjoint`` over ``[(s, W), ...]``, the
+weight and its positive and negative parts, and the bias as a map over the
+output.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class Linear(Op):
     def vjp(self, bk, ctx, grad):
         w, _, _ = self.weights(bk, grad.dtype)
         x = self.take(ctx[self.inputs[0]])
-        return [self.give(self.adjoint(bk, grad, w, x.shape))]
+        return [self.give(self.adjoint(bk, [(grad, w)], x.shape))]
 
 
 class Dense(Linear):
@@ -71,10 +73,10 @@ class Dense(Linear):
         return r.T if self.trans_input else r
 
     def apply(self, bk, x, w):
-        return x @ w
+        return [x @ wi for wi in w] if isinstance(w, list) else x @ w
 
-    def adjoint(self, bk, s, w, x_shape):
-        return s @ w.T
+    def adjoint(self, bk, pairs, x_shape):
+        return sum(s @ w.T for s, w in pairs)
 
     def bias(self, bk, dtype, out_shape):
         # Gemm's C and an absorbed Add broadcast against the output as they are.
@@ -138,8 +140,8 @@ class Conv(Linear):
     def apply(self, bk, x, w):
         return bk.conv(x, w, self.spec(x.shape), self.groups)
 
-    def adjoint(self, bk, s, w, x_shape):
-        return bk.conv_adjoint(s, w, self.spec(x_shape), self.groups)
+    def adjoint(self, bk, pairs, x_shape):
+        return bk.conv_adjoint(pairs, self.spec(x_shape), self.groups)
 
     def bias(self, bk, dtype, out_shape):
         if self.bias_values is None:

@@ -14,8 +14,10 @@ class _LinearRule(Rule):
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
         w, wp, wn = op.weights(ctx.bk, x.dtype)
-        fwd = lambda a, weight: op.apply(ctx.bk, a, weight)  # noqa: E731
-        adj = lambda s, weight: op.adjoint(ctx.bk, s, weight, x.shape)  # noqa: E731
+        # fwd(a, w1, w2, ...) -> L_w1(a), L_w2(a), ... sharing the work on a;
+        # adj((s1, w1), (s2, w2), ...) -> L_w1^T(s1) + L_w2^T(s2) + ..., one col2im.
+        fwd = lambda a, *ws: op.apply(ctx.bk, a, list(ws) if len(ws) > 1 else ws[0])  # noqa: E731
+        adj = lambda *pairs: op.adjoint(ctx.bk, list(pairs), x.shape)  # noqa: E731
         return x, (w, wp, wn), fwd, adj
 
 
@@ -31,20 +33,21 @@ class RapFirst(_LinearRule):
         bk = ctx.bk
         x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
         xp = bk.pos(x)
-        zpp, zpn = fwd(xp, wp), fwd(xp, wn)
-        C = xp * (adj(R * (zpp != 0), wp) + adj(R * (zpn != 0), wn))
+        zpp, zpn = fwd(xp, wp, wn)
+        to_wp, to_wn = R * (zpp != 0), R * (zpn != 0)  # what x+ sends back through W+ and W-
+        C = 0
         pos, neg = zpp, zpn
         if (x < 0).any():
             xn = bk.neg(x)
-            znp, znn = fwd(xn, wp), fwd(xn, wn)
-            C = C + xn * (adj(R * (znp != 0), wp) + adj(R * (znn != 0), wn))
+            znp, znn = fwd(xn, wp, wn)
+            C = xn * adj((R * (znp != 0), wp), (R * (znn != 0), wn))
             pos, neg = zpp + znn, zpn + znp
         b = op.bias(bk, x.dtype, zpp.shape)
-        if b is not None:
+        if b is not None:  # the bias goes to x+ W+ and x+ W- in proportion to Pos and Neg
             total = pos + neg
-            bias_pos = b * R * bk.sdiv(pos, total)
-            bias_neg = b * R * bk.sdiv(neg, total)
-            C = C + xp * (adj(bk.sdiv(bias_pos, zpp), wp) + adj(bk.sdiv(bias_neg, zpn), wn))
+            to_wp = to_wp + bk.sdiv(b * R * bk.sdiv(pos, total), zpp)
+            to_wn = to_wn + bk.sdiv(b * R * bk.sdiv(neg, total), zpn)
+        C = C + xp * adj((to_wp, wp), (to_wn, wn))
         out = abs(C) * bk.sdiv(bk.sample_sum(C), bk.sample_sum(abs(C)))
         return [op.give(out)]
 
@@ -77,10 +80,11 @@ class RapHidden(_LinearRule):
     @staticmethod
     def _part(bk, R, mask, x1, wa, sa, wb, sb, conv, fwd, adj):
         """The spec's P(R, Za, Zb, x1, wa, sa, wb, sb)."""
-        za = sa * (fwd(x1, wa) * mask)  # python scalar times a bool mask would make float64
-        zb = sb * (fwd(x1, wb) * mask)
+        za, zb = fwd(x1, wa, wb)
+        za = sa * (za * mask)  # python scalar times a bool mask would make float64
+        zb = sb * (zb * mask)
         ta, tb = bk.rap_shares(R, za, zb, conv)
-        return x1 * (sa * adj(ta, wa) + sb * adj(tb, wb))
+        return x1 * adj((sa * ta, wa), (sb * tb, wb))
 
     @staticmethod
     def _shift(bk, C, R):
@@ -106,9 +110,11 @@ class ZBox(_LinearRule):
         low = x.min(axis=axes, keepdims=True)
         high = x.max(axis=axes, keepdims=True)
         ones = bk.xp.ones((1,) + x.shape[1:], dtype=x.dtype)
-        z = fwd(x, w) - low * fwd(ones, wp) - high * fwd(ones, wn)
+        ones_p, ones_n = fwd(ones, wp, wn)
+        z = fwd(x, w) - low * ones_p - high * ones_n
         s = bk.sdiv(R, z) if self.stabilizer is None else R / (z + self.stabilizer)
-        return [op.give(x * adj(s, w) - low * adj(s, wp) - high * adj(s, wn))]
+        # x L_W^T(s) - l L_W+^T(s) - h L_W-^T(s), with W = W+ + W-:
+        return [op.give((x - low) * adj((s, wp)) + (x - high) * adj((s, wn)))]
 
 
 class Epsilon(_LinearRule):
@@ -125,7 +131,7 @@ class Epsilon(_LinearRule):
         if b is not None:
             z = z + b
         z = z + self.epsilon * bk.xp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
-        return [op.give(x * adj(R / z, w))]
+        return [op.give(x * adj((R / z, w)))]
 
 
 class AlphaBeta(_LinearRule):
@@ -143,7 +149,10 @@ class AlphaBeta(_LinearRule):
         beta = self.alpha - 1.0
         out = 0
         for xs, w_act, w_inh in pieces:  # x+ is activated through W+, x- through W-
-            out = out + self.alpha * xs * adj(bk.sdiv(R, fwd(xs, w_act)), w_act)
             if beta:
-                out = out - beta * xs * adj(bk.sdiv(R, fwd(xs, w_inh)), w_inh)
+                z_act, z_inh = fwd(xs, w_act, w_inh)
+                back = adj((self.alpha * bk.sdiv(R, z_act), w_act), (-beta * bk.sdiv(R, z_inh), w_inh))
+            else:
+                back = adj((self.alpha * bk.sdiv(R, fwd(xs, w_act)), w_act))
+            out = out + xs * back
         return [op.give(out)]

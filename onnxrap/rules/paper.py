@@ -41,15 +41,16 @@ def _flows(bk, x, R, wp, wn, fwd, adj):
     """Relevance through promoters (normal) and through inhibitors (inversion)."""
     xp, xn = bk.pos(x), bk.neg(x)
     signed = bool((x < 0).any())
-    zp, zn = fwd(xp, wp), fwd(xp, wn)
+    zp, zn = fwd(xp, wp, wn)
     if signed:
-        zp, zn = zp + fwd(xn, wn), zn + fwd(xn, wp)
+        zn_, zp_ = fwd(xn, wp, wn)
+        zp, zn = zp + zp_, zn + zn_
     sp, sn = bk.sdiv(R, zp), bk.sdiv(R, zn)
-    normal = xp * adj(sp, wp)
-    inversion = xp * adj(sn, wn)
+    normal = xp * adj((sp, wp))
+    inversion = xp * adj((sn, wn))
     if signed:
-        normal = normal + xn * adj(sp, wn)
-        inversion = inversion + xn * adj(sn, wp)
+        normal = normal + xn * adj((sp, wn))
+        inversion = inversion + xn * adj((sn, wp))
     return normal, inversion
 
 
