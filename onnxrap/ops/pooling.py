@@ -80,8 +80,21 @@ def _global_maxpool(v):
     return MaxPool(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
 
 
-class AveragePool(_Windowed):
+class _Mean:
+    """An average: a sum pool over a divisor.  Subclasses give ``sum_pool``, its adjoint and ``divisor``."""
+
     kind = "avgpool"
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        return self.sum_pool(bk, x) / self.divisor(bk, x.shape, x.dtype)
+
+    def vjp(self, bk, ctx, grad):
+        x = ctx[self.inputs[0]]
+        return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
+
+
+class AveragePool(_Mean, _Windowed):
 
     def __init__(self, *args, count_include_pad=False, **kw):
         super().__init__(*args, **kw)
@@ -113,13 +126,6 @@ class AveragePool(_Windowed):
         win = bk.windows(bk.asarray(counted[None, None], dtype=dtype), flat)
         return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
 
-    def forward(self, bk, ctx):
-        x = ctx[self.inputs[0]]
-        return self.sum_pool(bk, x) / self.divisor(bk, x.shape, x.dtype)
-
-    def vjp(self, bk, ctx, grad):
-        x = ctx[self.inputs[0]]
-        return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
 
 
 @register("AveragePool")
@@ -128,10 +134,8 @@ def _avgpool(v):
                        count_include_pad=bool(v.attr("count_include_pad", 0)), **_window_attrs(v))
 
 
-class MeanReduce(Op):
+class MeanReduce(_Mean, Op):
     """Mean over fixed non-batch axes (GlobalAveragePool, ReduceMean)."""
-
-    kind = "avgpool"
 
     def __init__(self, name, op_type, inputs, output, axes, keepdims):
         super().__init__(name, op_type, inputs, output)
@@ -156,13 +160,6 @@ class MeanReduce(Op):
     def divisor(self, bk, x_shape, dtype):
         return math.prod(x_shape[a] for a in self._axes(len(x_shape)))
 
-    def forward(self, bk, ctx):
-        x = ctx[self.inputs[0]]
-        return self.sum_pool(bk, x) / self.divisor(bk, x.shape, x.dtype)
-
-    def vjp(self, bk, ctx, grad):
-        x = ctx[self.inputs[0]]
-        return [self.sum_pool_adjoint(bk, grad / self.divisor(bk, x.shape, grad.dtype), x.shape)]
 
 
 @register("GlobalAveragePool")
