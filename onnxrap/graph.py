@@ -284,15 +284,20 @@ class Graph:
         return dag
 
     def _mark_positions(self):
+        """Linear ops: ``head`` (no linear op after it), ``input`` (none before it).
+        Other ops: ``tail`` when no linear op follows them (between the heads and the logits)."""
         linear = {op.name for op in self.ops if isinstance(op, Linear)}
         for op in self.ops:
+            later_linear = nx.descendants(self.dag, op.name) & linear
             if op.name in linear:
                 positions = []
-                if not (nx.descendants(self.dag, op.name) & linear):
+                if not later_linear:
                     positions.append("head")
                 if not (nx.ancestors(self.dag, op.name) & linear):
                     positions.append("input")
                 op.positions = tuple(positions)
+            elif not later_linear:
+                op.positions = ("tail",)
 
     # -- facts for the user -------------------------------------------------------
     @property

@@ -2,7 +2,8 @@
 
 A method maps op kinds to rules, as zennit's composites do.  Linear ops are
 looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
-``linear`` (``dense.*`` likewise); other ops by kind (``batchnorm``,
+``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
+the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
 ``identity``, ``shape``).  A new method is one ``@register`` factory; its
 keyword arguments are the method's options (``epsilon``, ``steps``, ...).
@@ -53,6 +54,8 @@ class Method:
         if op.family:
             yield from (f"{op.family}.{p}" for p in op.positions)
             yield op.family
+        else:
+            yield from op.positions
         yield op.kind
 
     def check(self, graph):
@@ -159,10 +162,15 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
         "linear": RapHidden(per_sign=False), "batchnorm": Pass(),
         "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
 
+# rap's fix for heads behind pools (a 1x1-convolution classifier, then a global pool):
+# the seed 1 reaches the head as the gradient of the logit, so A1's sum_j R_j z_j is
+# the logit; sharing it by |z| instead gives sum z^2 / sum |z|, which is not.
+_RAP_TAIL = {"tail": Adjoint()}
+
 
 @register("rap")
 def _rap():
-    return Method("rap", _RAP, description=(
+    return Method("rap", {**_RAP, **_RAP_TAIL}, description=(
         "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
 
 

@@ -105,3 +105,38 @@ def test_volume_from_the_command_line(tmp_path, capsys):
     assert relevance.shape == (1, 16, 16, 16)
     assert abs(relevance.sum() - entry["target_logit"]) < 1e-4 * abs(entry["target_logit"])
     assert Path(entry["figure"]).stat().st_size > 10_000  # input and heatmap as grids of slices
+
+
+def conv_classifier(seed=0):
+    """SqueezeNet/NiN style: the classifier is a 1x1 convolution, then Relu, GlobalAveragePool, Flatten."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * np.sqrt(2 / np.prod(s[1:]))).astype(np.float32), n)
+             for n, s in [("w1", (16, 3, 3, 3)), ("w2", (32, 16, 3, 3)), ("wh", (10, 32, 1, 1))]]
+    inits += [numpy_helper.from_array(rng.normal(0, 0.1, n).astype(np.float32), f"b{k}")
+              for k, n in (("1", 16), ("2", 32), ("h", 10))]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "wh", "bh"], ["ch"]),
+             helper.make_node("Relu", ["ch"], ["rh"]),
+             helper.make_node("GlobalAveragePool", ["rh"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(nodes, "convhead", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                ["batch", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_convolutional_classifier_behind_a_global_pool_conserves():
+    # The seed reaches a 1x1-convolution head through Relu and a global pool: rap sends it
+    # as the logit's gradient, so the head's A1 sums to the logit; rap-reference shares it
+    # by the pooled values (the released behaviour) and does not.
+    model = conv_classifier()
+    x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    ex = Explainer(model, dtype="float64")
+    rap = ex.explain(x, method="rap")
+    np.testing.assert_allclose(rap.relevance.sum(axis=(1, 2, 3)), rap.target_logit, rtol=1e-4)
+    reference = ex.explain(x, method="rap-reference")
+    assert np.max(np.abs(reference.relevance.sum(axis=(1, 2, 3)) / reference.target_logit - 1)) > 1e-2
