@@ -105,13 +105,13 @@ class ZBox(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (w, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
         axes = tuple(range(1, x.ndim))
         low = x.min(axis=axes, keepdims=True)
         high = x.max(axis=axes, keepdims=True)
-        ones = bk.xp.ones((1,) + x.shape[1:], dtype=x.dtype)
-        ones_p, ones_n = fwd(ones, wp, wn)
-        z = fwd(x, w) - low * ones_p - high * ones_n
+        # Z = L_W(x) - l L_W+(1) - h L_W-(1), written as a sum of non-negative terms so that
+        # pixels near the bounds do not cancel away its digits (zero padding is the same).
+        z = fwd(x - low, wp) + fwd(x - high, wn)
         s = bk.sdiv(R, z) if self.stabilizer is None else R / (z + self.stabilizer)
         # x L_W^T(s) - l L_W+^T(s) - h L_W-^T(s), with W = W+ + W-:
         return [op.give((x - low) * adj((s, wp)) + (x - high) * adj((s, wn)))]
