@@ -1,6 +1,7 @@
 """The Python API: ``Explainer(model).explain(x, target=None, method="rap")``."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,8 +73,14 @@ class Explainer:
 
     @property
     def labels(self):
-        """Class names from the model's ``onnxrap.labels`` metadata (comma-separated), if any."""
-        text = self.metadata.get("onnxrap.labels")
+        """Class names from the model's ``onnxrap.labels`` metadata: a JSON list (names may hold
+        commas) or comma-separated; None if absent."""
+        text = (self.metadata.get("onnxrap.labels") or "").strip()
+        if text.startswith("["):
+            try:
+                return [str(t) for t in json.loads(text)]
+            except ValueError:
+                raise ModelError(f"{self.graph.label}: metadata onnxrap.labels is not a valid JSON list") from None
         return [t.strip() for t in text.split(",")] if text else None
 
     @property

@@ -88,7 +88,8 @@ def build_parser():
     v.add_argument("-o", "--out-dir", default="onnxrap-eval",
                    help="results.csv/.json, table.md, plots, and methods/ per method (default: %(default)s)")
     v.add_argument("--methods", default="rap,rap-reference,lrp-a2b1,gradient-x-input",
-                   help=f"comma-separated (default: %(default)s); known: {', '.join(methods.FACTORIES)}")
+                   help=f"comma-separated (default: %(default)s); known: {', '.join(methods.FACTORIES)}, and "
+                        "the controls random (a random ranking) and centre (centre pixels positive, corners negative)")
     grid = v.add_mutually_exclusive_group()
     grid.add_argument("--steps", help="pixels perturbed per step, comma-separated, 'all' = every pixel of that "
                                       "sign (the paper: 0,2000,4000,6000,8000,10000,all; default for inputs of "
@@ -112,6 +113,8 @@ def build_parser():
     v.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     v.add_argument("--score-batch-size", type=int, default=64,
                    help="perturbed inputs per ONNX Runtime run (default: %(default)s)")
+    v.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where relevance and scores are computed, as for explain (default: %(default)s)")
     v.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
     v.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
     v.add_argument("--ig-steps", type=int, help="integrated-gradients: points on the path (default 32)")
@@ -159,7 +162,7 @@ def main(argv=None):
 
 def cmd_explain(args):
     from .api import Explainer
-    from .io import Preprocess, load_input, read_labels
+    from .io import load_input, preprocess_factory, read_labels
     from .viz import atomic_write, save_explanation_figure
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -183,15 +186,8 @@ def cmd_explain(args):
     layout = args.layout or explainer.layout
     if args.layout:
         explainer.layout = args.layout
-    preprocess = None
-
-    def make_preprocess():
-        nonlocal preprocess
-        if preprocess is None:
-            preprocess = Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=args.size,
-                                              preset=args.preset, mean=args.mean, std=args.std)
-            print(f"preprocessing: {preprocess.describe()}")
-        return preprocess
+    make_preprocess = preprocess_factory(explainer, layout, print, size=args.size, preset=args.preset,
+                                         mean=args.mean, std=args.std)
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis) for path in args.inputs]

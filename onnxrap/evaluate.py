@@ -47,7 +47,11 @@ PAPER_STEPS = "0,2000,4000,6000,8000,10000,all"
 # The paper's grid as fractions of a 224x224 image (2000 / 50176 = 0.04 ...), with two finer first steps.
 DEFAULT_FRACTIONS = "0,0.01,0.02,0.04,0.08,0.12,0.16,0.2,all"
 DEFAULT_METHODS = "rap,rap-reference,lrp-a2b1,gradient-x-input"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+# Controls, not relevance methods: pixels ranked at random (half "positive", half "negative"), or by distance
+# from the image centre (the inner half "positive", centre first; the outer half "negative", corners first).
+RANDOM, CENTRE = "random", "centre"
+CONTROLS = (RANDOM, CENTRE)
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ class Scorer:
     Where those are not a model output (a final Softmax is explained through), they are added as one.
     """
 
-    def __init__(self, graph, batch_size=64):
+    def __init__(self, graph, batch_size=64, providers=("CPUExecutionProvider",)):
         import onnx
         import onnxruntime as ort
 
@@ -226,7 +230,7 @@ class Scorer:
                                                                          None))
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), session_options(),
-                                                providers=["CPUExecutionProvider"])
+                                                providers=list(providers))
         except Exception as exc:
             raise ModelError(f"{graph.label}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
         elem = self.session.get_inputs()[0].type if self.session.get_inputs() else "tensor(float)"
@@ -440,7 +444,13 @@ class Evaluation:
         start = time.monotonic()
         heat = np.zeros((n,) + tuple(self.spatial_shape), dtype=np.float64)
         relevance_sums = np.zeros(n)
-        for s in range(0, n, self.batch_size):
+        if method == RANDOM:
+            heat = np.random.default_rng([self.seed, 7]).standard_normal(heat.shape)
+        elif method == CENTRE:
+            grids = np.meshgrid(*[np.arange(d) - (d - 1) / 2 for d in self.spatial_shape], indexing="ij")
+            distance = np.sqrt(sum(g ** 2 for g in grids))
+            heat[:] = np.median(distance) - distance
+        for s in range(0, n if method not in CONTROLS else 0, self.batch_size):
             exp = self.explainer.explain(self.x[s:s + self.batch_size], target=self.targets[s:s + self.batch_size],
                                          method=method, **options)
             heat[s:s + len(exp.target)] = exp.heatmap.reshape((len(exp.target),) + tuple(self.spatial_shape))
@@ -467,7 +477,8 @@ class Evaluation:
                     for k in sorted(set(ks) - {0}):
                         tasks.append((i, removal, perturbation, k))
         logits = {}
-        flats = {}
+        changed = {}  # pixels whose value the perturbation really changed (setting a pixel at the minimum to it
+        flats = {}    # changes nothing)
         chunk = self.scorer.fixed or self.scorer.batch_size
         for s in range(0, len(tasks), chunk):
             batch = tasks[s:s + chunk]
@@ -478,7 +489,9 @@ class Evaluation:
                     flats[i] = channels_first(self.x[i], self.channel_axis)
                 flat, unflatten = flats[i]
                 rng = shuffle_rng(self.seed, i, removal, k) if perturbation == "shuffle" else None
-                images.append(unflatten(perturb(flat, orders[i, removal], k, perturbation, rng)))
+                moved = perturb(flat, orders[i, removal], k, perturbation, rng)
+                changed[i, removal, perturbation, k] = int(np.any(moved != flat, axis=0).sum())
+                images.append(unflatten(moved))
             out = self.scorer.logits(np.stack(images))
             for task, row in zip(batch, out):
                 logits[task] = row
@@ -494,8 +507,10 @@ class Evaluation:
                 prob = np.zeros((n, n_steps))
                 correct = np.zeros((n, n_steps), dtype=bool)
                 pixels = np.zeros((n, n_steps))
+                moved = np.zeros((n, n_steps))
                 for i in range(n):
                     for j, k in enumerate(steps[i, removal]):
+                        moved[i, j] = changed[i, removal, perturbation, k] if k else 0
                         z = self.base_logits[i] if k == 0 else logits[i, removal, perturbation, k]
                         t = self.targets[i]
                         logit[i, j] = z[t]
@@ -505,6 +520,7 @@ class Evaluation:
                 curve = []
                 for j, step in enumerate(self.grid.labels):
                     curve.append({"step": step, "pixels": float(pixels[:, j].mean()),
+                                  "pixels_changed": float(moved[:, j].mean()),
                                   "accuracy": float(correct[:, j].mean()),
                                   "logit": float(logit[:, j].mean()),
                                   "logit_sem": float(logit[:, j].std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
@@ -559,7 +575,7 @@ def results_rows(results):
         for removal, per in r["curves"].items():
             for perturbation, curve in per.items():
                 for point in curve:
-                    for metric in ("accuracy", "logit", "logit_sem", "probability"):
+                    for metric in ("accuracy", "logit", "logit_sem", "probability", "pixels_changed"):
                         rows.append([m, metric, removal, perturbation, point["step"], point["pixels"],
                                      point[metric], results["images"]["evaluated"]])
                 for metric, value in r["aopc"][removal][perturbation].items():
@@ -621,10 +637,16 @@ def table_markdown(results):
                                       ("probability", "probability", "{:.3f}")):
                 lines.append(f"| {r['label'] if metric == 'accuracy' else ''} | {name} | "
                              + " | ".join(cell(r, removal, metric, j, fmt) for j in range(len(steps))) + " |")
-        pixels = " | ".join(
-            "/".join(f"{r['curves'][removal][perts[0]][j]['pixels']:.0f}" for r in results["methods"].values())
-            for j in range(len(steps)))
-        lines.append(f"| pixels perturbed (mean; per method in row order) | | {pixels} |")
+        for p in perts:
+            pixels = " | ".join(
+                "/".join(f"{r['curves'][removal][p][j]['pixels']:.0f}" for r in results["methods"].values())
+                for j in range(len(steps)))
+            moved = " | ".join(
+                "/".join(f"{r['curves'][removal][p][j]['pixels_changed']:.0f}" for r in results["methods"].values())
+                for j in range(len(steps)))
+            if p == perts[0]:
+                lines.append(f"| pixels selected (mean; methods in row order) | | {pixels} |")
+            lines.append(f"| of which changed by {p} | | {moved} |")
         lines.append("")
     lines.append("## AOPC (mean over the steps, step 0 included, of score at step 0 minus score at step k)")
     lines.append("")
@@ -662,6 +684,7 @@ def save_plots(out_dir, results):
     """accuracy/logit/probability vs pixels perturbed per perturbation, and D_K vs K."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from .viz import atomic_write
 
@@ -671,8 +694,11 @@ def save_plots(out_dir, results):
     methods = list(results["methods"].values())
     colours = [f"C{i % 10}" for i in range(len(methods))]
     xs = np.arange(len(labels))
+    legend = [Line2D([], [], color=c, marker="o", markersize=3, label=r["label"]) for r, c in zip(methods, colours)]
+    legend += [Line2D([], [], color="k", linestyle="-", label="positive removal"),
+               Line2D([], [], color="k", linestyle="--", label="negative removal")]
     for perturbation in results["settings"]["perturbations"]:
-        fig = Figure(figsize=(15, 4.4), dpi=100)
+        fig = Figure(figsize=(16, 4.4), dpi=90)
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, 3)
         for ax, metric, title in zip(axes, ("accuracy", "logit", "probability"),
@@ -681,8 +707,7 @@ def save_plots(out_dir, results):
             for r, colour in zip(methods, colours):
                 for removal, style in (("positive", "-"), ("negative", "--")):
                     ys = [p[metric] for p in r["curves"][removal][perturbation]]
-                    ax.plot(xs, ys, style, color=colour, marker="o", markersize=3,
-                            label=f"{r['label']} ({removal})")
+                    ax.plot(xs, ys, style, color=colour, marker="o", markersize=3)
             ax.set_xticks(xs)
             ax.set_xticklabels(labels, rotation=45 if grid["kind"] == "counts" else 0, fontsize=8)
             unit = "pixels perturbed" if grid["kind"] == "counts" else "fraction of the image's pixels perturbed"
@@ -690,29 +715,31 @@ def save_plots(out_dir, results):
             ax.set_title(title, fontsize=10)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(-0.02, 1.02)
-        axes[2].legend(fontsize=7, loc="best")
+        fig.legend(handles=legend, loc="center right", fontsize=8)
         fig.suptitle(f"perturbation '{perturbation}': solid = positive removal, dashed = negative removal "
                      f"({results['images']['evaluated']} inputs)", fontsize=10)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.86, 1))
         path = Path(out_dir) / f"perturbation_{perturbation}.png"
         atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, format="png"))
         written.append(path)
 
-    fig = Figure(figsize=(11, 4.4), dpi=100)
+    # D_K only where at least half the set has K positive pixels: past that the mean is over a shrinking subset.
+    n = results["images"]["evaluated"]
+    fig = Figure(figsize=(12, 4.4), dpi=90)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     for r, colour in zip(methods, colours):
-        ks = [c["K"] for c in r["concentration"] if c["D_K"] is not None]
-        axes[0].plot(ks, [c["D_K"] for c in r["concentration"] if c["D_K"] is not None], color=colour,
-                     marker="o", markersize=3, label=r["label"])
-        axes[1].plot(ks, [c["mean_distance"] for c in r["concentration"] if c["D_K"] is not None], color=colour,
-                     marker="o", markersize=3, label=r["label"])
+        points = [c for c in r["concentration"] if c["D_K"] is not None and 2 * c["n_images"] >= n]
+        ks = [c["K"] for c in points]
+        axes[0].plot(ks, [c["D_K"] for c in points], color=colour, marker="o", markersize=3, label=r["label"])
+        axes[1].plot(ks, [c["mean_distance"] for c in points], color=colour, marker="o", markersize=3,
+                     label=r["label"])
     axes[0].set_title("D_K (eq. 12): mean squared distance to the top pixel", fontsize=10)
     axes[0].set_ylabel("pixels^2")
     axes[1].set_title("mean (not squared) distance to the top pixel", fontsize=10)
     axes[1].set_ylabel("pixels")
     for ax in axes:
-        ax.set_xlabel("K (top positive pixels)")
+        ax.set_xlabel("K (top positive pixels; shown while >= half the inputs have K)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -739,7 +766,7 @@ def run(args):
     """``onnxrap evaluate``: the CLI's arguments -> files in ``args.out_dir``; returns 0."""
     from . import methods as registry
     from .api import Explainer
-    from .io import Preprocess, read_labels
+    from .io import preprocess_factory, read_labels
     from .viz import atomic_write
 
     progress = Progress(quiet=args.quiet)
@@ -753,6 +780,9 @@ def run(args):
     given = {k: v for k, v in given.items() if v is not None}
     per_method = {}
     for m in chosen:
+        if m in CONTROLS:
+            per_method[m] = {}
+            continue
         registry.get(m)
         per_method[m] = {k: v for k, v in given.items() if k in registry.options_of(m)}
         registry.get(m, **per_method[m])
@@ -775,24 +805,18 @@ def run(args):
     elif args.fractions is not None:
         grid = Grid.parse(args.fractions, "fractions")
 
-    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name)
+    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, device=args.device)
+    progress.note(f"device: {explainer.device.note}")
     if args.layout:
         explainer.layout = args.layout
     layout = explainer.layout
     class_names = read_labels(args.labels) if args.labels else explainer.labels
-    preprocess = None
-
-    def make_preprocess():
-        nonlocal preprocess
-        if preprocess is None:
-            preprocess = Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=args.size,
-                                              preset=args.preset, mean=args.mean, std=args.std)
-            progress.note(f"preprocessing: {preprocess.describe()}")
-        return preprocess
+    make_preprocess = preprocess_factory(explainer, layout, progress.note, size=args.size, preset=args.preset,
+                                         mean=args.mean, std=args.std)
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(args.data, make_preprocess, rank, args.labels_csv, class_names)
-    scorer = Scorer(explainer.graph, args.score_batch_size)
+    scorer = Scorer(explainer.graph, args.score_batch_size, explainer.device.providers)
     if not np.all(np.isfinite(data.x)):
         raise InputError(f"{args.data}: the inputs contain NaN or Inf")
     logits = scorer.logits(data.x)
@@ -828,7 +852,8 @@ def run(args):
                      "perturbations": perturbations, "seed": args.seed,
                      "n_pixels": evaluation.n_pixels, "spatial_shape": list(evaluation.spatial_shape),
                      "concentration_K": evaluation.ks,
-                     "preprocessing": preprocess.describe() if preprocess else "as stored in the .npz",
+                     "preprocessing": (make_preprocess.built[0].describe() if make_preprocess.built
+                                       else "as stored in the .npz"),
                      "scores": "logit = the original target's class score (the model's output, or the input of "
                                "its final Softmax); probability = its softmax",
                      "aopc": "mean over the grid's steps k (step 0 included) of score(step 0) - score(step k), "

@@ -85,6 +85,22 @@ class Preprocess:
         return x[None].astype(np.float32), (display[..., 0] if self.channels == 1 else display)
 
 
+def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None):
+    """A function that builds the model's Preprocess on first use (only images need one) and ``note``s it;
+    ``.built`` holds it once built."""
+    built = []
+
+    def make():
+        if not built:
+            built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
+                                              preset=preset, mean=mean, std=std))
+            note(f"preprocessing: {built[0].describe()}")
+        return built[0]
+
+    make.built = built
+    return make
+
+
 def read_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
