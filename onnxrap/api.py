@@ -24,6 +24,7 @@ class Explanation:
     method: str
     channel_axis: int | None  # None: the input has no channel axis (features)
     layer_sums: list = field(default_factory=list)  # (op name, op type, sum at output, sum at inputs) per sample
+    recomputed: list = field(default_factory=list)  # samples redone in float64 to keep conservation
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -113,17 +114,40 @@ class Explainer:
         targets = self._targets(target, logits)
         sums = [] if trace else None
 
-        def backprop(method_, xs, ts):
-            pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
-            out, start = [], 0
-            for part, values in pieces:
-                values = values if values is not None else self.capture.run(part)
-                out.append(self._propagate(method_, values, ts[start:start + len(part)], sums))
-                start += len(part)
-            return np.concatenate(out)
+        def backprop_in(dtype):
+            def backprop(method_, xs, ts):
+                pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
+                out, start = [], 0
+                for part, values in pieces:
+                    values = values if values is not None else self.capture.run(part)
+                    out.append(self._propagate(method_, values, ts[start:start + len(part)], sums, dtype))
+                    start += len(part)
+                return np.concatenate(out)
+            return backprop
 
-        relevance = m.attribute(backprop, x, targets)
-        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [])
+        relevance = m.attribute(backprop_in(self.dtype), x, targets)
+        recomputed = []
+        if m.conserves and self.dtype != np.float64:
+            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, backprop_in(np.float64))
+        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
+
+    def _keep_conservation(self, m, relevance, logits, targets, x, backprop64):
+        """Redo in float64 the samples where float32 rounding broke a conserving method's sum.
+
+        Relevance that grows large and cancels (deep networks with signed residual
+        streams) can leave float32 a sum far from the logit: a wrong number that
+        would otherwise be silent.
+        """
+        axes = tuple(range(1, relevance.ndim))
+        logit = logits[np.arange(len(targets)), targets]
+        sums = relevance.sum(axis=axes, dtype=np.float64)
+        bad = np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
+        if not bad.any():
+            return relevance, []
+        relevance = relevance.astype(np.float64)
+        redo = np.flatnonzero(bad)
+        relevance[redo] = m.attribute(backprop64, x[redo], targets[redo])
+        return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):
         """Batches for ONNX Runtime: the model's own batch size if fixed, else ``max_batch``."""
@@ -131,10 +155,10 @@ class Explainer:
         size = fixed if fixed and x.shape[0] % fixed == 0 else self.max_batch
         return [x[i:i + size] for i in range(0, len(x), size)] if x.ndim else [x]
 
-    def _propagate(self, method, values, targets, sums):
+    def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
-        ctx = Context(bk, {k: bk.asarray(v, dtype=self._dtype_of(v)) for k, v in values.items()},
-                      self.graph.constants)
+        ctx = Context(bk, {k: bk.asarray(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
+                           for k, v in values.items()}, self.graph.constants)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
                 ctx[op.output] = op.forward(bk, ctx)
@@ -151,9 +175,6 @@ class Explainer:
 
         relevance = propagate(self.graph, method, ctx, seed, trace=record if sums is not None else None)
         return bk.to_numpy(relevance)
-
-    def _dtype_of(self, v):
-        return self.dtype if np.issubdtype(v.dtype, np.floating) else v.dtype
 
     def _class_vector(self, logits):
         if logits.ndim < 2 or any(d != 1 for d in logits.shape[2:]) or logits.shape[1] < 2:

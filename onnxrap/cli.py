@@ -17,6 +17,7 @@ from . import __version__, methods
 from .errors import InputError, OnnxrapError
 
 EXIT_USAGE = 2
+MASS_WARNING = 1e3  # sum |R| / |logit| beyond which a heatmap mostly shows cancelling mass
 METHOD_OPTIONS = ("epsilon", "alpha", "steps", "baseline", "samples", "noise", "flow")
 
 
@@ -287,9 +288,16 @@ def _write_one(path, display, per_method, chosen, labels, out_dir, args, written
     for m in chosen:
         exp, _ = per_method[m]
         relevance, heatmap = exp.relevance[k], exp.heatmap[k]
+        mass = float(np.abs(relevance).sum()) / max(abs(float(logits[target])), 1e-30)
         entry["methods"][m] = {"relevance_sum": float(relevance.sum()),
                                "positive_sum": float(relevance[relevance > 0].sum()),
-                               "negative_sum": float(relevance[relevance < 0].sum())}
+                               "negative_sum": float(relevance[relevance < 0].sum()),
+                               "mass_over_logit": mass, "float64": k in exp.recomputed}
+        if k in exp.recomputed:
+            print(f"{path}: {m}: recomputed in float64: float32 rounding broke conservation")
+        if mass > MASS_WARNING:
+            print(f"{path}: {m}: note: the relevance is large and cancels (|R| sums to {mass:.3g} times the logit); "
+                  "its heatmap shows that mass more than the logit's make-up")
         panels.append((f"{m}  (sum {relevance.sum():.4g})", heatmap))
         if args.save_npy:
             npy = out_dir / f"{stem}_{m}.npy"

@@ -26,8 +26,9 @@ from .rules.pooling import MaxWinner, WindowShare
 class Method:
     """A named composite of rules.  ``seed`` is ``"one"`` (1 at the target) or ``"logit"``."""
 
-    def __init__(self, name, rules, seed="one", description="", options=None, default=None):
+    def __init__(self, name, rules, seed="one", description="", options=None, default=None, conserves=False):
         self.name = name
+        self.conserves = conserves  # promises relevance summing to the target logit
         self.rules = dict(rules)
         self.default = default  # the rule for ops no key names
         self.seed_kind = seed
@@ -170,7 +171,7 @@ _RAP_TAIL = {"tail": Adjoint()}
 
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL}, description=(
+    return Method("rap", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
         "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
 
 

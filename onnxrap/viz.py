@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,6 @@ def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
     _show_input(axes[0], image)
     for ax, (title, heatmap) in zip(axes[1:], heatmaps):
         _show_heatmap(fig, ax, heatmap, title, background=image if overlay else None)
-    fig.suptitle(caption, fontsize=10)
+    fig.suptitle(textwrap.fill(caption, width=48 * panels), fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -106,3 +106,27 @@ def test_float64_recompute_matches_to_rounding(name):
     # rap-reference divides by a + b at residual Adds: even 1e-12 moves it by 1e-8 there.
     tolerance = 1e-6 if name == "resnet50_w4" else 1e-10
     assert rel_l2(ex.explain(case["x"], method="rap-reference").relevance, case["rap64"]) < tolerance
+
+
+def test_float32_rounding_that_breaks_conservation_is_redone_in_float64(monkeypatch):
+    # Deep networks with signed residual streams grow large, cancelling relevance (EfficientNet-Lite1:
+    # 1e8 times the logit), and float32 then misses the logit: rap redoes those samples in float64.
+    from conftest import GOLDEN
+    from onnxrap import Explainer
+
+    ex = Explainer(GOLDEN / "mlp" / "model.onnx")
+    case = np.load(GOLDEN / "mlp" / "case.npz")
+    x = np.concatenate([case["x"], case["x"] * 0.5])
+    honest = Explainer._propagate
+
+    def lossy(self, method, values, targets, sums, dtype):  # float32 goes wrong for the second sample
+        out = honest(self, method, values, targets, sums, dtype)
+        if dtype == np.float32 and len(out) == 2:
+            out[1] *= 1.5
+        return out
+
+    monkeypatch.setattr(Explainer, "_propagate", lossy)
+    e = ex.explain(x, method="rap")
+    assert e.recomputed == [1]
+    np.testing.assert_allclose(e.relevance.sum(axis=1), e.target_logit, rtol=1e-5)
+    assert ex.explain(x, method="lrp-a1b0").recomputed == []  # no promise, nothing redone
