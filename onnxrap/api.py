@@ -52,15 +52,17 @@ class Explainer:
     model's logits.
     """
 
-    def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None):
+    def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None,
+                 verify="once"):
         """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
-        both work, else the CPU; ``self.device.note`` says which and why)."""
+        both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
+        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``."""
         self.graph = Graph(model, input_name, output_name)
         self.device = resolve_device(device)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
-        self.capture = Capture(self.graph, self.device.providers)
+        self.capture = Capture(self.graph, self.device.providers, verify)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
 

@@ -22,17 +22,18 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.elementwise import ConstantArithmetic
 from .ops.linear import Conv, Linear
-from .ops.structure import Pad
+from .ops.structure import Concat, Pad
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
 
 
-def load_model(source) -> tuple[onnx.ModelProto, str]:
-    """Read a path, bytes or ModelProto; return the model and a label for messages."""
+def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
+    """Read a path, bytes or ModelProto; return the model, a label for messages and its file, if any."""
+    path = None
     if isinstance(source, onnx.ModelProto):
-        return source, "<model>"
+        return _checked(source, "<model>", None), "<model>", None
     if isinstance(source, (bytes, bytearray)):
         label = "<bytes>"
         try:
@@ -48,13 +49,31 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
             model = onnx.load(str(path))
         except Exception as exc:
             raise ModelError(f"{label}: not an ONNX model or truncated ({first_line(exc)})") from None
+    return _checked(model, label, path), label, path
+
+
+def _checked(model, label, path):
     if not model.graph.node:
         raise ModelError(f"{label}: not an ONNX model (the graph has no nodes)")
-    try:
-        onnx.checker.check_model(model)
+    try:  # from the file where there is one: serialising a large model again costs seconds
+        onnx.checker.check_model(str(path) if path is not None else model)
     except Exception as exc:
         raise ModelError(f"{label}: the ONNX checker rejects the model: {first_line(exc)}") from None
-    return model, label
+    return model
+
+
+def _skeleton(model):
+    """The model without its large initializers (declared as inputs instead), for shape inference."""
+    g = model.graph
+    declared = {i.name for i in g.input}
+    small, big = [], []
+    for init in g.initializer:
+        if np.prod(init.dims, dtype=np.int64) <= 4096:
+            small.append(init)
+        elif init.name not in declared:
+            big.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    graph = onnx.helper.make_graph(g.node, g.name, list(g.input) + big, g.output, small, value_info=g.value_info)
+    return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
 
@@ -75,10 +94,10 @@ class Graph:
 
     def __init__(self, source, input_name: str | None = None, output_name: str | None = None, strict=True):
         """``strict=False`` records unsupported nodes in ``unsupported`` instead of raising (for inspect)."""
-        model, self.label = load_model(source)
+        model, self.label, self.path = load_model(source)
         self.model = model
         try:
-            inferred = onnx.shape_inference.infer_shapes(model)
+            inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
         except Exception:
             inferred = model  # shapes only help; the capture run checks everything
         g = inferred.graph
@@ -109,6 +128,9 @@ class Graph:
         self._canonicalise()
         self.dag = self._build_dag()
         self._mark_positions()
+        # The ops hold what they need; keep only the constants read at run time (shapes, Concat parts).
+        read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
+        self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
 
     # -- input and output ---------------------------------------------------
     def _pick_input(self, g, wanted):

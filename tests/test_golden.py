@@ -133,3 +133,29 @@ def test_float32_rounding_that_breaks_conservation_is_redone_in_float64(monkeypa
     assert e.recomputed == [1]
     np.testing.assert_allclose(e.relevance.sum(axis=1), e.target_logit, rtol=1e-5)
     assert ex.explain(x, method="lrp-a1b0").recomputed == []  # no promise, nothing redone
+
+
+class _Shifted:
+    """A stand-in plain session whose logits differ: what a dishonest capture would look like."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, names, feed):
+        return [self.session.run(names, feed)[0] + 1.0]
+
+
+@pytest.mark.parametrize("verify", ["once", "always"])
+def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify):
+    from conftest import GOLDEN
+    from onnxrap import Explainer, ModelError
+
+    ex = Explainer(GOLDEN / "mlp" / "model.onnx", verify=verify)
+    case = np.load(GOLDEN / "mlp" / "case.npz")
+    ex.explain(case["x"])  # verified against the real plain session
+    ex.capture.plain = _Shifted(ex.capture.plain)
+    if verify == "once":  # this shape is verified: the structure cannot change between batches
+        ex.explain(case["x"])
+        ex.capture.verified_shapes.clear()
+    with pytest.raises(ModelError, match="disagrees with a plain ONNX Runtime run"):
+        ex.explain(case["x"])

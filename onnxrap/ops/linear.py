@@ -14,21 +14,36 @@ from ..backend import window_spec
 from . import Op, Unsupported, register
 
 
+class Weights:
+    """A weight as its positive and negative parts; ``full`` (W = W+ + W-, exact) is made on demand,
+    since the RAP rules never need it and it would be a third copy of a large model's weights."""
+
+    def __init__(self, pos, neg):
+        self.pos = pos
+        self.neg = neg
+
+    @property
+    def full(self):
+        return self.pos + self.neg
+
+
 class Linear(Op):
     kind = "linear"
 
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)
-        self.weight = weight  # NumPy, float64 master copy
-        self.bias_values = bias  # NumPy or None
+        weight = np.asarray(weight)
+        # Kept in the model's own float type; other dtypes and devices are cached copies.
+        self.master = Weights(np.maximum(weight, 0), np.minimum(weight, 0))
+        self.bias_values = bias  # NumPy float64, or None
         self._cache = {}
 
-    def weights(self, bk, dtype):
-        """``(W, W+, W-)`` on the backend in ``dtype``, cached."""
+    def weights(self, bk, dtype) -> Weights:
+        """W+ and W- on the backend in ``dtype``, cached (no copy where they already are)."""
         key = (bk.name, np.dtype(dtype).str)
         if key not in self._cache:
-            w = bk.asarray(self.weight, dtype=dtype)
-            self._cache[key] = (w, bk.pos(w), bk.neg(w))
+            self._cache[key] = Weights(bk.asarray(self.master.pos, dtype=dtype),
+                                       bk.asarray(self.master.neg, dtype=dtype))
         return self._cache[key]
 
     def absorb_bias(self, bias, output):
@@ -46,15 +61,13 @@ class Linear(Op):
 
     def forward(self, bk, ctx):
         x = self.take(ctx[self.inputs[0]])
-        w, _, _ = self.weights(bk, x.dtype)
-        y = self.apply(bk, x, w)
+        y = self.apply(bk, x, self.weights(bk, x.dtype).full)
         b = self.bias(bk, x.dtype, y.shape)
         return y if b is None else y + b
 
     def vjp(self, bk, ctx, grad):
-        w, _, _ = self.weights(bk, grad.dtype)
         x = self.take(ctx[self.inputs[0]])
-        return [self.give(self.adjoint(bk, [(grad, w)], x.shape))]
+        return [self.give(self.adjoint(bk, [(grad, self.weights(bk, grad.dtype).full)], x.shape))]
 
 
 class Dense(Linear):
@@ -83,14 +96,21 @@ class Dense(Linear):
         return None if self.bias_values is None else bk.asarray(self.bias_values, dtype=dtype)
 
 
+def _float(a):
+    """A weight in its own float type (float16 and integer weights widen to float32)."""
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
+
+
 @register("Gemm")
 def parse_gemm(v):
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("only data @ constant weight is supported")
-    b = v.const(1).astype(np.float64)
+    b = _float(v.const(1))
     if b.ndim != 2:
         raise Unsupported("weight must be a matrix")
-    w = v.attr("alpha", 1.0) * (b.T if v.attr("transB", 0) else b)
+    alpha = v.attr("alpha", 1.0)
+    w = b.T if v.attr("transB", 0) else b
+    w = w if alpha == 1.0 else alpha * w.astype(np.float64)  # exact, for the float64 checks
     bias = None
     if v.has_input(2):
         bias = v.attr("beta", 1.0) * v.const(2).astype(np.float64)
@@ -102,7 +122,7 @@ def parse_gemm(v):
 def _matmul(v):
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("only data @ constant weight is supported")
-    w = v.const(1).astype(np.float64)
+    w = _float(v.const(1))
     if w.ndim != 2:
         raise Unsupported("weight must be a matrix")
     return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, None)
@@ -154,7 +174,7 @@ class Conv(Linear):
 def parse_conv(v):
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("the weight must be a constant")
-    w = v.const(1).astype(np.float64)
+    w = _float(v.const(1))
     rank = w.ndim - 2
     if rank < 1:
         raise Unsupported("weight must have rank 3 or more")

@@ -13,12 +13,12 @@ class _LinearRule(Rule):
     @staticmethod
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
-        w, wp, wn = op.weights(ctx.bk, x.dtype)
+        w = op.weights(ctx.bk, x.dtype)
         # fwd(a, w1, w2, ...) -> L_w1(a), L_w2(a), ... sharing the work on a;
         # adj((s1, w1), (s2, w2), ...) -> L_w1^T(s1) + L_w2^T(s2) + ..., one col2im.
         fwd = lambda a, *ws: op.apply(ctx.bk, a, list(ws) if len(ws) > 1 else ws[0])  # noqa: E731
         adj = lambda *pairs: op.adjoint(ctx.bk, list(pairs), x.shape)  # noqa: E731
-        return x, (w, wp, wn), fwd, adj
+        return x, w, fwd, adj
 
 
 class RapFirst(_LinearRule):
@@ -31,7 +31,8 @@ class RapFirst(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         xp = bk.pos(x)
         zpp, zpn = fwd(xp, wp, wn)
         to_wp, to_wn = R * (zpp != 0), R * (zpn != 0)  # what x+ sends back through W+ and W-
@@ -65,7 +66,8 @@ class RapHidden(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         mask = R != 0
         conv = op.family == "conv"
         parts = [self._part(bk, R, mask, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
@@ -105,7 +107,8 @@ class ZBox(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         axes = tuple(range(1, x.ndim))
         low = x.min(axis=axes, keepdims=True)
         high = x.max(axis=axes, keepdims=True)
@@ -125,7 +128,8 @@ class Epsilon(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (w, _, _), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        w = w.full
         z = fwd(x, w)
         b = op.bias(bk, x.dtype, z.shape)
         if b is not None:
@@ -142,7 +146,8 @@ class AlphaBeta(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         pieces = [(bk.pos(x), wp, wn)]
         if (x < 0).any():
             pieces.append((bk.neg(x), wn, wp))

@@ -65,7 +65,8 @@ class PaperFirst(_LinearRule):
     """(5): ``R_i = S_j (c+_ij / Zp_j - c-_ij / Zn_j) R_j``."""
 
     def __call__(self, op, ctx, R):
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         normal, inversion = _flows(ctx.bk, x, R, wp, wn, fwd, adj)
         return [op.give(normal - inversion)]
 
@@ -78,7 +79,8 @@ class PaperFlow(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, (_, wp, wn), fwd, adj = self._setup(op, ctx)
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
         b = op.bias(bk, R.dtype, R.shape)
         if b is not None:
             spatial = math.prod(R.shape[2:]) if op.family == "conv" else 1
