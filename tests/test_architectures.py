@@ -140,3 +140,55 @@ def test_convolutional_classifier_behind_a_global_pool_conserves():
     np.testing.assert_allclose(rap.relevance.sum(axis=(1, 2, 3)), rap.target_logit, rtol=1e-4)
     reference = ex.explain(x, method="rap-reference")
     assert np.max(np.abs(reference.relevance.sum(axis=(1, 2, 3)) / reference.target_logit - 1)) > 1e-2
+
+
+NEWEST_OPSET = onnx.defs.onnx_opset_version()
+
+
+@pytest.mark.parametrize("opset", sorted({11, 13, 17, 18, 21, NEWEST_OPSET}))
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
+def test_opsets_from_11_to_the_newest(name, opset):
+    # Clip's bounds, Pad's pads and ReduceMean's axes moved from attributes to inputs over these opsets.
+    build = {"resnet50": zoo.resnet50, "mobilenet_v2": zoo.mobilenet_v2_like}[name]
+    kwargs = {"pool": "reducemean"} if name == "mobilenet_v2" else {}
+    model = build(width=1 / 16, size=32, num_classes=10, opset=opset, **kwargs)
+    x = batch_for(model)
+    try:
+        ex = Explainer(model)
+    except Exception as exc:  # an onnxruntime older than the onnx package
+        if "opset" in str(exc).lower() or "ir version" in str(exc).lower():
+            pytest.skip(f"this onnxruntime cannot run opset {opset}: {exc}")
+        raise
+    e = ex.explain(x, method="rap")
+    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3), dtype=np.float64), e.target_logit, rtol=1e-4)
+
+
+def dynamic_size_model(seed=0):
+    """Batch, height and width all dynamic: Conv - Relu - GlobalAveragePool - Flatten - Gemm."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "wf")]
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "wf"], ["logits"])]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("size_args,shape", [(["--size", "40"], (3, 40, 40)), (["--size", "24x36"], (3, 24, 36)),
+                                             ([], (3, 30, 50))])
+def test_dynamic_spatial_size(tmp_path, capsys, size_args, shape):
+    from PIL import Image
+
+    onnx.save(dynamic_size_model(), tmp_path / "dyn.onnx")
+    pixels = np.random.default_rng(3).integers(0, 255, (30, 50, 3), dtype=np.uint8)  # H 30, W 50
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    code = main(["explain", str(tmp_path / "dyn.onnx"), str(tmp_path / "img.png"), "-o", str(tmp_path / "out"),
+                 "--save-npy", *size_args])
+    assert code == 0, capsys.readouterr().err
+    entry = json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"][0]
+    relevance = np.load(entry["methods"]["rap"]["npy"])
+    assert relevance.shape == shape  # without --size a dynamic model takes the image as it is
+    assert abs(relevance.sum() - entry["target_logit"]) < 1e-4 * max(1.0, abs(entry["target_logit"]))
