@@ -18,7 +18,6 @@ from .errors import InputError, OnnxrapError
 
 EXIT_USAGE = 2
 MASS_WARNING = 1e3  # sum |R| / |logit| beyond which a heatmap mostly shows cancelling mass
-METHOD_OPTIONS = ("epsilon", "alpha", "steps", "baseline", "samples", "noise", "flow")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +42,45 @@ def _size(text):
     return (parts[0], parts[-1])
 
 
+def _model_options(p):
+    p.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
+    p.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
+
+
+def _image_options(p):
+    p.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
+    p.add_argument("--preset", help="pixel scaling: imagenet, unit ([0,1]), raw ([0,255]), signed ([-1,1]); "
+                                     "default: the model's onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
+    p.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
+    p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+
+
+def _method_options(p, steps_flag):
+    """Each method's own options; ``steps_flag`` names integrated-gradients' steps (evaluate has its own --steps)."""
+    p.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
+    p.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
+    p.add_argument(steps_flag, dest="ig_steps", type=int, help="integrated-gradients: points on the path (default 32)")
+    p.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
+    p.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
+    p.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range (default 0.15)")
+    p.add_argument("--flow", choices=["sum", "normal", "inversion"],
+                   help="rap-paper: the normal flow, the inversion flow, or their sum (default)")
+
+
+def method_options(args):
+    """The method options given on the command line, by the methods' own keyword names."""
+    given = {"epsilon": args.epsilon, "alpha": args.alpha, "steps": args.ig_steps, "baseline": args.baseline,
+             "samples": args.samples, "noise": args.noise, "flow": args.flow}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _device_option(p):
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="cuda: ONNX Runtime's CUDA provider and CuPy; auto: cuda where it works, else cpu "
+                        "(default: %(default)s)")
+
+
 def build_parser():
     p = _Parser(prog="onnxrap", description="Explain ONNX image classifiers with Relative Attributing Propagation.")
     p.add_argument("--version", action="version", version=f"onnxrap {__version__}")
@@ -54,30 +92,15 @@ def build_parser():
     e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
     e.add_argument("--method", default="rap",
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
-    e.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
-    e.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
-    e.add_argument("--steps", type=int, help="integrated-gradients: points on the path (default 32)")
-    e.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
-    e.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
-    e.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range (default 0.15)")
-    e.add_argument("--flow", choices=["sum", "normal", "inversion"],
-                   help="rap-paper: the normal flow, the inversion flow, or their sum (default)")
+    _method_options(e, steps_flag="--steps")
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
-    e.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
-    e.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
-    e.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
-    e.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
-    e.add_argument("--preset", help="pixel scaling: imagenet, unit ([0,1]), raw ([0,255]), signed ([-1,1]); "
-                                     "default: the model's onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
-    e.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
-    e.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+    _model_options(e)
+    _image_options(e)
     e.add_argument("--labels", help="class names, one per line")
     e.add_argument("--save-npy", action="store_true", help="also save the input-shaped relevance as .npy")
     e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="cuda: ONNX Runtime's CUDA provider and CuPy; auto: cuda where it works, else cpu "
-                        "(default: %(default)s)")
+    _device_option(e)
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     e.set_defaults(run=cmd_explain)
 
@@ -114,28 +137,15 @@ def build_parser():
     v.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     v.add_argument("--score-batch-size", type=int, default=64,
                    help="perturbed inputs per ONNX Runtime run (default: %(default)s)")
-    v.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where relevance and scores are computed, as for explain (default: %(default)s)")
-    v.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
-    v.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
-    v.add_argument("--ig-steps", type=int, help="integrated-gradients: points on the path (default 32)")
-    v.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
-    v.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
-    v.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range")
-    v.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
-    v.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
-    v.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
-    v.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
-    v.add_argument("--preset", help="pixel scaling of images, as for explain (default: the model's "
-                                     "onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise)")
-    v.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
-    v.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+    _device_option(v)
+    _method_options(v, steps_flag="--ig-steps")
+    _model_options(v)
+    _image_options(v)
     v.set_defaults(run=cmd_evaluate)
 
     i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
     i.add_argument("model", help="the .onnx classifier")
-    i.add_argument("--input", dest="input_name", help="the model input to explain, if it has several")
-    i.add_argument("--output", dest="output_name", help="the model output holding the class scores, if it has several")
+    _model_options(i)
     i.set_defaults(run=cmd_inspect)
     return p
 
@@ -169,15 +179,7 @@ def cmd_explain(args):
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
         raise InputError("--method names no method")
-    options = {k: getattr(args, k) for k in METHOD_OPTIONS if getattr(args, k) is not None}
-    per_method = {}
-    for m in chosen:
-        methods.get(m)  # unknown names fail here, before any work
-        per_method[m] = {k: v for k, v in options.items() if k in methods.options_of(m)}
-        methods.get(m, **per_method[m])  # and bad option values
-    unused = set(options) - {k for opts in per_method.values() for k in opts}
-    if unused:
-        raise InputError(f"--{sorted(unused)[0]} is not an option of {', '.join(chosen)}")
+    per_method = methods.split_options(chosen, method_options(args), flag=lambda k: f"--{k}")
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
@@ -227,7 +229,7 @@ def cmd_explain(args):
 def cmd_evaluate(args):
     from .evaluate import run
 
-    return run(args)
+    return run(args, method_options(args))
 
 
 def cmd_inspect(args):

@@ -762,8 +762,8 @@ def write_outputs(out_dir, results):
 
 # -- the command ---------------------------------------------------------------------------------------------------
 
-def run(args):
-    """``onnxrap evaluate``: the CLI's arguments -> files in ``args.out_dir``; returns 0."""
+def run(args, options):
+    """``onnxrap evaluate``: the CLI's arguments and method options -> files in ``args.out_dir``; returns 0."""
     from . import methods as registry
     from .api import Explainer
     from .io import preprocess_factory, read_labels
@@ -775,21 +775,9 @@ def run(args):
         raise InputError("--methods names no method")
     if len(set(chosen)) != len(chosen):
         raise InputError("--methods names a method twice")
-    given = {"epsilon": args.epsilon, "alpha": args.alpha, "steps": args.ig_steps, "baseline": args.baseline,
-             "samples": args.samples, "noise": args.noise}
-    given = {k: v for k, v in given.items() if v is not None}
-    per_method = {}
-    for m in chosen:
-        if m in CONTROLS:
-            per_method[m] = {}
-            continue
-        registry.get(m)
-        per_method[m] = {k: v for k, v in given.items() if k in registry.options_of(m)}
-        registry.get(m, **per_method[m])
-    unused = set(given) - {k for o in per_method.values() for k in o}
-    if unused:
-        flag = {"steps": "ig-steps"}.get(sorted(unused)[0], sorted(unused)[0])
-        raise InputError(f"--{flag} is not an option of {', '.join(chosen)}")
+    per_method = {m: {} for m in chosen if m in CONTROLS}
+    per_method.update(registry.split_options([m for m in chosen if m not in CONTROLS], options,
+                                             flag=lambda k: "--" + {"steps": "ig-steps"}.get(k, k)))
     perturbations = [p.strip() for p in args.perturbations.split(",") if p.strip()]
     bad = [p for p in perturbations if p not in PERTURBATIONS]
     if bad or not perturbations:

@@ -155,6 +155,22 @@ def get(name: str, **options) -> Method:
     return FACTORIES[name](**options)
 
 
+def split_options(names, options, flag=str):
+    """Give each named method the options it takes; an option none of them takes is an error.
+
+    ``flag(key)`` is how the caller spells an option in messages (the CLI: ``--key``).
+    """
+    per_method = {}
+    for name in names:
+        get(name)  # unknown names fail before any option does
+        per_method[name] = {k: v for k, v in options.items() if k in options_of(name)}
+        get(name, **per_method[name])  # bad values fail here, before any work
+    unused = sorted(set(options) - {k for taken in per_method.values() for k in taken})
+    if unused:
+        raise InputError(f"{flag(unused[0])} is not an option of {', '.join(names)}")
+    return per_method
+
+
 # Rules every relevance method shares for ops that carry relevance without choices.
 _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(),
           "concat": ConcatSlices(), "maxpool": MaxWinner()}
