@@ -148,7 +148,11 @@ class Explainer:
             return relevance, []
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
-        relevance[redo] = m.attribute(backprop64, x[redo], targets[redo])
+        fixed = (self.graph.input_shape or (None,))[0]
+        if fixed and fixed > 1:  # a model exported for a fixed batch takes only whole batches
+            relevance[redo] = m.attribute(backprop64, x, targets)[redo]
+        else:
+            relevance[redo] = m.attribute(backprop64, x[redo], targets[redo])
         return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):
