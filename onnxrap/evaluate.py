@@ -214,27 +214,14 @@ class Scorer:
     Where those are not a model output (a final Softmax is explained through), they are added as one.
     """
 
-    def __init__(self, graph, batch_size=64, providers=("CPUExecutionProvider",)):
-        import onnx
-        import onnxruntime as ort
-
-        from .capture import session_options
-
+    def __init__(self, explainer, batch_size=64):
+        graph = explainer.graph
         self.graph = graph
         self.batch_size = max(1, int(batch_size))
-        model = graph.model
-        if graph.logits_name not in {o.name for o in model.graph.output}:
-            model = onnx.ModelProto()
-            model.CopyFrom(graph.model)
-            model.graph.output.append(onnx.helper.make_tensor_value_info(graph.logits_name, onnx.TensorProto.FLOAT,
-                                                                         None))
-        try:
-            self.session = ort.InferenceSession(model.SerializeToString(), session_options(),
-                                                providers=list(providers))
-        except Exception as exc:
-            raise ModelError(f"{graph.label}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
-        elem = self.session.get_inputs()[0].type if self.session.get_inputs() else "tensor(float)"
-        self.dtype = np.float64 if "double" in elem else np.float16 if "float16" in elem else np.float32
+        outputs = {o.name for o in graph.model.graph.output}
+        self.session = explainer.capture.session_with_outputs([] if graph.logits_name in outputs
+                                                              else [graph.logits_name])
+        self.dtype = explainer.capture.input_dtype
         shape = graph.input_shape
         self.fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
 
@@ -419,7 +406,7 @@ class Evaluation:
         self.perturbations = tuple(perturbations)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        self.scorer = scorer or Scorer(explainer.graph, score_batch_size)
+        self.scorer = scorer or Scorer(explainer, score_batch_size)
         self.progress = progress or Progress(quiet=True)
         self.channel_axis = explainer.channel_axis
         flat, _ = channels_first(self.x[0], self.channel_axis)
@@ -804,7 +791,7 @@ def run(args, options):
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(args.data, make_preprocess, rank, args.labels_csv, class_names)
-    scorer = Scorer(explainer.graph, args.score_batch_size, explainer.device.providers)
+    scorer = Scorer(explainer, args.score_batch_size)
     if not np.all(np.isfinite(data.x)):
         raise InputError(f"{args.data}: the inputs contain NaN or Inf")
     logits = scorer.logits(data.x)

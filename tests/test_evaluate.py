@@ -89,7 +89,7 @@ def test_min_removal_lowers_the_logit_by_exactly_the_removed_contributions(linea
 def test_scorer_reads_the_logits_under_a_final_softmax(linear_case):
     _, x, w0, bias = linear_case
     w = np.stack([w0, np.zeros(16)], axis=1)
-    scorer = Scorer(Explainer(linear_model(w, bias, softmax=True)).graph, batch_size=1)
+    scorer = Scorer(Explainer(linear_model(w, bias, softmax=True)), batch_size=1)
     got = scorer.logits(np.repeat(x, 3, axis=0))
     np.testing.assert_allclose(got, np.tile([w0 @ x.ravel(), bias[1]], (3, 1)), rtol=1e-5)
 

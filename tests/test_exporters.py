@@ -21,7 +21,6 @@ from onnx import numpy_helper
 
 from onnxrap import Explainer
 from onnxrap.cli import main
-from onnxrap.errors import UnsupportedOpsError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

@@ -135,27 +135,34 @@ def test_float32_rounding_that_breaks_conservation_is_redone_in_float64(monkeypa
     assert ex.explain(x, method="lrp-a1b0").recomputed == []  # no promise, nothing redone
 
 
-class _Shifted:
-    """A stand-in plain session whose logits differ: what a dishonest capture would look like."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def run(self, names, feed):
-        return [self.session.run(names, feed)[0] + 1.0]
-
-
 @pytest.mark.parametrize("verify", ["once", "always"])
-def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify):
+def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify, monkeypatch):
     from conftest import GOLDEN
     from onnxrap import Explainer, ModelError
 
     ex = Explainer(GOLDEN / "mlp" / "model.onnx", verify=verify)
     case = np.load(GOLDEN / "mlp" / "case.npz")
     ex.explain(case["x"])  # verified against the real plain session
-    ex.capture.plain = _Shifted(ex.capture.plain)
+    honest = ex.capture.plain_logits
+    # What a dishonest capture would look like: the plain model says something else.
+    monkeypatch.setattr(ex.capture, "plain_logits", lambda feed: honest(feed) + 1.0)
     if verify == "once":  # this shape is verified: the structure cannot change between batches
         ex.explain(case["x"])
         ex.capture.verified_shapes.clear()
     with pytest.raises(ModelError, match="disagrees with a plain ONNX Runtime run"):
         ex.explain(case["x"])
+
+
+def test_large_weights_are_served_from_a_temporary_file(monkeypatch):
+    # Models with more than EXTERNAL_WEIGHTS_BYTES of weights keep them in one temporary file that
+    # every session reads, instead of a copy per session and one in the graph.
+    from conftest import GOLDEN
+    from onnxrap import Explainer, capture
+
+    case = np.load(GOLDEN / "inception_mini" / "case.npz")
+    expected = Explainer(GOLDEN / "inception_mini" / "model.onnx").explain(case["x"]).relevance
+    monkeypatch.setattr(capture, "EXTERNAL_WEIGHTS_BYTES", 0)
+    ex = Explainer(GOLDEN / "inception_mini" / "model.onnx")
+    assert ex.capture._weights_dir is not None
+    assert all(not t.raw_data for t in ex.graph.model.graph.initializer if t.data_location == 1)
+    np.testing.assert_array_equal(ex.explain(case["x"]).relevance, expected)

@@ -1,6 +1,5 @@
 """The baselines: LRP composites and gradient methods (issue: baselines checked independently)."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
