@@ -1,4 +1,5 @@
 """Errors a user can act on.  The CLI prints ``str(error)`` as one line and exits 2."""
+import re
 
 
 class OnnxrapError(Exception):
@@ -27,6 +28,9 @@ class DeviceError(OnnxrapError):
 
 
 def first_line(exc) -> str:
-    """The first line of a library's exception text, for a one-line message."""
+    """The first line of a library's exception text, for a one-line message, without
+    ONNX Runtime's status prefix and C++ source location."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
+    return re.sub(r"^\S+\.(cc|h|cpp):\d+ .*?\) ", "", line)

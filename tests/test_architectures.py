@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -154,12 +155,12 @@ def test_opsets_from_11_to_the_newest(name, opset):
     model = build(width=1 / 16, size=32, num_classes=10, opset=opset, **kwargs)
     x = batch_for(model)
     try:
-        ex = Explainer(model)
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # an onnxruntime older than the onnx package
         if "opset" in str(exc).lower() or "ir version" in str(exc).lower():
             pytest.skip(f"this onnxruntime cannot run opset {opset}: {exc}")
         raise
-    e = ex.explain(x, method="rap")
+    e = Explainer(model).explain(x, method="rap")
     np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3), dtype=np.float64), e.target_logit, rtol=1e-4)
 
 

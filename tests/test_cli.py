@@ -228,3 +228,12 @@ def test_inspect_bad_file(tmp_path, capsys):
     code, out, err = run(["inspect", tmp_path / "missing.onnx"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"onnxrap: error: {tmp_path / 'missing.onnx'}: no such model file"]
+
+
+def test_onnxruntime_errors_lose_their_cpp_location():
+    from onnxrap.errors import first_line
+
+    raw = ("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:256 "
+           "onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::ModelOptions&) "
+           "Unsupported model IR version: 14, max supported IR version: 13\nmore")
+    assert first_line(Exception(raw)) == "Unsupported model IR version: 14, max supported IR version: 13"
