@@ -61,7 +61,7 @@ class Capture:
         existing = {o.name for o in graph.model.graph.output}
         self.names = sorted(wanted - existing) + [graph.output_name]
         self._weights_dir = None
-        if _weight_bytes(graph.model) > EXTERNAL_WEIGHTS_BYTES:
+        if graph.owns_model and _weight_bytes(graph.model) > EXTERNAL_WEIGHTS_BYTES:
             self._externalise_weights()
         self.extra_outputs = sorted(wanted - existing)
         self._session = self._plain = None

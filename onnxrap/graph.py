@@ -96,6 +96,7 @@ class Graph:
         """``strict=False`` records unsupported nodes in ``unsupported`` instead of raising (for inspect)."""
         model, self.label, self.path = load_model(source)
         self.model = model
+        self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
         try:
             inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
         except Exception:

@@ -166,3 +166,11 @@ def test_large_weights_are_served_from_a_temporary_file(monkeypatch):
     assert ex.capture._weights_dir is not None
     assert all(not t.raw_data for t in ex.graph.model.graph.initializer if t.data_location == 1)
     np.testing.assert_array_equal(ex.explain(case["x"]).relevance, expected)
+    # A model the caller passes in is theirs: its weights stay where they are.
+    import onnx
+
+    model = onnx.load(str(GOLDEN / "inception_mini" / "model.onnx"))
+    before = model.SerializeToString()
+    ex = Explainer(model)
+    assert ex.capture._weights_dir is None and model.SerializeToString() == before
+    np.testing.assert_array_equal(ex.explain(case["x"]).relevance, expected)
