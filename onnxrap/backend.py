@@ -173,14 +173,23 @@ class Backend:
         rank = len(spec.kernel)
         lead = cols.shape[:-2 * rank]
         out = xp_.zeros(lead + spec.padded_shape, dtype=cols.dtype)
-        for tap in itertools.product(*(range(k) for k in spec.kernel)):
-            region = tuple(
-                slice(t * d, t * d + (o - 1) * s + 1, s)
-                for t, d, o, s in zip(tap, spec.dilations, spec.out_shape, spec.strides)
-            )
-            out[(Ellipsis,) + region] += cols[(Ellipsis,) + tap + (slice(None),) * rank]
-        crop = tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))
-        return out[(Ellipsis,) + crop]
+        for _, tap in self._taps(spec):
+            out[(Ellipsis,) + self._reach(spec, tap)] += cols[(Ellipsis,) + tap + (slice(None),) * rank]
+        return self._crop(out, spec)
+
+    @staticmethod
+    def _taps(spec):
+        return list(enumerate(itertools.product(*(range(k) for k in spec.kernel))))
+
+    @staticmethod
+    def _reach(spec, tap):
+        """The padded-input positions that kernel tap ``tap`` reads, one per output position."""
+        return tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                     for t, d, o, s in zip(tap, spec.dilations, spec.out_shape, spec.strides))
+
+    @staticmethod
+    def _crop(padded, spec):
+        return padded[(Ellipsis,) + tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))]
 
     # -- convolution -------------------------------------------------------
     def _sample_chunks(self, n, per_sample_bytes):
@@ -202,6 +211,9 @@ class Backend:
         weights = [weights] if single else weights
         n, c = x.shape[:2]
         taps, length = spec.taps, math.prod(spec.out_shape)
+        if groups > 1 and groups == c and not self._pointwise(spec):
+            ys = self._depthwise(x, weights, spec, groups)
+            return ys[0] if single else ys
         wgs = [w.reshape(groups, w.shape[0] // groups, -1) for w in weights]
         if self._pointwise(spec):
             cols = x.reshape(n, groups, c // groups, length)
@@ -226,6 +238,8 @@ class Backend:
                   w.reshape(groups, w.shape[0] // groups, -1).transpose(0, 2, 1)) for s, w in pairs]
         if self._pointwise(spec):
             return sum(xp_.matmul(wt, sg) for sg, wt in terms).reshape((n, c) + spec.in_shape)
+        if groups > 1 and groups == c:
+            return self._depthwise_adjoint(pairs, spec, groups)
         dtype = xp_.result_type(*(sg for sg, _ in terms))
         out = xp_.empty((n, c) + spec.in_shape, dtype=dtype)
         for part in self._sample_chunks(n, c * taps * length * out.itemsize):
@@ -234,6 +248,39 @@ class Backend:
                 cols += xp_.matmul(wt, sg[part])
             out[part] = self.scatter(cols.reshape((-1, c) + spec.kernel + spec.out_shape), spec)
         return out
+
+
+    # Depthwise convolutions (one input channel per group, MobileNet/EfficientNet): im2col would
+    # build K columns per channel only to multiply each by K numbers, so they run tap by tap.
+    def _depthwise(self, x, weights, spec, groups):
+        xp_ = self.xp
+        n = x.shape[0]
+        rank = len(spec.kernel)
+        win = self.windows(x, spec)  # (N, C, *kernel, *out), a strided view: no copy
+        ys = []
+        for w in weights:
+            m = w.shape[0] // groups  # depth multiplier
+            wk = w.reshape((groups, m, spec.taps))
+            y = xp_.zeros((n, groups, m) + spec.out_shape, dtype=x.dtype)
+            for t, tap in self._taps(spec):
+                y += wk[:, :, t].reshape((1, groups, m) + (1,) * rank) * win[(slice(None), slice(None)) + tap][:, :, None]
+            ys.append(y.reshape((n, groups * m) + spec.out_shape))
+        return ys
+
+    def _depthwise_adjoint(self, pairs, spec, groups):
+        xp_ = self.xp
+        n = pairs[0][0].shape[0]
+        rank = len(spec.kernel)
+        dtype = xp_.result_type(*(s for s, _ in pairs))
+        out = xp_.zeros((n, groups) + spec.padded_shape, dtype=dtype)
+        for s, w in pairs:
+            m = w.shape[0] // groups
+            sg = s.reshape((n, groups, m) + spec.out_shape)
+            wk = w.reshape((groups, m, spec.taps))
+            for t, tap in self._taps(spec):
+                share = sg * wk[:, :, t].reshape((1, groups, m) + (1,) * rank)
+                out[(Ellipsis,) + self._reach(spec, tap)] += share[:, :, 0] if m == 1 else share.sum(axis=2)
+        return self._crop(out, spec)
 
 
 _BACKENDS: dict[str, Backend] = {}
