@@ -99,9 +99,9 @@ class Backend:
     # -- elementwise helpers shared by many rules -------------------------
     def sdiv(self, a, b):
         """``a / b`` where ``b != 0``, else 0 (the spec's safe division)."""
-        nz = b != 0
-        out = self.xp.zeros(self.xp.broadcast_shapes(a.shape, b.shape), dtype=self.xp.result_type(a, b))
-        return self.xp.divide(a, b, out=out, where=nz)
+        with np.errstate(divide="ignore", invalid="ignore"):  # the quotients where b == 0 are dropped
+            quotient = a / b
+        return self.xp.where(b != 0, quotient, 0)
 
     def pos(self, a):
         return self.xp.maximum(a, 0)
