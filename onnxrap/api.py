@@ -116,7 +116,7 @@ class Explainer:
         targets = self._targets(target, logits)
         sums = [] if trace else None
 
-        def backprop_in(dtype):
+        def backprop_in(dtype, sums):
             def backprop(method_, xs, ts):
                 pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
                 out, start = [], 0
@@ -127,10 +127,11 @@ class Explainer:
                 return np.concatenate(out)
             return backprop
 
-        relevance = m.attribute(backprop_in(self.dtype), x, targets)
+        relevance = m.attribute(backprop_in(self.dtype, sums), x, targets)
         recomputed = []
-        if m.conserves and self.dtype != np.float64:
-            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, backprop_in(np.float64))
+        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
+            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x,
+                                                            backprop_in(np.float64, None))
         return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
 
     def _keep_conservation(self, m, relevance, logits, targets, x, backprop64):
@@ -148,7 +149,7 @@ class Explainer:
             return relevance, []
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
-        fixed = (self.graph.input_shape or (None,))[0]
+        fixed = self.graph.fixed_batch
         if fixed and fixed > 1:  # a model exported for a fixed batch takes only whole batches
             relevance[redo] = m.attribute(backprop64, x, targets)[redo]
         else:
@@ -157,8 +158,8 @@ class Explainer:
 
     def _pieces(self, x):
         """Batches for ONNX Runtime: the model's own batch size if fixed, else ``max_batch``."""
-        fixed = (self.graph.input_shape or (None,))[0] if x.ndim else None
-        size = fixed if fixed and x.shape[0] % fixed == 0 else self.max_batch
+        fixed = self.graph.fixed_batch
+        size = fixed if fixed and x.ndim and x.shape[0] % fixed == 0 else self.max_batch
         return [x[i:i + size] for i in range(0, len(x), size)] if x.ndim else [x]
 
     def _propagate(self, method, values, targets, sums, dtype):
@@ -172,7 +173,7 @@ class Explainer:
             deviation = recompute(self.graph, ctx)
             if deviation > 1e-3:
                 raise ModelError(f"{self.graph.label}: onnxrap's own forward pass differs from ONNX Runtime's "
-                                 f"logits by {deviation:.2g} (relative); cannot recompute in {self.dtype}")
+                                 f"logits by {deviation:.2g} (relative); cannot recompute in {dtype}")
         seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):

@@ -222,8 +222,7 @@ class Scorer:
         self.session = explainer.capture.session_with_outputs([] if graph.logits_name in outputs
                                                               else [graph.logits_name])
         self.dtype = explainer.capture.input_dtype
-        shape = graph.input_shape
-        self.fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+        self.fixed = graph.fixed_batch
 
     def logits(self, x):
         """(N, classes) float64 for the batch ``x``, fed ``batch_size`` (or the model's fixed batch) at a time."""

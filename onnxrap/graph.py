@@ -342,5 +342,7 @@ class Graph:
         return self._types.get(self.input_name, onnx.TensorProto.FLOAT)
 
     @property
-    def logits_shape(self):
-        return self._shapes.get(self.logits_name)
+    def fixed_batch(self):
+        """The batch size the model was exported for, or None where it is free."""
+        first = (self.input_shape or (None,))[0]
+        return first if isinstance(first, int) and first > 0 else None
