@@ -26,6 +26,8 @@ from .rules.pooling import MaxWinner, WindowShare
 class Method:
     """A named composite of rules.  ``seed`` is ``"one"`` (1 at the target) or ``"logit"``."""
 
+    batched = False  # attribute() runs the backward walk on a batch of modified inputs (see compile.py)
+
     def __init__(self, name, rules, seed="one", description="", options=None, default=None, conserves=False):
         self.name = name
         self.conserves = conserves  # promises relevance summing to the target logit
@@ -88,6 +90,8 @@ class IntegratedGradients(Method):
     goes through the model in one batch.
     """
 
+    batched = True
+
     def attribute(self, backprop, x, targets):
         steps, baseline = self.options["steps"], self.options["baseline"]
         base = np.full_like(x, baseline)
@@ -100,6 +104,8 @@ class IntegratedGradients(Method):
 
 class SmoothGrad(Method):
     """Mean gradient over ``samples`` noisy copies, noise std = ``noise`` x (max - min) of each sample."""
+
+    batched = True
 
     def attribute(self, backprop, x, targets):
         samples, noise = self.options["samples"], self.options["noise"]
