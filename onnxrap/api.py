@@ -53,10 +53,15 @@ class Explainer:
     """
 
     def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None,
-                 verify="once"):
+                 verify="once", engine="eager"):
         """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
         both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
-        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``."""
+        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``.
+        ``engine``: ``eager`` (the rules on NumPy/CuPy), ``onnx`` (the method compiled into the model's
+        graph, run by ONNX Runtime, cached on disk) or ``auto`` (the faster of the two, measured per
+        method and input shape; ``self.engine_note`` says which)."""
+        if engine not in ("auto", "eager", "onnx"):
+            raise InputError(f"unknown engine {engine!r} (auto, eager or onnx)")
         self.graph = Graph(model, input_name, output_name)
         self.device = resolve_device(device)
         self.bk = self.device.backend
@@ -65,6 +70,11 @@ class Explainer:
         self.capture = Capture(self.graph, self.device.providers, verify)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
+        self.engine = engine
+        self.engine_note = engine
+        self._engines = {}  # (method label, input shape) -> the engine auto chose
+        self._compiled = {}  # (method label, dtype, input shape) -> CompiledModel, or None: eager only
+        self._model_hash = None
 
     @property
     def input_shape(self):
@@ -111,31 +121,98 @@ class Explainer:
         m = methods.get(method, **options)
         m.check(self.graph)
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
+        sums = [] if trace else None
+        if not trace and self._engine_for(m, x, target) == "onnx":
+            relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
+        else:
+            relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
+        recomputed = []
+        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
+            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
+        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
+
+    def _attribute_eager(self, m, x, target, dtype, sums):
+        """Relevance, logits and targets with the rules run on the backend's arrays."""
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
         logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
         targets = self._targets(target, logits)
-        sums = [] if trace else None
 
-        def backprop_in(dtype, sums):
-            def backprop(method_, xs, ts):
-                pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
-                out, start = [], 0
-                for part, values in pieces:
-                    values = values if values is not None else self.capture.run(part)
-                    out.append(self._propagate(method_, values, ts[start:start + len(part)], sums, dtype))
-                    start += len(part)
-                return np.concatenate(out)
-            return backprop
+        def backprop(method_, xs, ts):
+            pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
+            out, start = [], 0
+            for part, values in pieces:
+                values = values if values is not None else self.capture.run(part)
+                out.append(self._propagate(method_, values, ts[start:start + len(part)], sums, dtype))
+                start += len(part)
+            return np.concatenate(out)
 
-        relevance = m.attribute(backprop_in(self.dtype, sums), x, targets)
-        recomputed = []
-        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
-            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x,
-                                                            backprop_in(np.float64, None))
-        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
+        return m.attribute(backprop, x, targets), logits, targets
 
-    def _keep_conservation(self, m, relevance, logits, targets, x, backprop64):
-        """Redo in float64 the samples where float32 rounding broke a conserving method's sum.
+    def _attribute_compiled(self, m, x, target, dtype):
+        """The same with the method compiled into the model's graph (see compile.py); None where
+        ONNX Runtime lacks the kernels (CPU convolutions in float64)."""
+        compiled = self._compiled_model(m, dtype, x.shape[1:])
+        if compiled is None:
+            return self._attribute_eager(m, x, target, dtype, None)
+
+        def run(xs, ts):
+            parts, start = [], 0
+            for part in self._pieces(xs):
+                self.capture.check_input(part)
+                t = None if ts is None else ts[start:start + len(part)]
+                parts.append(compiled.run(part, t))
+                start += len(part)
+            return (np.concatenate([self._class_vector(lg) for lg, _ in parts]),
+                    np.concatenate([r for _, r in parts]))
+
+        given = None if target is None else np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),))
+        logits, relevance = run(x, given)
+        targets = self._targets(target, logits)
+        if m.batched:  # the graph is the backward walk; the method calls it on its batches
+            relevance = m.attribute(lambda method_, xs, ts: run(xs, ts)[1], x, targets)
+        return relevance, logits, targets
+
+    def _compiled_model(self, m, dtype, shape):
+        from .compile import CompiledModel, MissingKernels, cached_compile, model_hash
+
+        key = (m.label, np.dtype(dtype).str, tuple(shape))
+        if key not in self._compiled:
+            if self._model_hash is None:
+                self._model_hash = model_hash(self.graph)
+            path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute)
+            try:
+                self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})")
+            except MissingKernels:
+                self._compiled[key] = None
+        return self._compiled[key]
+
+    def _engine_for(self, m, x, target):
+        """``eager`` or ``onnx``; ``auto`` times both once per method and input shape (after a
+        warm-up run each, on at most one batch piece) and keeps the faster."""
+        if self.engine != "auto":
+            return self.engine
+        key = (m.label, x.shape[1:])
+        if key not in self._engines:
+            import time
+
+            sample = self._pieces(x)[0]
+            t = None if target is None else np.broadcast_to(np.asarray(target), (len(x),))[:len(sample)]
+            seconds = {}
+            for engine, attribute in (("eager", self._attribute_eager), ("onnx", self._attribute_compiled)):
+                args = (m, sample, t, self.dtype) + ((None,) if engine == "eager" else ())
+                attribute(*args)
+                start = time.perf_counter()
+                attribute(*args)
+                seconds[engine] = time.perf_counter() - start
+            chosen = min(seconds, key=seconds.get)
+            self._engines[key] = chosen
+            self.engine_note = (f"auto: {chosen} ({m.label}: eager {seconds['eager']:.3g} s, onnx "
+                                f"{seconds['onnx']:.3g} s per {len(sample)} input(s) of shape {tuple(x.shape[1:])})")
+        return self._engines[key]
+
+    def _keep_conservation(self, m, relevance, logits, targets, x, trace):
+        """Redo in float64 the samples where float32 rounding broke a conserving method's sum:
+        compiled where ONNX Runtime has float64 kernels for the graph, else eager.
 
         Relevance that grows large and cancels (deep networks with signed residual
         streams) can leave float32 a sum far from the logit: a wrong number that
@@ -149,11 +226,14 @@ class Explainer:
             return relevance, []
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
+        engine = "eager" if trace else self._engine_for(m, x, targets)
+        attribute = self._attribute_compiled if engine == "onnx" else \
+            lambda *args: self._attribute_eager(*args, None)  # noqa: E731
         fixed = self.graph.fixed_batch
         if fixed and fixed > 1:  # a model exported for a fixed batch takes only whole batches
-            relevance[redo] = m.attribute(backprop64, x, targets)[redo]
+            relevance[redo] = attribute(m, x, targets, np.float64)[0][redo]
         else:
-            relevance[redo] = m.attribute(backprop64, x[redo], targets[redo])
+            relevance[redo] = attribute(m, x[redo], targets[redo], np.float64)[0]
         return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):

@@ -119,10 +119,8 @@ class Capture:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Activations for the batch ``x``; raises if the capture disagrees with a plain run."""
-        if not np.all(np.isfinite(x)):
-            raise InputError("the input contains NaN or Inf values")
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
-        self._check_shape(x)
+        self.check_input(x)
         feed = {self.graph.input_name: x}
         verify = self.verify == "always" or x.shape not in self.verified_shapes
         plain = self.plain_logits(feed) if verify else None  # before the capture session exists
@@ -156,6 +154,12 @@ class Capture:
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return {name: cupy.from_dlpack(value) for name, value in zip(self.names, binding.get_outputs())}
+
+    def check_input(self, x):
+        """Refuse NaN, Inf and inputs of the wrong shape, with one line."""
+        if not np.all(np.isfinite(x)):
+            raise InputError("the input contains NaN or Inf values")
+        self._check_shape(x)
 
     def _check_shape(self, x):
         expected = self.graph.input_shape

@@ -33,6 +33,10 @@ TARGET = "target"
 OUTPUTS = ("logits", "relevance")
 _MIN_OPSET = 11  # Range, Pad and Equal on floats as inputs-and-attributes the tracer writes
 _PROTOBUF_LIMIT = 2**31 - 2**20  # above this a model must keep its weights in external data
+# Fusions that fold constants into weights round differently from the eager engine's capture, whose
+# every tensor is a graph output and so never fused; a ReLU mask flipped by that rounding would move
+# a gradient by far more than float32 rounding.
+_ROUNDING_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "MatMulAddFusion"]
 
 
 def traced_attribute(method):
@@ -79,9 +83,13 @@ def _signs(graph, shapes):
     return nonneg
 
 
-def compile_graph(graph, method, dtype="float32", shape=None) -> onnx.ModelProto:
-    """The model of ``graph`` with ``method``'s relevance appended, for inputs ``(N,) + shape``."""
+def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) -> onnx.ModelProto:
+    """The model of ``graph`` with ``method``'s relevance appended, for inputs ``(N,) + shape``.
+
+    ``dtype`` is the arithmetic of the rules; ``recompute`` (default: on for float64) runs onnxrap's
+    own forward pass in it from the input, as the eager engine does."""
     dtype = np.dtype(dtype)
+    recompute = dtype == np.float64 if recompute is None else recompute
     method.check(graph)
     opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _MIN_OPSET:
@@ -102,7 +110,7 @@ def compile_graph(graph, method, dtype="float32", shape=None) -> onnx.ModelProto
         ctx = Context(bk, values, graph.constants)
         try:
             for op in graph.ops:  # tensors inside fused nodes, and float64's own forward pass
-                if op.synthetic or dtype == np.float64:
+                if op.synthetic or recompute:
                     ctx[op.output] = op.forward(bk, ctx)
             logits = ctx[graph.logits_name]
             top = logits.reshape(batch, -1).argmax(axis=1)
@@ -201,6 +209,10 @@ def save(model, path):
     return path
 
 
+class MissingKernels(ModelError):
+    """ONNX Runtime lacks a kernel the graph needs on this provider (CPU Conv in float64)."""
+
+
 class CompiledModel:
     """An ONNX Runtime session of a compiled graph: ``run(x, targets) -> (logits, relevance)``."""
 
@@ -213,10 +225,13 @@ class CompiledModel:
                 source = source.SerializeToString()
             else:
                 source = str(source)
-            self.session = ort.InferenceSession(source, session_options(), providers=list(providers))
+            self.session = ort.InferenceSession(source, session_options(), providers=list(providers),
+                                                disabled_optimizers=_ROUNDING_FUSIONS)
         except ModelError:
             raise
         except Exception as exc:
+            if "Could not find an implementation" in str(exc):
+                raise MissingKernels(f"{label}: ONNX Runtime has no kernel for it: {first_line(exc)}") from None
             raise ModelError(f"{label}: ONNX Runtime cannot load the compiled graph: {first_line(exc)}") from None
         self.input_name = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape
@@ -266,20 +281,20 @@ def model_hash(graph):
     return h.hexdigest()
 
 
-def cache_key(graph_hash, method, dtype, shape, input_name, output_name):
+def cache_key(graph_hash, method, dtype, shape, recompute, input_name, output_name):
     text = "|".join([graph_hash, _code_hash(), method.label, type(method).__name__, str(np.dtype(dtype)),
-                     "x".join(map(str, shape)), str(input_name), str(output_name)])
+                     "x".join(map(str, shape)), str(recompute), str(input_name), str(output_name)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def cached_compile(graph, graph_hash, method, dtype, shape):
+def cached_compile(graph, graph_hash, method, dtype, shape, recompute):
     """The path of the compiled graph for these settings, compiling it on a cache miss."""
-    key = cache_key(graph_hash, method, dtype, shape, graph.input_name, graph.output_name)
+    key = cache_key(graph_hash, method, dtype, shape, recompute, graph.input_name, graph.output_name)
     folder = cache_dir()
     path = folder / f"{key}.onnx"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        model = compile_graph(graph, method, dtype, shape)
+        model = compile_graph(graph, method, dtype, shape, recompute)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             staged = save(model, Path(tmp) / path.name)
             data = staged.with_name(staged.name + ".data")
