@@ -101,6 +101,9 @@ def build_parser():
     e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
     _device_option(e)
+    e.add_argument("--engine", choices=["auto", "eager", "onnx"], default="eager",
+                   help="eager: the rules on NumPy/CuPy; onnx: the method compiled into the model's graph and run "
+                        "by ONNX Runtime (cached on disk); auto: the faster, measured (default: %(default)s)")
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     e.set_defaults(run=cmd_explain)
 
@@ -143,6 +146,17 @@ def build_parser():
     _image_options(v)
     v.set_defaults(run=cmd_evaluate)
 
+    c = sub.add_parser("compile", help="the method and the model as one ONNX graph: input and target in, "
+                                        "logits and relevance out, for ONNX Runtime anywhere")
+    c.add_argument("model", help="the .onnx classifier")
+    c.add_argument("-o", "--out", required=True, help="the compiled .onnx file (weights over 2 GB go to OUT.data)")
+    c.add_argument("--method", default="rap", help=f"default: %(default)s; known: {', '.join(methods.FACTORIES)}")
+    _method_options(c, steps_flag="--steps")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
+    c.add_argument("--size", type=_size, help="input HEIGHTxWIDTH where the model leaves it free")
+    _model_options(c)
+    c.set_defaults(run=cmd_compile)
+
     i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
     i.add_argument("model", help="the .onnx classifier")
     _model_options(i)
@@ -183,7 +197,7 @@ def cmd_explain(args):
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
-                          device=args.device)
+                          device=args.device, engine=args.engine)
     print(f"device: {explainer.device.note}")
     labels = read_labels(args.labels) if args.labels else explainer.labels
     layout = args.layout or explainer.layout
@@ -209,6 +223,8 @@ def cmd_explain(args):
                 for k, i in enumerate(batch):
                     results[i][m] = (exp, k)
 
+    if args.engine == "auto":
+        print(f"engine: {explainer.engine_note}")
     out_dir = Path(args.out_dir)
     written, report = [], []
     try:
@@ -223,6 +239,29 @@ def cmd_explain(args):
         for f in written:  # all or nothing
             Path(f).unlink(missing_ok=True)
         raise
+    return 0
+
+
+def cmd_compile(args):
+    from .compile import compile_graph, save
+    from .graph import Graph
+
+    options = methods.split_options([args.method], method_options(args), flag=lambda k: f"--{k}")[args.method]
+    method = methods.get(args.method, **options)
+    if method.batched:
+        raise InputError(f"{args.method} is many calls of the gradient graph on changed inputs: "
+                         "compile --method gradient and average its relevance over them")
+    graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name)
+    shape = None
+    if args.size:
+        declared = graph.input_shape
+        if declared is None or len(declared) != 4:
+            raise InputError(f"{graph.label}: --size needs an image input (N, C, H, W)")
+        shape = (declared[1], *args.size)
+    model = compile_graph(graph, method, args.dtype, shape)
+    path = save(model, args.out)
+    print(f"{path}: {method.label} on {graph.label}; inputs {graph.input_name} and target "
+          "(int64, one class per sample or one for all; default: the top class); outputs logits and relevance")
     return 0
 
 

@@ -180,7 +180,8 @@ def _assemble(graph, tr, outputs, fixed, method, dtype, dims):
             shape.dim.add().dim_value = d
     target_info = helper.make_tensor_value_info(TARGET, TensorProto.INT64, ["T"])
     default_target = onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), TARGET)
-    logits_info = helper.make_tensor_value_info("logits", helper.np_dtype_to_tensor_dtype(outputs[0].dtype), None)
+    logits_info = helper.make_tensor_value_info("logits", helper.np_dtype_to_tensor_dtype(outputs[0].dtype),
+                                                [fixed or "N", *outputs[0].shape[1:]])
     rel_info = helper.make_tensor_value_info("relevance", helper.np_dtype_to_tensor_dtype(outputs[1].dtype),
                                              [fixed or "N", *dims])
     g = helper.make_graph(nodes, f"{src.name or 'model'}+{method.name}", [x_info, target_info],

@@ -448,6 +448,11 @@ class Tracer:
                          nonneg=x.nonneg)
 
     def reduce(self, op_type, x, axes, keepdims, shape):
+        if op_type == "ReduceSum" and x.dtype == np.float32:
+            # ORT adds float32 one after another; NumPy pairwise, so its large sums (the spec's S over
+            # a whole feature map) are far closer to exact.  Adding in float64 keeps up with it.
+            wide = self.reduce(op_type, x.astype(np.float64), axes, keepdims, shape)
+            return wide.astype(np.float32)
         axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
         nonneg = x.nonneg
         if axes_as_input:
