@@ -71,7 +71,7 @@ class BatchNorm(Op):
         self.shift_values = shift
 
     def _per_channel(self, bk, values, x):
-        return bk.asarray(values.reshape((-1,) + (1,) * (x.ndim - 2)), dtype=x.dtype)
+        return bk.to_device(values.reshape((-1,) + (1,) * (x.ndim - 2)), dtype=x.dtype)
 
     def gain(self, bk, x):
         return self._per_channel(bk, self.gain_values, x)
@@ -105,7 +105,7 @@ class ConstantArithmetic(Op):
 
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
-        c = bk.asarray(self.constant, dtype=x.dtype)
+        c = bk.to_device(self.constant, dtype=x.dtype)
         if self.op_type == "Mul":
             return x * c
         if self.op_type == "Div":
@@ -124,7 +124,7 @@ class ConstantArithmetic(Op):
 
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]
-        return [bk.unbroadcast(grad * bk.asarray(self.factor(), dtype=grad.dtype), x.shape)]
+        return [bk.unbroadcast(grad * bk.to_device(self.factor(), dtype=grad.dtype), x.shape)]
 
 
 @register("Add", "Sub", "Mul", "Div", "Sum")
