@@ -67,7 +67,7 @@ class Explainer:
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
-        self.capture = Capture(self.graph, self.device.providers, verify)
+        self.capture = Capture(self.graph, self.device, verify)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
         self.engine = engine
@@ -134,7 +134,8 @@ class Explainer:
     def _attribute_eager(self, m, x, target, dtype, sums):
         """Relevance, logits and targets with the rules run on the backend's arrays."""
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
-        logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
+        # The logits cross to the host once, here: targets, seeds and the conservation check read them there.
+        logits = np.concatenate([self._class_vector(self.bk.to_host(v[self.graph.logits_name])) for _, v in captured])
         targets = self._targets(target, logits)
 
         def backprop(method_, xs, ts):
@@ -244,7 +245,7 @@ class Explainer:
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
-        ctx = Context(bk, {k: bk.asarray(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
+        ctx = Context(bk, {k: bk.to_device(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
                            for k, v in values.items()}, self.graph.constants)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
@@ -257,11 +258,11 @@ class Explainer:
         seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):
-            total = lambda a: bk.to_numpy(bk.sample_sum(a, keepdims=False))  # noqa: E731
+            total = lambda a: bk.to_host(bk.sample_sum(a, keepdims=False))  # noqa: E731
             sums.append((op.name, op.op_type, total(R), sum(total(r) for r in R_inputs if r is not None)))
 
         relevance = propagate(self.graph, method, ctx, seed, trace=record if sums is not None else None)
-        return bk.to_numpy(relevance)
+        return bk.to_host(relevance)
 
     def _class_vector(self, logits):
         if logits.ndim < 2 or any(d != 1 for d in logits.shape[2:]) or logits.shape[1] < 2:

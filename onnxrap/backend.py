@@ -89,12 +89,15 @@ class Backend:
         self.xp = xp
         self.name = name
 
-    # -- transfer -------------------------------------------------------
-    def asarray(self, a, dtype=None):
+    # -- the only way between host and device --------------------------------
+    def to_device(self, a, dtype=None):
+        """A host array (or one of this backend's) as this backend's array in ``dtype``; no copy where
+        it already is one."""
         return self.xp.asarray(a, dtype=dtype)
 
-    def to_numpy(self, a) -> np.ndarray:
-        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+    def to_host(self, a) -> np.ndarray:
+        """This backend's array as a NumPy array."""
+        return a
 
     # -- elementwise helpers shared by many rules -------------------------
     def sdiv(self, a, b):

@@ -26,7 +26,6 @@ from .capture import Capture, session_options
 from .engine import Context, propagate
 from .errors import InputError, ModelError, first_line
 from .methods import Method
-from .ops.linear import Linear
 from .trace import FREE_BATCH, TraceBackend, TraceError, Tracer
 
 TARGET = "target"
@@ -59,30 +58,6 @@ def sample_shape(graph, shape=None):
     return tuple(declared[1:])
 
 
-def _signs(graph, shapes):
-    """Tensors that are never negative (ReLU outputs and what pools, reshapes and joins keep so).
-
-    Each op's own forward runs through a throwaway tracer on inputs of known sign;
-    linear ops are taken as signed.
-    """
-    nonneg = {}
-    bk = TraceBackend()
-    with Tracer(FREE_BATCH, True, 18, None, prefix="probe/") as tr:
-        for op in graph.ops:
-            if isinstance(op, Linear) or op.output not in shapes:
-                continue
-            ctx = Context(bk, {}, graph.constants)
-            try:
-                for name in op.inputs:
-                    ctx[name] = tr.input(name, (FREE_BATCH,) + shapes[name][1:], np.float32, nonneg.get(name, False))
-                ctx.shapes[op.output] = (FREE_BATCH,) + shapes[op.output][1:]
-                out = op.forward(bk, ctx)
-            except (TraceError, KeyError, TypeError, NotImplementedError):
-                continue
-            nonneg[op.output] = bool(out.nonneg)
-    return nonneg
-
-
 def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) -> onnx.ModelProto:
     """The model of ``graph`` with ``method``'s relevance appended, for inputs ``(N,) + shape``.
 
@@ -99,13 +74,12 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) ->
     batch = fixed or FREE_BATCH
     # One capture run on zeros gives every tensor's shape and type (shape inference may not).
     probe = Capture(graph).run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
-    signs = _signs(graph, {name: v.shape for name, v in probe.items()})
     bk = TraceBackend()
     with Tracer(batch, fixed is None, opset, None) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)
         tr._batch_size_tensor = tr.node("Shape", [x], (x.ndim,), np.int64)[0:1]
         raw = {name: x if name == graph.input_name else
-               tr.input(name, (batch,) + v.shape[1:], v.dtype, signs.get(name, False)) for name, v in probe.items()}
+               tr.input(name, (batch,) + v.shape[1:], v.dtype) for name, v in probe.items()}
         values = {name: s.astype(dtype) if np.issubdtype(s.dtype, np.floating) else s for name, s in raw.items()}
         ctx = Context(bk, values, graph.constants)
         try:

@@ -54,4 +54,4 @@ def one_hot(bk, shape, targets, dtype):
     n = shape[0]
     flat = np.zeros((n, int(np.prod(shape[1:]))), dtype=dtype)
     flat[np.arange(n), np.asarray(targets)] = 1
-    return bk.asarray(flat.reshape(shape))
+    return bk.to_device(flat.reshape(shape))

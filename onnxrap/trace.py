@@ -40,26 +40,13 @@ class Sym:
     __array_ufunc__ = None  # NumPy defers to our reflected operators
     __hash__ = object.__hash__
 
-    def __init__(self, tracer, name, shape, dtype, const=None, nonneg=False):
+    def __init__(self, tracer, name, shape, dtype, const=None):
         self.tracer = tracer  # None for constants: they belong to no graph until used
         self.name = name
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.const = const
-        # Static sign: never negative (ReLU outputs and what keeps them so); lets ``(x < 0).any()`` be False.
-        self._nonneg = nonneg
-        self.never_true = False  # a comparison known to be False everywhere
         self.transposed_of = None  # a constant that is another constant's .T (MatMul uses Gemm transB)
-
-    @property
-    def nonneg(self):
-        if self.const is not None:
-            return bool(self.const.dtype == np.bool_ or np.all(self.const >= 0))
-        return self._nonneg
-
-    @nonneg.setter
-    def nonneg(self, value):
-        self._nonneg = value
 
     @staticmethod
     def constant(value, dtype=None):
@@ -88,10 +75,7 @@ class Sym:
         return self.transpose((1, 0))
 
     def any(self):
-        """Whether any element may be True: only a statically known answer can be traced."""
-        if self.const is not None:
-            return bool(self.const.any())
-        return not self.never_true
+        raise TraceError("a Python branch on array values cannot be traced")
 
     def __bool__(self):
         raise TraceError("a Python branch on array values cannot be traced")
@@ -118,15 +102,9 @@ class Sym:
         return _unary("Neg", self, np.negative)
 
     def __abs__(self):
-        out = _unary("Abs", self, np.abs)
-        out.nonneg = True
-        return out
+        return _unary("Abs", self, np.abs)
 
-    def __lt__(self, o):
-        out = _binary("Less", self, o, np.less)
-        out.never_true = out.const is None and self.nonneg and _is_zero(o)
-        return out
-
+    def __lt__(self, o): return _binary("Less", self, o, np.less)
     def __gt__(self, o): return _binary("Greater", self, o, np.greater)
     def __ge__(self, o): return _not(_binary("Less", self, o, np.less))
     def __le__(self, o): return _not(_binary("Greater", self, o, np.greater))
@@ -140,7 +118,7 @@ class Sym:
             return self
         if self.const is not None:
             return Sym.constant(self.const.astype(dtype))
-        return _tracer(self).node("Cast", [self], self.shape, dtype, to=_ONNX_TYPES[dtype], nonneg=self.nonneg)
+        return _tracer(self).node("Cast", [self], self.shape, dtype, to=_ONNX_TYPES[dtype])
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -156,7 +134,7 @@ class Sym:
         tr = _tracer(self)
         if tr.dynamic and (self.shape[:1] == (tr.batch,)) != (shape[:1] == (tr.batch,)):
             raise TraceError(f"a reshape from {self.shape} to {shape} moves the batch axis")
-        return tr.node("Reshape", [self, tr.shape_tensor(shape)], shape, self.dtype, nonneg=self.nonneg)
+        return tr.node("Reshape", [self, tr.shape_tensor(shape)], shape, self.dtype)
 
     def transpose(self, *perm):
         perm = perm[0] if len(perm) == 1 and isinstance(perm[0], (tuple, list, np.ndarray)) else perm
@@ -164,7 +142,7 @@ class Sym:
         if self.const is not None:
             return Sym.constant(self.const.transpose(perm))
         return _tracer(self).node("Transpose", [self], tuple(self.shape[p] for p in perm), self.dtype,
-                                  perm=perm, nonneg=self.nonneg)
+                                  perm=perm)
 
     def __getitem__(self, index):
         if self.const is not None:
@@ -194,8 +172,7 @@ class Sym:
         if axes:
             sliced = tuple(d for k, d in enumerate(shape) if k not in new_axes)
             out = tr.node("Slice", [out, tr.const(np.array(starts)), tr.const(np.array(ends)),
-                                    tr.const(np.array(axes)), tr.const(np.array(steps))], sliced, self.dtype,
-                          nonneg=self.nonneg)
+                                    tr.const(np.array(axes)), tr.const(np.array(steps))], sliced, self.dtype)
         if new_axes:
             out = tr.unsqueeze(out, new_axes)
         return out
@@ -269,8 +246,7 @@ def _binary(op_type, a, b, fn):
             return Sym.constant(fn(a.const, b.const))
     shape = np.broadcast_shapes(a.shape, b.shape)
     dtype = np.dtype(np.bool_) if op_type in _COMPARISONS else a.dtype
-    nonneg = op_type in ("Add", "Mul", "Div") and a.nonneg and b.nonneg
-    return _tracer(a, b).node(op_type, [a, b], shape, dtype, nonneg=nonneg)
+    return _tracer(a, b).node(op_type, [a, b], shape, dtype)
 
 
 def _unary(op_type, a, fn):
@@ -306,9 +282,7 @@ class TraceNumpy:
 
     def maximum(self, a, b):
         a, b = self._operands(a, b)
-        out = _binary("Max", a, b, np.maximum)
-        out.nonneg = a.nonneg or b.nonneg
-        return out
+        return _binary("Max", a, b, np.maximum)
 
     def minimum(self, a, b):
         a, b = self._operands(a, b)
@@ -323,7 +297,7 @@ class TraceNumpy:
         if cond.const is not None and a.const is not None and b.const is not None:
             return Sym.constant(np.where(cond.const, a.const, b.const))
         shape = np.broadcast_shapes(cond.shape, a.shape, b.shape)
-        return _tracer(cond, a, b).node("Where", [cond, a, b], shape, a.dtype, nonneg=a.nonneg and b.nonneg)
+        return _tracer(cond, a, b).node("Where", [cond, a, b], shape, a.dtype)
 
     def clip(self, x, lo, hi):
         out = x
@@ -331,7 +305,6 @@ class TraceNumpy:
             out = self.maximum(out, lo)
         if hi < np.inf:
             out = self.minimum(out, hi)
-            out.nonneg = lo >= 0
         return out
 
     def zeros_like(self, x):
@@ -345,7 +318,7 @@ class TraceNumpy:
         tr = _tracer(a) if a.const is None else ACTIVE[-1]
         if a.const is not None and (not tr.dynamic or shape[:1] != (tr.batch,)):
             return Sym.constant(np.broadcast_to(a.const, shape))
-        return tr.node("Expand", [a, tr.shape_tensor(shape)], shape, a.dtype, nonneg=a.nonneg)
+        return tr.node("Expand", [a, tr.shape_tensor(shape)], shape, a.dtype)
 
     def pad(self, x, widths, mode="constant", constant_values=0.0):
         widths = [(int(b), int(e)) for b, e in widths]
@@ -355,8 +328,7 @@ class TraceNumpy:
         shape = tuple(d + b + e for d, (b, e) in zip(x.shape, widths))
         pads = np.array([b for b, _ in widths] + [e for _, e in widths], dtype=np.int64)
         value = tr.const(np.array(constant_values, dtype=x.dtype))
-        nonneg = x.nonneg and constant_values >= 0
-        return tr.node("Pad", [x, tr.const(pads), value], shape, x.dtype, mode="constant", nonneg=nonneg)
+        return tr.node("Pad", [x, tr.const(pads), value], shape, x.dtype, mode="constant")
 
     def concatenate(self, parts, axis=0):
         like = next(p for p in parts if isinstance(p, Sym))
@@ -366,8 +338,7 @@ class TraceNumpy:
             return Sym.constant(np.concatenate([p.const for p in parts], axis=axis))
         shape = list(parts[0].shape)
         shape[axis] = sum(p.shape[axis] for p in parts)
-        return _tracer(*parts).node("Concat", parts, shape, like.dtype, axis=axis,
-                                    nonneg=all(p.nonneg for p in parts))
+        return _tracer(*parts).node("Concat", parts, shape, like.dtype, axis=axis))
 
     @staticmethod
     def arange(n):
@@ -406,8 +377,8 @@ class Tracer:
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
 
-    def input(self, name, shape, dtype, nonneg=False):
-        return Sym(self, name, shape, dtype, nonneg=nonneg)
+    def input(self, name, shape, dtype):
+        return Sym(self, name, shape, dtype)
 
     def const(self, value):
         return Sym.constant(value)
@@ -424,11 +395,11 @@ class Tracer:
             self._const_names[key] = name
         return self._const_names[key]
 
-    def node(self, op_type, inputs, shape, dtype, nonneg=False, **attrs):
+    def node(self, op_type, inputs, shape, dtype, **attrs):
         out = self.fresh(op_type)
         self.nodes.append(helper.make_node(op_type, [self.name_of(i) if isinstance(i, Sym) else i for i in inputs],
                                            [out], name=out, **attrs))
-        return Sym(self, out, shape, dtype, nonneg=nonneg)
+        return Sym(self, out, shape, dtype)
 
     def shape_tensor(self, shape):
         """An int64 shape input: constant, or with the run's batch size first where the batch is free."""
@@ -443,9 +414,8 @@ class Tracer:
         for a in sorted(axes):
             shape.insert(a, 1)
         if self.opset < 13:
-            return self.node("Unsqueeze", [x], shape, x.dtype, axes=list(axes), nonneg=x.nonneg)
-        return self.node("Unsqueeze", [x, self.const(np.array(axes, dtype=np.int64))], shape, x.dtype,
-                         nonneg=x.nonneg)
+            return self.node("Unsqueeze", [x], shape, x.dtype, axes=list(axes))
+        return self.node("Unsqueeze", [x, self.const(np.array(axes, dtype=np.int64))], shape, x.dtype)
 
     def reduce(self, op_type, x, axes, keepdims, shape):
         if op_type == "ReduceSum" and x.dtype == np.float32:
@@ -454,11 +424,10 @@ class Tracer:
             wide = self.reduce(op_type, x.astype(np.float64), axes, keepdims, shape)
             return wide.astype(np.float32)
         axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
-        nonneg = x.nonneg
         if axes_as_input:
             return self.node(op_type, [x, self.const(np.array(axes, dtype=np.int64))], shape, x.dtype,
-                             keepdims=int(keepdims), nonneg=nonneg)
-        return self.node(op_type, [x], shape, x.dtype, axes=list(axes), keepdims=int(keepdims), nonneg=nonneg)
+                             keepdims=int(keepdims))
+        return self.node(op_type, [x], shape, x.dtype, axes=list(axes), keepdims=int(keepdims))
 
     def split(self, x, sizes, axis):
         outs = [self.fresh("Split") for _ in sizes]
@@ -482,12 +451,12 @@ class TraceBackend(Backend):
     def __init__(self):
         super().__init__(TraceNumpy(), "trace")
 
-    def asarray(self, a, dtype=None):
+    def to_device(self, a, dtype=None):
         if isinstance(a, Sym):
             return a if dtype is None else a.astype(dtype)
         return Sym.constant(np.asarray(a, dtype=dtype))
 
-    def to_numpy(self, a):
+    def to_host(self, a):
         raise TraceError("a traced tensor has no value")
 
     # -- sliding windows -------------------------------------------------------------
@@ -504,7 +473,6 @@ class TraceBackend(Backend):
             part = padded[(Ellipsis,) + self._reach(spec, tap)]
             taps.append(tr.unsqueeze(part, [len(lead)]))
         stacked = taps[0] if len(taps) == 1 else self.xp.concatenate(taps, axis=len(lead))
-        stacked.nonneg = x.nonneg
         return stacked.reshape(lead + spec.kernel + spec.out_shape)
 
     def scatter(self, cols, spec):

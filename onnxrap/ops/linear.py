@@ -29,6 +29,7 @@ class Weights:
 
 class Linear(Op):
     kind = "linear"
+    signed_input = True  # signs.py: False where the data input is provably >= 0 (no x- part)
 
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)
@@ -42,8 +43,8 @@ class Linear(Op):
         """W+ and W- on the backend in ``dtype``, cached (no copy where they already are)."""
         key = (bk.name, np.dtype(dtype).str)
         if key not in self._cache:
-            self._cache[key] = Weights(bk.asarray(self.master.pos, dtype=dtype),
-                                       bk.asarray(self.master.neg, dtype=dtype))
+            self._cache[key] = Weights(bk.to_device(self.master.pos, dtype=dtype),
+                                       bk.to_device(self.master.neg, dtype=dtype))
         return self._cache[key]
 
     def absorb_bias(self, bias, output):
@@ -93,7 +94,7 @@ class Dense(Linear):
 
     def bias(self, bk, dtype, out_shape):
         # Gemm's C and an absorbed Add broadcast against the output as they are.
-        return None if self.bias_values is None else bk.asarray(self.bias_values, dtype=dtype)
+        return None if self.bias_values is None else bk.to_device(self.bias_values, dtype=dtype)
 
 
 def _float(a):
@@ -167,7 +168,7 @@ class Conv(Linear):
         if self.bias_values is None:
             return None
         b = np.asarray(self.bias_values).reshape((-1,) + (1,) * (len(out_shape) - 2))
-        return bk.asarray(b, dtype=dtype)
+        return bk.to_device(b, dtype=dtype)
 
 
 @register("Conv")

@@ -123,7 +123,7 @@ class AveragePool(_Mean, _Windowed):
             counted[tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))] = 1
         flat = dataclasses.replace(spec, pads_begin=(0,) * len(spec.kernel),
                                    pads_end=(0,) * len(spec.kernel), in_shape=spec.padded_shape)
-        win = bk.windows(bk.asarray(counted[None, None], dtype=dtype), flat)
+        win = bk.windows(bk.to_device(counted[None, None], dtype=dtype), flat)
         return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
 
 

@@ -42,7 +42,7 @@ class Concat(Op):
         return out
 
     def forward(self, bk, ctx):
-        parts = [ctx[name] if is_data else bk.asarray(ctx.constants[name], dtype=ctx[self.inputs[0]].dtype)
+        parts = [ctx[name] if is_data else bk.to_device(ctx.constants[name], dtype=ctx[self.inputs[0]].dtype)
                  for name, is_data in self.parts]
         return bk.xp.concatenate(parts, axis=self.axis)
 

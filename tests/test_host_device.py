@@ -1,0 +1,104 @@
+"""Host and device arrays never mix, and the backward walk never waits for the device.
+
+Runs every method on the goldens and the CLI on a stand-in GPU (tests/strict_backend.py) whose
+arrays refuse NumPy exactly as CuPy's do, so these run on a CPU-only machine and fail wherever a
+real GPU would: the first GPU run (issue 9, main at f1a2129) failed in ``engine.one_hot`` and in the
+float64 conservation check, both caught here.
+"""
+import numpy as np
+import pytest
+
+import onnxrap.api
+import strict_backend
+from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES
+from onnxrap import Explainer, methods
+from onnxrap.cli import main
+
+CASES = {name: np.load(GOLDEN / name / "case.npz") for name in GOLDEN_CASES}
+OPTIONS = {"integrated-gradients": {"steps": 2}, "smoothgrad": {"samples": 2}}
+# Every method on the small goldens; on the large ones (seconds per walk), methods that between them
+# read every kind of constant (biases, BatchNormalization gains, pool divisors) and every rule family.
+METHODS = {"mlp": list(methods.FACTORIES), "inception_mini": list(methods.FACTORIES),
+           "vgg16_w8": ["rap", "lrp-eps"], "vgg16bn_w8": ["rap-reference", "gradient"],
+           "resnet50_w4": ["rap", "rap-paper", "lrp-a2b1", "gradient"]}
+
+
+@pytest.fixture
+def strict_gpu(monkeypatch):
+    """``device="cuda"`` (and auto) resolves to the stand-in GPU."""
+    device = strict_backend.strict_device()
+    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name: device)
+    strict_backend.EVENTS.clear()
+    return device
+
+
+@pytest.fixture(scope="module")
+def cpu_results():
+    cache = {}
+
+    def get(name, method):
+        if (name, method) not in cache:
+            ex = Explainer(GOLDEN / name / "model.onnx")
+            cache[name, method] = ex.explain(CASES[name]["x"], method=method, **OPTIONS.get(method, {}))
+        return cache[name, method]
+    return get
+
+
+@pytest.mark.parametrize("name", GOLDEN_CASES)
+def test_every_method_on_device_arrays(strict_gpu, cpu_results, name):
+    ex = Explainer(GOLDEN / name / "model.onnx", device="cuda")
+    assert ex.device is strict_gpu
+    for method in METHODS[name]:
+        e = ex.explain(CASES[name]["x"], method=method, **OPTIONS.get(method, {}))
+        cpu = cpu_results(name, method)
+        assert type(e.relevance) is np.ndarray and type(e.logits) is np.ndarray and type(e.target) is np.ndarray
+        # the same arithmetic: only where the arrays live differs
+        np.testing.assert_array_equal(e.relevance, cpu.relevance, err_msg=method)
+        np.testing.assert_array_equal(e.target, cpu.target)
+
+
+def test_float64_redo_on_device_arrays(strict_gpu, monkeypatch):
+    """A sum that drifts in float32 is redone in float64, from host logits and host relevance."""
+    honest = Explainer._propagate
+    calls = []
+
+    def lossy(self, method, values, targets, sums, dtype):  # float32 goes wrong for the second sample
+        out = honest(self, method, values, targets, sums, dtype)
+        calls.append(dtype)
+        return out * 1.5 if dtype == np.float32 and len(calls) == 2 else out
+
+    monkeypatch.setattr(Explainer, "_propagate", lossy)
+    ex = Explainer(GOLDEN / "mlp" / "model.onnx", device="cuda")
+    x = np.concatenate([CASES["mlp"]["x"], CASES["mlp"]["x"] * 0.5])
+    e = ex.explain(x, method="rap")
+    assert e.recomputed == [1] and calls[-1] == np.float64
+    np.testing.assert_allclose(e.relevance.sum(axis=1), e.target_logit, rtol=1e-5)
+
+
+def test_float64_explainer_on_device_arrays(strict_gpu):
+    ex = Explainer(GOLDEN / "vgg16bn_w8" / "model.onnx", device="cuda", dtype="float64")
+    e = ex.explain(CASES["vgg16bn_w8"]["x"], method="rap", trace=True)
+    assert e.relevance.dtype == np.float64
+    assert abs(e.relevance.sum() - e.target_logit[0]) < 1e-6 * abs(e.target_logit[0])
+
+
+def test_cli_on_device_arrays(strict_gpu, tmp_path, capsys):
+    code = main(["explain", str(DIGITS), *map(str, DIGIT_IMAGES[:2]), "-o", str(tmp_path), "--device", "cuda",
+                 "--method", "rap,lrp-eps,gradient"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("device: strict")
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_the_stand_in_refuses_what_cupy_refuses():
+    bk = strict_backend.StrictBackend()
+    a = bk.to_device(np.arange(3.0))
+    for mix in (lambda: np.asarray(a), lambda: a + np.ones(3), lambda: np.ones(3) * a, lambda: np.sum(a),
+                lambda: np.maximum(a, 0), lambda: bk.xp.where(np.ones(3, bool), a, 0), lambda: bk.to_host(np.ones(3))):
+        with pytest.raises(TypeError):
+            mix()
+    strict_backend.EVENTS.clear()
+    assert bool((a > 1).any()) and float(a.sum()) == 3.0
+    assert [e.split()[0] for e in strict_backend.EVENTS] == ["bool()", "float()"]
+    np.testing.assert_array_equal(bk.to_host(bk.xp.maximum(a * np.float32(2), 1)), [1, 2, 4])
