@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from . import __version__
 from .capture import Capture, session_options
+from .device import resolve as resolve_device
 from .engine import Context, propagate
 from .errors import InputError, ModelError, first_line
 from .methods import Method
@@ -73,7 +74,7 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) ->
     fixed = graph.fixed_batch
     batch = fixed or FREE_BATCH
     # One capture run on zeros gives every tensor's shape and type (shape inference may not).
-    probe = Capture(graph).run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
+    probe = Capture(graph, resolve_device("cpu")).run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
     bk = TraceBackend()
     with Tracer(batch, fixed is None, opset, None) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)

@@ -338,7 +338,7 @@ class TraceNumpy:
             return Sym.constant(np.concatenate([p.const for p in parts], axis=axis))
         shape = list(parts[0].shape)
         shape[axis] = sum(p.shape[axis] for p in parts)
-        return _tracer(*parts).node("Concat", parts, shape, like.dtype, axis=axis))
+        return _tracer(*parts).node("Concat", parts, shape, like.dtype, axis=axis)
 
     @staticmethod
     def arange(n):
