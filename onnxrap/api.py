@@ -180,7 +180,7 @@ class Explainer:
         if key not in self._compiled:
             if self._model_hash is None:
                 self._model_hash = model_hash(self.graph)
-            path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute)
+            path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute, self.capture)
             try:
                 self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})")
             except MissingKernels:

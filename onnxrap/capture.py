@@ -81,6 +81,11 @@ class Capture:
                         save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
                         size_threshold=4096)
 
+    @property
+    def weights_dir(self):
+        """The folder the model's weights were moved to, or None where they stayed in memory."""
+        return None if self._weights_dir is None else self._weights_dir.name
+
     def session_with_outputs(self, extra_outputs):
         """An ONNX Runtime session of the model that also outputs the named tensors."""
         graph = self.graph

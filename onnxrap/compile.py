@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
@@ -59,11 +60,12 @@ def sample_shape(graph, shape=None):
     return tuple(declared[1:])
 
 
-def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) -> onnx.ModelProto:
+def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, capture=None) -> onnx.ModelProto:
     """The model of ``graph`` with ``method``'s relevance appended, for inputs ``(N,) + shape``.
 
     ``dtype`` is the arithmetic of the rules; ``recompute`` (default: on for float64) runs onnxrap's
-    own forward pass in it from the input, as the eager engine does."""
+    own forward pass in it from the input, as the eager engine does.  ``capture``: the graph's
+    Capture where one exists (it may hold the model's weights in a file of its own)."""
     dtype = np.dtype(dtype)
     recompute = dtype == np.float64 if recompute is None else recompute
     method.check(graph)
@@ -74,7 +76,8 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) ->
     fixed = graph.fixed_batch
     batch = fixed or FREE_BATCH
     # One capture run on zeros gives every tensor's shape and type (shape inference may not).
-    probe = Capture(graph, resolve_device("cpu")).run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
+    capture = capture or Capture(graph, resolve_device("cpu"))
+    probe = capture.run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
     bk = TraceBackend()
     with Tracer(batch, fixed is None, opset, None) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)
@@ -106,14 +109,14 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None) ->
             model_logits = tr.node("Identity", [model_logits], model_logits.shape, model_logits.dtype)
         outputs = [model_logits,
                    tr.node("Identity", [relevance], relevance.shape, relevance.dtype)]
-    return _assemble(graph, tr, outputs, fixed, method, dtype, dims)
+    return _assemble(graph, tr, outputs, fixed, method, dtype, dims, capture.weights_dir)
 
 
 def _input_dtype(graph):
     return onnx.helper.tensor_dtype_to_np_dtype(graph.input_type)
 
 
-def _assemble(graph, tr, outputs, fixed, method, dtype, dims):
+def _assemble(graph, tr, outputs, fixed, method, dtype, dims, weights_dir):
     src = graph.model.graph
     taken = {t for n in src.node for t in n.output} | {i.name for i in src.input}
     clash = sorted(n for n in OUTPUTS if n in taken and n != graph.logits_name)
@@ -162,6 +165,8 @@ def _assemble(graph, tr, outputs, fixed, method, dtype, dims):
     g = helper.make_graph(nodes, f"{src.name or 'model'}+{method.name}", [x_info, target_info],
                           [logits_info, rel_info], inits + [default_target])
     model = helper.make_model(g, opset_imports=list(graph.model.opset_import), ir_version=max(graph.model.ir_version, 4))
+    if weights_dir is not None:  # the copies take their values back from the capture's weights file
+        onnx.external_data_helper.load_external_data_for_model(model, weights_dir)
     for key, value in {"onnxrap.version": __version__, "onnxrap.method": method.label,
                        "onnxrap.dtype": str(dtype), "onnxrap.input": graph.input_name}.items():
         model.metadata_props.add(key=key, value=value)
@@ -263,14 +268,14 @@ def cache_key(graph_hash, method, dtype, shape, recompute, input_name, output_na
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def cached_compile(graph, graph_hash, method, dtype, shape, recompute):
+def cached_compile(graph, graph_hash, method, dtype, shape, recompute, capture=None):
     """The path of the compiled graph for these settings, compiling it on a cache miss."""
     key = cache_key(graph_hash, method, dtype, shape, recompute, graph.input_name, graph.output_name)
     folder = cache_dir()
     path = folder / f"{key}.onnx"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        model = compile_graph(graph, method, dtype, shape, recompute)
+        model = compile_graph(graph, method, dtype, shape, recompute, capture)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             staged = save(model, Path(tmp) / path.name)
             data = staged.with_name(staged.name + ".data")
