@@ -23,7 +23,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from . import __version__
-from .capture import Capture, session_options
+from .capture import EXTERNAL_WEIGHTS_BYTES, Capture, session_options
 from .device import resolve as resolve_device
 from .engine import Context, propagate
 from .errors import InputError, ModelError, first_line
@@ -177,11 +177,12 @@ def weight_bytes(model):
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def save(model, path):
-    """Write ``model``; one past the protobuf limit keeps its weights in ``PATH.data`` beside it."""
+def save(model, path, external_above=_PROTOBUF_LIMIT):
+    """Write ``model``; one whose weights pass ``external_above`` bytes (default: the protobuf limit)
+    keeps them in ``PATH.data`` beside it, which ONNX Runtime also loads without a second copy."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if weight_bytes(model) > _PROTOBUF_LIMIT:
+    if weight_bytes(model) > external_above:
         onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
     else:
@@ -277,7 +278,7 @@ def cached_compile(graph, graph_hash, method, dtype, shape, recompute, capture=N
         folder.mkdir(parents=True, exist_ok=True)
         model = compile_graph(graph, method, dtype, shape, recompute, capture)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            staged = save(model, Path(tmp) / path.name)
+            staged = save(model, Path(tmp) / path.name, external_above=EXTERNAL_WEIGHTS_BYTES)
             data = staged.with_name(staged.name + ".data")
             if data.exists():
                 os.replace(data, folder / data.name)

@@ -46,6 +46,7 @@ class Sym:
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.const = const
+        self.negated = None  # the boolean tensor this is the Not of (Where swaps its branches instead)
         self.transposed_of = None  # a constant that is another constant's .T (MatMul uses Gemm transB)
 
     @staticmethod
@@ -240,6 +241,9 @@ _COMPARISONS = {"Less", "Greater", "Equal", "And"}
 def _binary(op_type, a, b, fn):
     a = _lift(a, b if isinstance(b, Sym) else None)
     b = _lift(b, a)
+    if op_type == "Mul" and (a.dtype == np.bool_) != (b.dtype == np.bool_) and (a.const is None or b.const is None):
+        mask, other = (a, b) if a.dtype == np.bool_ else (b, a)  # one Where, not a Cast and a Mul
+        return TraceNumpy().where(mask, other, 0)
     a, b = _promote(a, b, op_type)
     if a.const is not None and b.const is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -256,7 +260,9 @@ def _unary(op_type, a, fn):
 
 
 def _not(a):
-    return _unary("Not", a, np.logical_not)
+    out = _unary("Not", a, np.logical_not)
+    out.negated = a
+    return out
 
 
 def _matmul(a, b):
@@ -290,6 +296,8 @@ class TraceNumpy:
 
     def where(self, cond, a, b):
         cond = _lift(cond, None)
+        if cond.negated is not None:
+            cond, a, b = cond.negated, b, a
         syms = [x for x in (a, b) if isinstance(x, Sym)]
         like = syms[0] if syms else Sym.constant(np.result_type(a, b).type(0))
         a, b = _lift(a, like), _lift(b, like)
@@ -363,6 +371,8 @@ class Tracer:
         self.nodes = []
         self.initializers = []
         self._const_names = {}  # content key -> initializer name
+        self._named = {}  # id of a constant's array -> (the array, its initializer name)
+        self._stacks = {}  # ids of stacked weights -> (the weights, the stack)
         self._count = 0
         self._batch_size_tensor = batch_size_tensor  # a 1-element int64 tensor: the run's batch size
 
@@ -387,13 +397,33 @@ class Tracer:
         """The tensor name of ``s``; a constant becomes an initializer, once per distinct content."""
         if s.const is None:
             return s.name
+        if id(s.const) in self._named:
+            return self._named[id(s.const)][1]
         value = np.ascontiguousarray(s.const)
         key = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes(), digest_size=16).hexdigest())
         if key not in self._const_names:
             name = self.fresh("const")
             self.initializers.append(numpy_helper.from_array(value, name))
             self._const_names[key] = name
+        self._named[id(s.const)] = (s.const, self._const_names[key])
         return self._const_names[key]
+
+    def flipped(self, w, groups):
+        """``w (O, C/g, *k)`` as the kernel of its adjoint convolution: ``(C, O/g, *k)``, taps reversed."""
+        key = ("flipped", id(w.const), groups)
+        if key not in self._stacks:
+            o, cg, *k = w.shape
+            v = w.const.reshape(groups, o // groups, cg, *k).swapaxes(1, 2).reshape(groups * cg, o // groups, *k)
+            v = v[(slice(None), slice(None)) + (slice(None, None, -1),) * len(k)]
+            self._stacks[key] = (w, Sym.constant(np.ascontiguousarray(v)))
+        return self._stacks[key][1]
+
+    def stack(self, weights):
+        """Weights concatenated along their first axis, made once per distinct list."""
+        key = tuple(id(w.const) for w in weights)
+        if key not in self._stacks:
+            self._stacks[key] = (weights, Sym.constant(np.concatenate([w.const for w in weights])))
+        return self._stacks[key][1]
 
     def node(self, op_type, inputs, shape, dtype, **attrs):
         out = self.fresh(op_type)
@@ -495,7 +525,7 @@ class TraceBackend(Backend):
                      pads=list(spec.pads_begin + spec.pads_end), group=groups)
         out_shape = lambda w: (x.shape[0], w.shape[0]) + spec.out_shape  # noqa: E731
         if groups == 1 and len(weights) > 1:  # one Conv over the stacked weights, then split
-            stacked = Sym.constant(np.concatenate([w.const for w in weights]))
+            stacked = tr.stack(weights)
             y = tr.node("Conv", [x, stacked], out_shape(stacked), x.dtype, **attrs)
             ys = tr.split(y, [w.shape[0] for w in weights], axis=1)
         else:
@@ -510,18 +540,28 @@ class TraceBackend(Backend):
         tr = _tracer(*(s for s, _ in pairs))
         if groups == 1 and len(pairs) > 1:  # one ConvTranspose over the stacked channels
             pairs = [(self.xp.concatenate([s for s, _ in pairs], axis=1),
-                      Sym.constant(np.concatenate([w.const for _, w in pairs])))]
+                      tr.stack([w for _, w in pairs]))]
         rank = len(spec.kernel)
         full = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
                 zip(spec.out_shape, spec.strides, spec.kernel, spec.dilations)]
         ends = [f - b - i for f, b, i in zip(full, spec.pads_begin, spec.in_shape)]
-        attrs = dict(kernel_shape=list(spec.kernel), strides=list(spec.strides), dilations=list(spec.dilations),
-                     pads=list(spec.pads_begin) + [max(e, 0) for e in ends], group=groups)
+        pads = list(spec.pads_begin) + [max(e, 0) for e in ends]
+        reach = [(k - 1) * d for k, d in zip(spec.kernel, spec.dilations)] * 2
+        # With stride 1 the adjoint is a Conv with the kernel flipped and its channels swapped, and
+        # ONNX Runtime's Conv kernels are much faster than its ConvTranspose.
+        as_conv = all(st == 1 for st in spec.strides) and all(p <= r for p, r in zip(pads, reach))
         out = 0
         for s, w in pairs:
             c = w.shape[1] * groups
             shape = s.shape[:1] + (c,) + tuple(f - b - max(e, 0) for f, b, e in zip(full, spec.pads_begin, ends))
-            out = out + tr.node("ConvTranspose", [s, w], shape, s.dtype, **attrs)
+            if as_conv:
+                out = out + tr.node("Conv", [s, tr.flipped(w, groups)], shape, s.dtype, kernel_shape=list(spec.kernel),
+                                    dilations=list(spec.dilations), pads=[r - p for p, r in zip(pads, reach)],
+                                    group=groups)
+            else:
+                out = out + tr.node("ConvTranspose", [s, w], shape, s.dtype, kernel_shape=list(spec.kernel),
+                                    strides=list(spec.strides), dilations=list(spec.dilations), pads=pads,
+                                    group=groups)
         if any(e < 0 for e in ends):  # input rows no window reaches: zeros
             out = self.xp.pad(out, [(0, 0), (0, 0)] + [(0, max(-e, 0)) for e in ends])
         return out
