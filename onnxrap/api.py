@@ -174,7 +174,7 @@ class Explainer:
         return relevance, logits, targets
 
     def _compiled_model(self, m, dtype, shape):
-        from .compile import CompiledModel, MissingKernels, cached_compile, model_hash
+        from .compile import CompiledModel, MissingKernels, cached_compile, model_hash, shared_initializers
 
         key = (m.label, np.dtype(dtype).str, tuple(shape))
         if key not in self._compiled:
@@ -182,7 +182,9 @@ class Explainer:
                 self._model_hash = model_hash(self.graph)
             path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute, self.capture)
             try:
-                self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})")
+                shared = shared_initializers(self.graph, path, np.dtype(dtype))
+                self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})",
+                                                    shared=shared)
             except MissingKernels:
                 self._compiled[key] = None
         return self._compiled[key]

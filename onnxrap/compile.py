@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from .device import resolve as resolve_device
 from .engine import Context, propagate
 from .errors import InputError, ModelError, first_line
 from .methods import Method
+from .ops.linear import Linear
 from .trace import FREE_BATCH, TraceBackend, TraceError, Tracer
 
 TARGET = "target"
@@ -109,7 +111,41 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
             model_logits = tr.node("Identity", [model_logits], model_logits.shape, model_logits.dtype)
         outputs = [model_logits,
                    tr.node("Identity", [relevance], relevance.shape, relevance.dtype)]
-    return _assemble(graph, tr, outputs, fixed, method, dtype, dims, capture.weights_dir)
+    model = _assemble(graph, tr, outputs, fixed, method, dtype, dims, capture.weights_dir)
+    model.metadata_props.add(key=SHARED_KEY, value=json.dumps(_shared_weights(graph, tr)))
+    return model
+
+
+SHARED_KEY = "onnxrap.shared_weights"
+
+
+def _shared_weights(graph, tr):
+    """Initializers that are an op's W+ or W- as the eager engine holds them (or its transpose):
+    ``{name: [op, part, transposed]}``.
+    An Explainer hands its own arrays to ONNX Runtime for them instead of a second copy."""
+    shared = {}
+    for op in graph.ops:
+        if isinstance(op, Linear):
+            for part in ("pos", "neg"):
+                array = getattr(op.master, part)
+                for transposed, view in ((False, array), (True, array.T)):
+                    name = tr.named(view) if view.flags.c_contiguous else None
+                    if name is not None:
+                        shared[name] = [op.name, part, transposed]
+    return shared
+
+
+def shared_initializers(graph, path, dtype):
+    """``{initializer name: array}`` for a compiled file: the ops' weight parts it shares, where the
+    compiled arithmetic is the weights' own dtype (no copy then)."""
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    ops = {op.name: op for op in graph.ops}
+    out = {}
+    for name, (op_name, part, transposed) in json.loads(meta.get(SHARED_KEY, "{}")).items():
+        array = getattr(ops[op_name].master, part) if op_name in ops else None
+        if array is not None and array.dtype == dtype:
+            out[name] = array.T if transposed else array
+    return out
 
 
 def _input_dtype(graph):
@@ -198,7 +234,8 @@ class MissingKernels(ModelError):
 class CompiledModel:
     """An ONNX Runtime session of a compiled graph: ``run(x, targets) -> (logits, relevance)``."""
 
-    def __init__(self, source, providers=("CPUExecutionProvider",), label="compiled model"):
+    def __init__(self, source, providers=("CPUExecutionProvider",), label="compiled model", shared=None):
+        """``shared``: ``{initializer name: array}`` ONNX Runtime reads in place of the file's copy."""
         self.label = label
         try:
             if isinstance(source, onnx.ModelProto):
@@ -211,6 +248,9 @@ class CompiledModel:
             # Pre-packing copies each weight once per node reading it (W+ feeds a MatMul and its adjoint
             # Gemm): VGG-16 would need 3.2 GB instead of 2.3, for no measurable speed.
             options.add_session_config_entry("session.disable_prepacking", "1")
+            self._shared = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in (shared or {}).items()]
+            for name, value in self._shared:  # the arrays outlive the session: the ops hold them
+                options.add_initializer(name, value)
             self.session = ort.InferenceSession(source, options, providers=list(providers),
                                                 disabled_optimizers=_ROUNDING_FUSIONS)
         except ModelError:

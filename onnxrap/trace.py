@@ -47,7 +47,6 @@ class Sym:
         self.dtype = np.dtype(dtype)
         self.const = const
         self.negated = None  # the boolean tensor this is the Not of (Where swaps its branches instead)
-        self.transposed_of = None  # a constant that is another constant's .T (MatMul uses Gemm transB)
 
     @staticmethod
     def constant(value, dtype=None):
@@ -68,9 +67,7 @@ class Sym:
         if self.ndim != 2:
             raise TraceError(".T of a tensor that is not a matrix")
         if self.const is not None:
-            out = Sym.constant(self.const.T)
-            out.transposed_of = self
-            return out
+            return Sym.constant(self.const.T)
         if self.shape[0] == _tracer(self).batch:
             raise TraceError("transposing the batch axis")
         return self.transpose((1, 0))
@@ -207,6 +204,11 @@ def _is_zero(o):
     return isinstance(o, (int, float)) and not isinstance(o, bool) and o == 0
 
 
+def _memory(array):
+    """Where an array's elements are and how they are laid out: views of the same memory agree."""
+    return (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype.str)
+
+
 def _tracer(*syms):
     for s in syms:
         if isinstance(s, Sym) and s.tracer is not None:
@@ -272,8 +274,10 @@ def _matmul(a, b):
         return Sym.constant(a.const @ b.const)
     tr = _tracer(a, b)
     shape = a.shape[:-1] + b.shape[-1:]
-    if b.transposed_of is not None and a.ndim == 2:  # s @ W.T without a transposed copy of W
-        return tr.node("Gemm", [a, b.transposed_of], shape, a.dtype, transB=1)
+    # A weight is stored as the C-ordered array it is in memory (a transposed view of the model's
+    # own (M, K) Gemm weight is its transpose): W and W.T then share one initializer.
+    if b.const is not None and b.ndim == 2 and a.ndim == 2 and not b.const.flags.c_contiguous:
+        return tr.node("Gemm", [a, Sym.constant(b.const.T)], shape, a.dtype, transB=1)
     return tr.node("MatMul", [a, b], shape, a.dtype)
 
 
@@ -371,7 +375,7 @@ class Tracer:
         self.nodes = []
         self.initializers = []
         self._const_names = {}  # content key -> initializer name
-        self._named = {}  # id of a constant's array -> (the array, its initializer name)
+        self._named = {}  # memory of a constant's array -> (the array, its initializer name)
         self._stacks = {}  # ids of stacked weights -> (the weights, the stack)
         self._count = 0
         self._batch_size_tensor = batch_size_tensor  # a 1-element int64 tensor: the run's batch size
@@ -397,16 +401,21 @@ class Tracer:
         """The tensor name of ``s``; a constant becomes an initializer, once per distinct content."""
         if s.const is None:
             return s.name
-        if id(s.const) in self._named:
-            return self._named[id(s.const)][1]
+        if _memory(s.const) in self._named:
+            return self._named[_memory(s.const)][1]
         value = np.ascontiguousarray(s.const)
         key = (value.dtype.str, value.shape, hashlib.blake2b(value.tobytes(), digest_size=16).hexdigest())
         if key not in self._const_names:
             name = self.fresh("const")
             self.initializers.append(numpy_helper.from_array(value, name))
             self._const_names[key] = name
-        self._named[id(s.const)] = (s.const, self._const_names[key])
+        self._named[_memory(s.const)] = (s.const, self._const_names[key])
         return self._const_names[key]
+
+    def named(self, array):
+        """The initializer name of exactly this array, if the graph has one."""
+        entry = self._named.get(_memory(array))
+        return None if entry is None else entry[1]
 
     def flipped(self, w, groups):
         """``w (O, C/g, *k)`` as the kernel of its adjoint convolution: ``(C, O/g, *k)``, taps reversed."""
