@@ -786,7 +786,7 @@ def run(args, options):
     layout = explainer.layout
     class_names = read_labels(args.labels) if args.labels else explainer.labels
     make_preprocess = preprocess_factory(explainer, layout, progress.note, size=args.size, preset=args.preset,
-                                         mean=args.mean, std=args.std)
+                                         mean=args.mean, std=args.std, resize=args.resize)
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(args.data, make_preprocess, rank, args.labels_csv, class_names)

@@ -27,6 +27,7 @@ from .ops.structure import Concat, Pad
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
 OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
+FLOAT_INPUTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
@@ -43,6 +44,8 @@ def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
     else:
         path = Path(os.fspath(source))
         label = str(path)
+        if path.is_dir():
+            raise ModelError(f"{label}: is a folder, not a file (give the .onnx file)")
         if not path.is_file():
             raise ModelError(f"{label}: no such model file")
         try:
@@ -336,6 +339,36 @@ class Graph:
         if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
             return "nhwc"
         return "nchw"
+
+    @property
+    def classes(self):
+        """The number of classes where the logits' shape fixes it, else None."""
+        shape = self._shapes.get(self.logits_name)
+        if shape is None or len(shape) < 2 or None in shape[1:]:
+            return None
+        return int(np.prod(shape[1:]))
+
+    def class_scores_problem(self, shape):
+        """Why logits of ``shape`` (None: an unknown dimension) are not one vector of class scores per
+        sample; None where they are.  One definition for inspect (static shapes) and explain (real ones)."""
+        if shape is None:
+            return None
+        shown = tuple("?" if d is None else d for d in shape)
+        if len(shape) < 2 or any(d not in (1, None) for d in shape[2:]) or (shape[1] is not None and shape[1] < 2):
+            return f"output {self.logits_name} has shape {shown}, not a vector of class scores per sample"
+        return None
+
+    def problems(self) -> list[str]:
+        """Everything that stops an explanation before any run, as one line each (explain raises the
+        first; inspect lists them all).  Unsupported ops are in ``unsupported``."""
+        found = []
+        if self.input_type not in FLOAT_INPUTS:
+            found.append(f"input {self.input_name} is not a float tensor "
+                         f"({onnx.TensorProto.DataType.Name(self.input_type)})")
+        scores = self.class_scores_problem(self._shapes.get(self.logits_name))
+        if scores:
+            found.append(scores)
+        return found
 
     @property
     def input_type(self):
