@@ -90,9 +90,9 @@ class Preprocess:
                    resize=resize)
 
     def describe(self) -> str:
-        size = f"{self.size[0]}x{self.size[1]} (HxW, {self.resize})" if self.size else "image size"
+        size = f"{self.size[0]}x{self.size[1]}" if self.size else "image size"
         return (f"{size}, {self.channels} channel(s), {self.layout}, preset {self.preset} "
-                f"(mean {list(self.mean)}, std {list(self.std)})")
+                f"(mean {list(self.mean)}, std {list(self.std)}), resize {self.resize}")
 
     def __call__(self, image):
         """A PIL image -> (model input of batch 1, display image in [0, 1] as H x W (x 3))."""

@@ -126,7 +126,7 @@ def test_stderr_says_device_and_preprocessing_and_summary_records_the_options(tm
     code, out, err = run(["explain", DIGITS, photo, "-o", tmp_path / "out", "--method", "rap,lrp-eps",
                           "--epsilon", "0.01", "--dtype", "float64", "--resize", "pad"], capsys)
     assert code == 0, err
-    assert "device: cpu" in err and "preprocessing: 32x32 (HxW, pad)" in err
+    assert "device: cpu" in err and "preprocessing: 32x32, 1 channel(s)" in err and "resize pad" in err
     assert f"{photo}: colour dropped to grey" in err and "30x60 -> 32x32" in err and "padded" in err
     assert not any(line.startswith(("device", "preprocessing")) for line in out.splitlines())  # stdout: results
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
