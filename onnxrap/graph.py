@@ -3,10 +3,10 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; parse each data node into an ``Op``; canonicalise (MatMul or
-Conv + Add of a constant is one linear op with a bias, a zero Pad feeding a
-Conv becomes the Conv's pads); and build a networkx DAG with the position of
+as constants; parse each data node into an ``Op``; canonicalise with the
+named passes of ``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
+The caller's ``ModelProto`` is read, never changed.
 """
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ from onnx import numpy_helper
 
 from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
-from .ops.elementwise import ConstantArithmetic
-from .ops.linear import Conv, Linear
-from .ops.structure import Concat, Pad
+from .ops.linear import Linear
+from .ops.structure import Concat
+from .passes import CANONICAL_PASSES, OpIndex, logits_behind_squashers
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
-OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
 FLOAT_INPUTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
@@ -114,6 +113,7 @@ class Graph:
                                               for d in t.shape.dim)
         nodes = list(model.graph.node)
         names = _node_names(model.graph)
+        self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
         self.output_name, self.logits_name = self._pick_output(model.graph, nodes, output_name)
 
@@ -154,11 +154,7 @@ class Graph:
         if wanted is not None and wanted not in outputs:
             raise ModelError(f"{self.label}: no output named {wanted!r} (outputs: {', '.join(outputs)})")
         output = wanted or outputs[0]
-        producer = {o: n for n in nodes for o in n.output}
-        logits = output
-        while logits in producer and producer[logits].op_type in OUTPUT_SQUASHERS:
-            logits = producer[logits].input[0]
-        return output, logits
+        return output, logits_behind_squashers(output, nodes, self._node_producer)
 
     # -- data and constants ---------------------------------------------------
     def _data_tensors(self, nodes):
@@ -171,7 +167,7 @@ class Graph:
 
     def _data_ancestors(self, nodes):
         """Indices of the data nodes the logits depend on."""
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        producer = self._node_producer
         keep, todo = set(), [self.logits_name]
         while todo:
             t = todo.pop()
@@ -193,7 +189,7 @@ class Graph:
         from onnx.reference import ReferenceEvaluator
 
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        producer = self._node_producer
         order, todo = set(), list(needed)
         while todo:
             i = producer.get(todo.pop())
@@ -242,8 +238,7 @@ class Graph:
         parsed, unsupported = [], []
         for i in sorted(relevant):
             node = nodes[i]
-            node.name = names[i]
-            view = op_registry.NodeView(node, self)
+            view = op_registry.NodeView(node, self, names[i])
             try:
                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                     raise op_registry.Unsupported("control flow")
@@ -252,52 +247,11 @@ class Graph:
                 unsupported.append((names[i], node.op_type, str(why)))
         return parsed, unsupported
 
-    def consumers(self, tensor):
-        return [op for op in self.ops if tensor in op.inputs]
-
     def _canonicalise(self):
-        for op in list(self.ops):
-            if isinstance(op, Linear):
-                self._absorb_bias(op)
-        for op in list(self.ops):
-            if isinstance(op, Pad):
-                self._fold_pad(op)
-
-    def _absorb_bias(self, op):
-        """A linear op whose only consumer adds a constant per output unit takes it as its bias."""
-        users = self.consumers(op.output)
-        if len(users) != 1 or op.output == self.logits_name:
-            return
-        add = users[0]
-        if not (isinstance(add, ConstantArithmetic) and add.op_type == "Add"):
-            return
-        c = add.constant
-        out_rank = len(self.static_shape(op.output) or ())
-        if op.family == "dense":
-            fits = np.ndim(c) <= 1 or all(d == 1 for d in np.shape(c)[:-1])
-            bias = c.reshape(-1) if np.ndim(c) else c
-        else:
-            squeezed = [d for d in np.shape(c)]
-            fits = out_rank > 0 and (len(squeezed) in (out_rank - 1, out_rank)) and \
-                all(d == 1 for k, d in enumerate(squeezed[::-1]) if k != out_rank - 2)
-            bias = c.reshape(-1)
-        if not fits:
-            return
-        op.absorb_bias(bias.astype(np.float64), add.output)
-        self.ops.remove(add)
-
-    def _fold_pad(self, pad):
-        rank = len(pad.pads) // 2
-        if pad.value != 0 or pad.pads[1] or pad.pads[rank + 1]:
-            return
-        spatial = pad.pads[2:rank] + pad.pads[rank + 2:]
-        folded = False
-        for conv in self.consumers(pad.output):
-            if isinstance(conv, Conv) and conv.auto_pad in ("NOTSET", "VALID") and len(conv.kernel) == rank - 2:
-                conv.absorb_pad(spatial, pad.inputs[0])
-                folded = True
-        if folded and not self.consumers(pad.output) and pad.output != self.logits_name:
-            self.ops.remove(pad)
+        index = OpIndex(self.ops, self.logits_name)
+        for canonical_pass in CANONICAL_PASSES:
+            canonical_pass.apply(index)
+        self.ops = index.ops
 
     def _build_dag(self):
         dag = nx.DiGraph()

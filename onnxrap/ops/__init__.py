@@ -50,10 +50,10 @@ class Op:
 class NodeView:
     """What a parser sees of an ONNX node: attributes, constant inputs, data inputs."""
 
-    def __init__(self, node, graph):
-        self.node = node
+    def __init__(self, node, graph, name=None):
+        self.node = node  # the caller's node: read, never changed
         self.graph = graph
-        self.name = node.name
+        self.name = name or node.name  # unnamed nodes get a name for messages from the graph
         self.op_type = node.op_type
         self.attrs = {a.name: _attr_value(a) for a in node.attribute}
 
