@@ -183,10 +183,8 @@ def note(text):
 
 
 def cmd_explain(args):
-    from tqdm import tqdm
-
     from .api import Explainer
-    from .inputs import load_input, preprocess_factory, read_labels
+    from .inputs import read_labels
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
@@ -200,7 +198,18 @@ def cmd_explain(args):
     labels = read_labels(args.labels, classes) if args.labels else explainer.labels
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
-    out = OutputFolder(Path(args.out_dir))
+    with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
+        report = _explain_into(out, explainer, args, chosen, per_method, classes, labels)
+    for entry in report:
+        print(entry["line"])
+    return 0
+
+
+def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
+    from tqdm import tqdm
+
+    from .inputs import load_input, preprocess_factory, read_labels
+
     layout = args.layout or explainer.layout
     if args.layout:
         explainer.layout = args.layout
@@ -235,20 +244,14 @@ def cmd_explain(args):
 
     stems = input_stems([Path(p) for p in args.inputs])
     preprocess = make_preprocess.built[0] if make_preprocess.built else None
-    try:
-        report = [_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args)
-                  for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results, stems)]
-        out.write_text("summary.json", json.dumps(
-            {"model": str(args.model), "methods": chosen, "method_options": per_method, "dtype": args.dtype,
-             "device": explainer.device.note, "preprocessing": _preprocessing_record(preprocess),
-             "inputs": [{k: v for k, v in entry.items() if k != "line"} for entry in report]}, indent=2))
-        out.commit()
-    except BaseException:
-        out.abandon()
-        raise
-    for entry in report:
-        print(entry["line"])
-    return 0
+    report = [_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args)
+              for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results, stems)]
+    out.write_text("summary.json", json.dumps(
+        {"model": str(args.model), "methods": chosen, "method_options": per_method, "dtype": args.dtype,
+         "device": explainer.device.note, "preprocessing": _preprocessing_record(preprocess),
+         "inputs": [{k: v for k, v in entry.items() if k != "line"} for entry in report]}, indent=2))
+    out.commit()
+    return report
 
 
 def cmd_evaluate(args):
@@ -366,28 +369,48 @@ def _distinct(path, others):
     return "_".join(key(path, 0, bool(path.suffix)))  # the same file twice: numbered by the caller
 
 
-class OutputFolder:
-    """Where explain writes: checked before any work, written all or nothing.
+def _exists(path):
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: making it says so
+        return False
 
-    Files go to temporary names beside their final ones and are renamed only by ``commit``,
-    once everything was written; on any failure the temporary files and the folders this run
-    created are removed, and the error is one line.
+
+class OutputFolder:
+    """Where explain writes, all or nothing, as a context manager.
+
+    Entering makes the folder and any missing parents and writes a probe file there, so that
+    every path error (a file in the way, no permission, a name too long) is one line before any
+    work.  Files go to temporary names beside their final ones and are renamed only by
+    ``commit``; leaving on an error removes the temporary files and the folders made here.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.staged = []  # (temporary, final)
-        missing = [folder, *folder.parents]
-        missing = [d for d in missing[:next(i for i, d in enumerate(missing) if d.exists())]]
-        self.created = missing  # deepest first
-        existing = folder if not missing else missing[-1].parent
+        self.created = []  # folders made here, deepest first
+
+    def __enter__(self):
+        from .viz import temporary_beside
+
+        chain = [self.folder, *self.folder.parents]
+        missing = chain[:next(i for i, d in enumerate(chain) if _exists(d))]
+        existing = chain[len(missing)]
         if not existing.is_dir():
             raise InputError(f"{existing}: exists and is not a folder (-o names where the results go)")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"{existing}: cannot write there (permission denied)")
-        for d in missing:
-            if len(d.name.encode()) > 255:
-                raise InputError(f"{folder}: the folder name is too long for the file system")
+        try:
+            for d in reversed(missing):
+                d.mkdir()
+                self.created.insert(0, d)
+            Path(temporary_beside(self.folder / "probe")).unlink()
+        except OSError as exc:
+            self.abandon()
+            raise InputError(f"{self.folder}: cannot write there ({exc.strerror or exc})") from None
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            self.abandon()
 
     def path(self, name):
         return self.folder / name
@@ -397,7 +420,6 @@ class OutputFolder:
 
         final = self.folder / name
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
             tmp = temporary_beside(final)
             self.staged.append((tmp, final))
             write(tmp)

@@ -79,10 +79,17 @@ def test_out_dir_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "taken").read_text() == "mine"
 
 
-def test_out_dir_with_a_name_too_long_leaves_nothing(tmp_path, capsys):
-    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "new" / ("n" * 300)], capsys)
+@pytest.mark.parametrize("where", ["new/" + "n" * 300, "n" * 300 + "/new", "n" * 300])
+def test_out_dir_with_a_name_too_long_leaves_nothing(tmp_path, capsys, where):
+    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / where], capsys)
     assert_one_line_error(code, err, "too long")
-    assert not (tmp_path / "new").exists()
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where nobody may create files")
+def test_out_dir_where_nothing_can_be_created(capsys):
+    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", "/proc/onnxrap-out"], capsys)
+    assert_one_line_error(code, err, "/proc", "cannot write")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
