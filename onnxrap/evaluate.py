@@ -267,7 +267,7 @@ def _class_index(text, class_names, where):
 
 def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_names=None):
     """A folder of images or an ``.npz`` (``x``, optional ``y``) -> Dataset (unfiltered)."""
-    from .io import IMAGE_SUFFIXES, read_image
+    from .inputs import IMAGE_SUFFIXES, read_image
 
     path = Path(path)
     if not path.exists():
@@ -752,7 +752,7 @@ def run(args, options):
     """``onnxrap evaluate``: the CLI's arguments and method options -> files in ``args.out_dir``; returns 0."""
     from . import methods as registry
     from .api import Explainer
-    from .io import preprocess_factory, read_labels
+    from .inputs import preprocess_factory, read_labels
     from .viz import atomic_write
 
     progress = Progress(quiet=args.quiet)
