@@ -223,13 +223,14 @@ def cmd_explain(args):
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
     with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
-        report = _explain_into(out, explainer, args, chosen, per_method, classes, labels)
-    for entry in report:
-        print(entry["line"])
+        lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels)
+    for line in lines:  # once every file is in place
+        print(line)
     return 0
 
 
 def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
+    """Read, explain and write every input into ``out``; return the line to print per input."""
     from tqdm import tqdm
 
     from .inputs import load_input, preprocess_factory, read_labels
@@ -268,14 +269,15 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
 
     stems = input_stems([Path(p) for p in args.inputs])
     preprocess = make_preprocess.built[0] if make_preprocess.built else None
-    report = [_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args)
-              for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results, stems)]
+    entries, lines = zip(*(_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args)
+                           for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results,
+                                                                                   stems)))
     out.write_text("summary.json", json.dumps(
         {"model": str(args.model), "methods": chosen, "method_options": per_method, "dtype": args.dtype,
          "device": explainer.device.note, "preprocessing": _preprocessing_record(preprocess),
-         "inputs": [{k: v for k, v in entry.items() if k != "line"} for entry in report]}, indent=2))
+         "inputs": list(entries)}, indent=2))
     out.commit()
-    return report
+    return lines
 
 
 def cmd_evaluate(args):
@@ -503,7 +505,7 @@ def _name(labels, k):
 
 
 def _entry(path, display, per_method, chosen, labels, out, stem, args):
-    """One input's figure (and .npy files), staged in ``out``, and its summary entry."""
+    """Stage one input's figure (and .npy files) in ``out``; return its summary entry and its line of results."""
     from .api import softmax
 
     first, k = per_method[chosen[0]]
@@ -537,10 +539,9 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args):
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
                f"p={probs[predicted]:.3f}; explained {_name(labels, target)}")
     out.save_figure(figure.name, display, panels, caption, overlay=args.overlay)
-    entry["line"] = (f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, "
-                     f"p={probs[predicted]:.3f}); explained {_name(labels, target)} with {', '.join(chosen)} "
-                     f"-> {figure}")
-    return entry
+    line = (f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
+            f"explained {_name(labels, target)} with {', '.join(chosen)} -> {figure}")
+    return entry, line
 
 
 if __name__ == "__main__":
