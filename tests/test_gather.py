@@ -6,6 +6,8 @@ differences of ONNX Runtime's output (exact for these linear models up to
 float32 rounding), a hand-computed case, and the dynamo exporter's
 ``Reshape -> Gather(constant indices) -> Reshape`` before the classifier.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 from onnx_helpers import const, make_model, node, run
@@ -174,3 +176,43 @@ def test_dynamo_view_with_repeated_indices_conserves(tmp_path):
     np.testing.assert_allclose(exp.relevance.sum(), exp.target_logit[0], rtol=1e-4)
     np.save(tmp_path / "x.npy", x)
     assert main(["explain", str(path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+
+
+# -- the same pattern as PyTorch's dynamo exporter wrote it (tools/make_gather_fixture.py) ----------------
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gather" / "dynamo_as_strided"
+
+
+def without_the_gather(model):
+    """The exported model with ``Reshape(-1) -> Gather(node_as_strided)`` replaced by the same move written
+    as ``Reshape(1, 4, 16) -> Transpose``: a model equivalent to it, with no index routing."""
+    import onnx
+
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    nodes = list(plain.graph.node)
+    at = next(i for i, n in enumerate(nodes) if n.name == "node_Reshape_1")
+    source, routed = nodes[at].input[0], nodes[at + 1].output[0]
+    assert nodes[at + 1].name == "node_as_strided" and nodes[at + 1].op_type == "Gather"
+    nodes[at:at + 2] = [node("Reshape", [source, "channels_by_pixel"], "cp"),
+                        node("Transpose", ["cp"], routed, perm=[0, 2, 1])]
+    del plain.graph.node[:]
+    plain.graph.node.extend(nodes)
+    plain.graph.initializer.append(int64("channels_by_pixel", [1, 4, 16]))
+    onnx.checker.check_model(plain)
+    return plain
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-a2b1", "gradient"])
+def test_dynamo_as_strided_export_explains_as_its_equivalent(method):
+    import onnx
+
+    model = onnx.load(f"{FIXTURE}.onnx")
+    data = np.load(f"{FIXTURE}.npz")
+    assert [n.op_type for n in model.graph.node][3:6] == ["Reshape", "Gather", "Reshape"]
+    exported, plain = Explainer(model), Explainer(without_the_gather(model))
+    got, want = exported.explain(data["x"], method=method), plain.explain(data["x"], method=method)
+    np.testing.assert_allclose(got.logits, data["torch_logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-5, atol=1e-7)
+    if method == "rap":
+        np.testing.assert_allclose(got.relevance.sum(), got.target_logit[0], rtol=1e-4)
