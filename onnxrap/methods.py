@@ -180,7 +180,7 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
         "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
 
 # rap's fix for heads behind pools (a 1x1-convolution classifier, then a global pool):
-# the seed 1 reaches the head as the gradient of the logit, so A1's sum_j R_j z_j is
+# the seed 1 reaches the head as the gradient of the logit, so rap.head's sum_j R_j z_j is
 # the logit; sharing it by |z| instead gives sum z^2 / sum |z|, which is not.
 _RAP_TAIL = {"tail": Adjoint()}
 
@@ -188,7 +188,7 @@ _RAP_TAIL = {"tail": Adjoint()}
 @register("rap")
 def _rap():
     return Method("rap", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
-        "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
+        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap); conserves the logit"))
 
 
 @register("rap-reference")
@@ -196,7 +196,7 @@ def _rap_reference():
     return Method("rap-reference", {
         **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
-        description="RAP as its authors released it (spec section A with the [ref] items)")
+        description="RAP as its authors released it (docs/rules.md, reference)")
 
 
 @register("rap-paper")
@@ -208,11 +208,11 @@ def _rap_paper(flow: str = "sum"):
         "linear": PaperFlow(k), "batchnorm": PaperBatchNorm(k)}, seed="logit")
         for k_name, k in (("normal", 1), ("inversion", -1))}
     return PaperRap(flows, name="rap-paper", rules={}, seed="logit", options={"flow": flow},
-                    description="RAP as the journal's equations (5)-(11) read (spec section C); experimental")
+                    description="RAP as the journal's equations (5)-(11) read (docs/rules.md, paper); experimental")
 
 
 def _lrp(name, rules, description, options=None):
-    """LRP composites (spec B): z-rules at joins and pools, z^B at the input convolution."""
+    """LRP composites (docs/rules.md, lrp): z-rules at joins and pools, z^B at the input convolution."""
     return Method(name, {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
                          "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules},
                   seed="logit", description=description, options=options)

@@ -95,7 +95,7 @@ def test_explicit_target(golden):
 @pytest.mark.parametrize("name", GOLDEN_CASES)
 def test_float64_recompute_matches_to_rounding(name):
     # dtype=float64 replaces ORT's float32 activations by onnxrap's own float64 forward pass:
-    # then the spec's arithmetic is reproduced to rounding (the remaining ~1e-12 is
+    # then the rules' arithmetic is reproduced to rounding (the remaining ~1e-12 is
     # BatchNormalization's epsilon, stored as float32 in the ONNX file but 1e-5 in PyTorch).
     from conftest import GOLDEN
     from onnxrap import Explainer

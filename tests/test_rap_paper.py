@@ -1,4 +1,4 @@
-"""rap-paper: the journal's equations as spec section C reads them (onnxrap/rules/paper.py)."""
+"""rap-paper: the journal's equations as docs/rules.md, paper, reads them (onnxrap/rules/paper.py)."""
 import numpy as np
 import pytest
 
