@@ -110,7 +110,7 @@ class Backend:
         return self.xp.minimum(a, 0)
 
     def rap_shares(self, R, za, zb, conv):
-        """P() of docs/rules.md, rap.hidden: what ``L_wa^T`` and ``L_wb^T`` carry back (fused into one kernel on a GPU)."""
+        """P() of docs/rules.md, rap.hidden: what ``L_wa^T`` and ``L_wb^T`` carry back (one kernel on a GPU)."""
         total = za + zb
         one = total != 0
         share = self.sdiv(zb, total)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import rel_l2
+from helpers import rel_l2
 from onnxrap import Explainer
 from onnxrap.cli import main
 

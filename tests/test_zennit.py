@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import rel_l2
+from helpers import rel_l2
 from onnxrap import Explainer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "zennit"

@@ -115,8 +115,9 @@ def run(settings: Settings):
     }
     out_dir = Path(settings.out_dir)
     for number, m in enumerate(settings.methods, start=1):
-        results["methods"][m] = evaluate_method(evaluation, m, settings.method_options.get(m, {}), settings, out_dir / "methods",
-                                                lambda text: note(f"[{number}/{len(settings.methods)}] {m}{text}"))
+        progress = lambda text: note(f"[{number}/{len(settings.methods)}] {m}{text}")  # noqa: E731
+        results["methods"][m] = evaluate_method(evaluation, m, settings.method_options.get(m, {}), settings,
+                                                out_dir / "methods", progress)
     written = write_outputs(out_dir, results)
     for line in summary_lines(results):
         print(line)
