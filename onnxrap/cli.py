@@ -197,7 +197,7 @@ def main(argv=None):
 
 def cmd_explain(args):
     from .api import Explainer
-    from .io import load_input, preprocess_factory, read_labels
+    from .inputs import load_input, preprocess_factory, read_labels
     from .viz import atomic_write, save_explanation_figure
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]

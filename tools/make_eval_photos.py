@@ -53,7 +53,7 @@ def main(argv=None):
 
     from onnxrap.api import Explainer, softmax
     from onnxrap.evaluate import Scorer
-    from onnxrap.io import Preprocess
+    from onnxrap.inputs import Preprocess
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")

@@ -70,7 +70,7 @@ class Settings:
 def run(settings: Settings):
     """Evaluates every method of ``settings`` and writes the report into ``settings.out_dir``; returns 0."""
     from ..api import Explainer
-    from ..io import preprocess_factory, read_labels
+    from ..inputs import preprocess_factory, read_labels
 
     settings.check()
     note = (lambda text: None) if settings.quiet else (lambda text: print(text, file=sys.stderr, flush=True))

@@ -45,7 +45,7 @@ def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_
     ``input_rank``: the model's input rank, checked against an ``.npz``'s ``x``.
     ``class_names`` map label names (class folders, the CSV) to indices.
     """
-    from ..io import IMAGE_SUFFIXES, read_image
+    from ..inputs import IMAGE_SUFFIXES, read_image
 
     path = Path(path)
     if not path.exists():
