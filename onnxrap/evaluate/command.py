@@ -46,7 +46,7 @@ class Settings:
     input_name: str | None = None
     output_name: str | None = None
     layout: str | None = None
-    preprocessing: dict = field(default_factory=dict)  # keyword arguments of io.preprocess_factory (size, ...)
+    preprocessing: dict = field(default_factory=dict)  # keyword arguments of inputs.preprocess_factory
 
     def check(self):
         """Fail on bad settings before any model is loaded."""
