@@ -115,7 +115,8 @@ class Explainer:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
-        ``options``: the method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
+        ``method``: a registered name or a ``methods.Method`` (e.g. a ``methods.Composite``).
+        ``options``: a registered method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
         """
         m = methods.get(method, **options)
