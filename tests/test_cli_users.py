@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import DIGIT_IMAGES, DIGITS
+from helpers import DIGIT_IMAGES, DIGITS
 from onnxrap.cli import input_stems, main
 
 
