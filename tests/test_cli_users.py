@@ -220,3 +220,18 @@ def test_16_bit_image_on_the_command_line(tmp_path, capsys):
     logit = lambda folder: json.loads((tmp_path / folder / "summary.json").read_text())["inputs"][0]["target_logit"]  # noqa: E731
     # Equal up to resampling 128x128 -> 32x32: the 8-bit path rounds the resized pixels to whole levels.
     assert logit("b") == pytest.approx(logit("a"), rel=3e-3)
+
+
+def test_inspect_and_explain_agree_on_an_integer_input(tmp_path, capsys):
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),
+                               helper.make_node("MatMul", ["f", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, [3, 2], np.ones(6, np.float32))])
+    path = tmp_path / "ints.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    code, out, err = run(["inspect", path], capsys)
+    assert code == 2 and "explainable: no (input x is not a float tensor (INT64))" in out
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    code, out, err = run(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "input x is not a float tensor (INT64)")
