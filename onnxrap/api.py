@@ -8,10 +8,17 @@ import numpy as np
 
 from . import methods
 from .device import resolve as resolve_device
-from .capture import Capture
+from .capture import Capture, batches
 from .engine import Context, propagate, recompute
 from .errors import InputError, ModelError
 from .graph import Graph
+
+
+def softmax(logits):
+    """Class probabilities from class scores, along the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -63,6 +70,9 @@ class Explainer:
         if engine not in ("auto", "eager", "onnx"):
             raise InputError(f"unknown engine {engine!r} (auto, eager or onnx)")
         self.graph = Graph(model, input_name, output_name)
+        problems = self.graph.problems()  # the same checks inspect reports
+        if problems:
+            raise ModelError(f"{self.graph.label}: {problems[0]}")
         self.device = resolve_device(device)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
@@ -115,7 +125,8 @@ class Explainer:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
-        ``options``: the method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
+        ``method``: a registered name or a ``methods.Method`` (e.g. a ``methods.Composite``).
+        ``options``: a registered method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
         """
         m = methods.get(method, **options)
@@ -174,9 +185,9 @@ class Explainer:
         return relevance, logits, targets
 
     def _compiled_model(self, m, dtype, shape):
-        from .compile import CompiledModel, MissingKernels, cached_compile, model_hash, shared_initializers
+        from .compile import CompiledModel, MissingKernels, cached_compile, method_key, model_hash, shared_initializers
 
-        key = (m.label, np.dtype(dtype).str, tuple(shape))
+        key = (method_key(m), np.dtype(dtype).str, tuple(shape))
         if key not in self._compiled:
             if self._model_hash is None:
                 self._model_hash = model_hash(self.graph)
@@ -240,10 +251,12 @@ class Explainer:
         return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):
-        """Batches for ONNX Runtime: the model's own batch size if fixed, else ``max_batch``."""
+        """Batches for ONNX Runtime.  A fixed-batch model gets whole batches only: padding would add
+        samples nobody asked to explain, so another count is left to the capture's shape check."""
+        if not x.ndim:
+            return [x]
         fixed = self.graph.fixed_batch
-        size = fixed if fixed and x.ndim and x.shape[0] % fixed == 0 else self.max_batch
-        return [x[i:i + size] for i in range(0, len(x), size)] if x.ndim else [x]
+        return [part for part, _ in batches(x, self.max_batch, fixed if fixed and len(x) % fixed == 0 else None)]
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
@@ -267,20 +280,25 @@ class Explainer:
         return bk.to_host(relevance)
 
     def _class_vector(self, logits):
-        if logits.ndim < 2 or any(d != 1 for d in logits.shape[2:]) or logits.shape[1] < 2:
-            raise ModelError(f"{self.graph.label}: output {self.graph.logits_name} has shape "
-                             f"{tuple(logits.shape)}, not a vector of class scores per sample")
+        problem = self.graph.class_scores_problem(logits.shape)
+        if problem:
+            raise ModelError(f"{self.graph.label}: {problem}")
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{self.graph.label}: the model's output contains NaN or Inf for this input")
         return logits.reshape(logits.shape[0], -1).astype(np.float64)
 
     @staticmethod
-    def _targets(target, logits):
+    def check_target(target, classes):
+        """``target`` (an int or one per sample) as an array; fails if a class is out of range."""
+        t = np.asarray(target, dtype=np.int64)
+        bad = t[(t < 0) | (t >= classes)]
+        if bad.size:
+            raise InputError(f"target {int(bad.flat[0])} is out of range: the model has {classes} classes "
+                             f"(0..{classes - 1})")
+        return t
+
+    def _targets(self, target, logits):
         n, classes = logits.shape
         if target is None:
             return logits.argmax(axis=1)
-        t = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
-        bad = t[(t < 0) | (t >= classes)]
-        if bad.size:
-            raise InputError(f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})")
-        return t
+        return np.broadcast_to(self.check_target(target, classes), (n,)).copy()

@@ -10,7 +10,6 @@ Outputs: ``logits`` and ``relevance`` (shaped like the input).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -43,12 +42,14 @@ _ROUNDING_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "MatMulAd
 
 
 def traced_attribute(method):
-    """What the graph computes: the method's own ``attribute``, or for methods that call the backward
-    walk on batches of modified inputs (integrated gradients, SmoothGrad) the walk itself, which
-    the runner then calls on those batches."""
-    if method.batched:
-        return functools.partial(Method.attribute, method)
-    return method.attribute
+    """What the graph computes: the method's own ``attribute``, or for methods that run an inner
+    method's backward walk on batches of changed inputs (integrated gradients, SmoothGrad) that
+    walk, which the runner then calls on those batches."""
+    if not method.batched:
+        return method.attribute
+    if type(method.inner).attribute is not Method.attribute:
+        raise ModelError(f"{method.name} over {method.inner.name} cannot be compiled: only over a composite of rules")
+    return lambda backprop, x, targets: backprop(method.inner, x, targets)
 
 
 def sample_shape(graph, shape=None):
@@ -307,8 +308,20 @@ def model_hash(graph):
     return h.hexdigest()
 
 
+def method_key(method):
+    """Everything that makes a method compute what it does: its class, seed, options and every rule
+    (a custom composite may reuse a registered name with other rules)."""
+    def describe(value):
+        if isinstance(value, Method):
+            return f"{type(value).__name__}({describe(vars(value))})"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in sorted(value.items(), key=str)) + "}"
+        return repr(value)
+    return describe(method)
+
+
 def cache_key(graph_hash, method, dtype, shape, recompute, input_name, output_name):
-    text = "|".join([graph_hash, _code_hash(), method.label, type(method).__name__, str(np.dtype(dtype)),
+    text = "|".join([graph_hash, _code_hash(), method_key(method), str(np.dtype(dtype)),
                      "x".join(map(str, shape)), str(recompute), str(input_name), str(output_name)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
