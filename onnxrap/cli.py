@@ -181,7 +181,7 @@ def build_parser():
     c.add_argument("model", help="the .onnx classifier")
     c.add_argument("-o", "--out", required=True, help="the compiled .onnx file (weights over 2 GB go to OUT.data)")
     c.add_argument("--method", default="rap", help=f"default: %(default)s; known: {', '.join(methods.FACTORIES)}")
-    _method_options(c, steps_flag="--steps")
+    _method_options(c)
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
     c.add_argument("--size", type=_size, help="input HEIGHTxWIDTH where the model leaves it free")
     _model_options(c)
@@ -300,7 +300,7 @@ def cmd_compile(args):
     from .compile import compile_graph, save
     from .graph import Graph
 
-    options = methods.split_options([args.method], method_options(args), flag=lambda k: f"--{k}")[args.method]
+    options = method_options(args, [args.method])[args.method]
     method = methods.get(args.method, **options)
     if method.batched:
         raise InputError(f"{args.method} is many calls of the gradient graph on changed inputs: "

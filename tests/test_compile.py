@@ -185,3 +185,22 @@ def test_refuses_what_eager_refuses(tmp_path):
     line = err.getvalue().strip()
     assert "\n" not in line and "sine (Sin" in line and "cosine (Cos" in line
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_compile_and_explain_engine(tmp_path, monkeypatch, capsys):
+    from onnxrap.cli import main
+
+    monkeypatch.setenv("ONNXRAP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "explainer.onnx"
+    model = str(GOLDEN / "mlp" / "model.onnx")
+    assert main(["compile", model, "-o", str(out), "--method", "lrp-eps", "--epsilon", "0.01"]) == 0
+    c = dict(np.load(GOLDEN / "mlp" / "case.npz"))
+    _, relevance = CompiledModel(out).run(c["x"])
+    eager = Explainer(model).explain(c["x"], method="lrp-eps", epsilon=0.01)
+    assert rel_l2(relevance, eager.relevance) < 1e-5
+    assert main(["compile", model, "-o", str(tmp_path / "ig.onnx"), "--method", "integrated-gradients"]) == 2
+    assert "compile --method gradient" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", c["x"][0])
+    assert main(["explain", model, str(tmp_path / "x.npy"), "-o", str(tmp_path / "out"), "--engine", "auto",
+                 "--save-npy", "--quiet"]) == 0
+    assert "engine: auto: " in capsys.readouterr().out
