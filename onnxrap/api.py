@@ -161,8 +161,8 @@ class Explainer:
         return m.attribute(backprop, x, targets), logits, targets
 
     def _attribute_compiled(self, m, x, target, dtype):
-        """The same with the method compiled into the model's graph (see compile.py); None where
-        ONNX Runtime lacks the kernels (CPU convolutions in float64)."""
+        """The same with the method compiled into the model's graph (see compile.py); eager where
+        ONNX Runtime lacks the kernels (CPU convolutions in float64) or the tracer some ops."""
         compiled = self._compiled_model(m, dtype, x.shape[1:])
         if compiled is None:
             return self._attribute_eager(m, x, target, dtype, None)
@@ -185,13 +185,19 @@ class Explainer:
         return relevance, logits, targets
 
     def _compiled_model(self, m, dtype, shape):
-        from .compile import CompiledModel, MissingKernels, cached_compile, method_key, model_hash, shared_initializers
+        from .compile import (CompiledModel, MissingKernels, NotCompilable, cached_compile, method_key, model_hash,
+                              shared_initializers)
 
         key = (method_key(m), np.dtype(dtype).str, tuple(shape))
         if key not in self._compiled:
             if self._model_hash is None:
                 self._model_hash = model_hash(self.graph)
-            path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute, self.capture)
+            try:
+                path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute, self.capture)
+            except NotCompilable as exc:  # the eager engine explains these ops
+                self.engine_note = f"eager: {exc}"
+                self._compiled[key] = None
+                return None
             try:
                 shared = shared_initializers(self.graph, path, np.dtype(dtype))
                 self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})",

@@ -26,9 +26,10 @@ from . import __version__
 from .capture import EXTERNAL_WEIGHTS_BYTES, Capture, session_options
 from .device import resolve as resolve_device
 from .engine import Context, propagate
-from .errors import InputError, ModelError, first_line
+from .errors import InputError, ModelError, UnsupportedOpsError, first_line
 from .methods import Method
 from .ops.linear import Linear
+from .ops.routing import IndexRouting
 from .trace import FREE_BATCH, TraceBackend, TraceError, Tracer
 
 TARGET = "target"
@@ -72,6 +73,10 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     dtype = np.dtype(dtype)
     recompute = dtype == np.float64 if recompute is None else recompute
     method.check(graph)
+    routed = [(op.name, op.op_type, "compile does not trace index routing yet (the eager engine explains it)")
+              for op in graph.ops if isinstance(op, IndexRouting)]
+    if routed:
+        raise NotCompilable(routed)
     opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _MIN_OPSET:
         raise ModelError(f"{graph.label}: opset {opset}: compile needs opset {_MIN_OPSET} or newer")
@@ -226,6 +231,10 @@ def save(model, path, external_above=_PROTOBUF_LIMIT):
         onnx.save_model(model, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+class NotCompilable(UnsupportedOpsError):
+    """Ops the eager engine explains but the tracer cannot express (all listed at once)."""
 
 
 class MissingKernels(ModelError):

@@ -181,9 +181,12 @@ class Sym:
             a % self.ndim for a in (axis if isinstance(axis, (tuple, list)) else (axis,)))
         if self.const is not None:
             return Sym.constant(fn(self.const, axis=axes, keepdims=keepdims))
-        x = self.astype(np.int64) if self.dtype == np.bool_ else self
         shape = tuple(1 if k in axes else d for k, d in enumerate(self.shape) if keepdims or k not in axes)
-        return _tracer(self).reduce(op_type, x, axes, keepdims, shape)
+        if self.dtype == np.bool_:  # a count: exact in float32 below 2**24, and a quarter of int64's traffic
+            counted = math.prod(self.shape[a] for a in axes)
+            wide = np.float32 if counted < 2**24 else np.float64
+            return _tracer(self).reduce(op_type, self.astype(wide), axes, keepdims, shape, exact=True)
+        return _tracer(self).reduce(op_type, self, axes, keepdims, shape)
 
     def sum(self, axis=None, keepdims=False):
         return self._reduce("ReduceSum", axis, keepdims, np.sum)
@@ -247,6 +250,10 @@ def _binary(op_type, a, b, fn):
         mask, other = (a, b) if a.dtype == np.bool_ else (b, a)  # one Where, not a Cast and a Mul
         return TraceNumpy().where(mask, other, 0)
     a, b = _promote(a, b, op_type)
+    if op_type == "Mul":  # a rule's sign factor of 1 (P()'s s_a) costs no node
+        for one, other in ((a, b), (b, a)):
+            if one.const is not None and one.const.ndim == 0 and one.const == 1 and other.const is None:
+                return other
     if a.const is not None and b.const is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             return Sym.constant(fn(a.const, b.const))
@@ -283,6 +290,9 @@ def _matmul(a, b):
 
 class TraceNumpy:
     """The part of NumPy's namespace that rules and ops call as ``bk.xp``."""
+
+    def __getattr__(self, name):
+        raise TraceError(f"xp.{name} has no ONNX translation in the tracer")
 
     @staticmethod
     def _operands(*args):
@@ -456,8 +466,8 @@ class Tracer:
             return self.node("Unsqueeze", [x], shape, x.dtype, axes=list(axes))
         return self.node("Unsqueeze", [x, self.const(np.array(axes, dtype=np.int64))], shape, x.dtype)
 
-    def reduce(self, op_type, x, axes, keepdims, shape):
-        if op_type == "ReduceSum" and x.dtype == np.float32:
+    def reduce(self, op_type, x, axes, keepdims, shape, exact=False):
+        if op_type == "ReduceSum" and x.dtype == np.float32 and not exact:
             # ORT adds float32 one after another; NumPy pairwise, so its large sums (the spec's S over
             # a whole feature map) are far closer to exact.  Adding in float64 keeps up with it.
             wide = self.reduce(op_type, x.astype(np.float64), axes, keepdims, shape)

@@ -35,7 +35,7 @@ class IndexRouting(Op):
         if key not in self._maps:
             source = self._route(tuple(shape))
             self._check_samples_apart(source, int(np.prod(shape)), batch)
-            self._maps[key] = (bk.asarray(source.reshape(-1)), source.shape)
+            self._maps[key] = (bk.to_device(source.reshape(-1)), source.shape)
         return self._maps[key]
 
     def _route(self, shape):
