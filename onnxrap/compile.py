@@ -34,7 +34,7 @@ from .trace import FREE_BATCH, TraceBackend, TraceError, Tracer
 
 TARGET = "target"
 OUTPUTS = ("logits", "relevance")
-_MIN_OPSET = 11  # Range, Pad and Equal on floats as inputs-and-attributes the tracer writes
+_MIN_OPSET = 11  # the tracer writes Pad with its pads as an input and Equal on floats
 _PROTOBUF_LIMIT = 2**31 - 2**20  # above this a model must keep its weights in external data
 # Fusions that fold constants into weights round differently from the eager engine's capture, whose
 # every tensor is a graph output and so never fused; a ReLU mask flipped by that rounding would move
@@ -87,9 +87,9 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     capture = capture or Capture(graph, resolve_device("cpu"))
     probe = capture.run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
     bk = TraceBackend()
-    with Tracer(batch, fixed is None, opset, None) as tr:
+    with Tracer(batch, fixed is None, opset) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)
-        tr._batch_size_tensor = tr.node("Shape", [x], (x.ndim,), np.int64)[0:1]
+        tr.take_batch_size_from(x)
         raw = {name: x if name == graph.input_name else
                tr.input(name, (batch,) + v.shape[1:], v.dtype) for name, v in probe.items()}
         values = {name: s.astype(dtype) if np.issubdtype(s.dtype, np.floating) else s for name, s in raw.items()}
@@ -103,10 +103,10 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
             target = tr.input(TARGET, (batch,), np.int64)
             chosen = bk.xp.where(target < 0, top, target)
             classes = tr.const(np.arange(logits.size // batch, dtype=np.int64).reshape(1, -1))
-            hot = (chosen.reshape(batch, 1) == classes).astype(dtype).reshape(logits.shape)
+            hot = (chosen.reshape(batch, 1) == classes).astype(dtype).reshape(logits.shape)  # engine.one_hot
 
-            def backprop(method_, xs, ts):
-                seed = hot * logits if method_.seed_kind == "logit" else hot
+            def backprop(method_, xs, ts):  # xs, ts: always the graph's input and targets here
+                seed = hot * logits if method_.seed_kind == "logit" else hot  # as Method.seed
                 return propagate(graph, method_, ctx, seed)
 
             relevance = traced_attribute(method)(backprop, x, chosen)

@@ -8,8 +8,9 @@ operation the rules and ops use on arrays (arithmetic, comparisons,
 appends an ONNX node; operations on constants only are computed here, so
 parameter transforms (W+, W-, BatchNormalization gains) become initializers.
 ``TraceBackend`` overrides the backend primitives that NumPy does with
-strided views: convolutions and their adjoints become Conv/ConvTranspose,
-window gathers become strided Slices and their scatter a ConvTranspose.
+strided views: convolutions become Conv, their adjoints Conv with the kernel
+flipped (stride 1) or ConvTranspose, window gathers strided Slices and their
+scatter a ConvTranspose with a one-hot kernel.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import hashlib
 import math
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .backend import Backend, numpy_backend
@@ -377,7 +377,7 @@ ACTIVE: list = []  # the tracer of the graph being built (constants alone do not
 class Tracer:
     """Collects the nodes and initializers of the graph being traced."""
 
-    def __init__(self, batch, dynamic, opset, batch_size_tensor, prefix="onnxrap/"):
+    def __init__(self, batch, dynamic, opset, prefix="onnxrap/"):
         self.batch = batch  # the batch size in traced shapes (FREE_BATCH where it is free)
         self.dynamic = dynamic
         self.opset = opset
@@ -388,7 +388,7 @@ class Tracer:
         self._named = {}  # memory of a constant's array -> (the array, its initializer name)
         self._stacks = {}  # ids of stacked weights -> (the weights, the stack)
         self._count = 0
-        self._batch_size_tensor = batch_size_tensor  # a 1-element int64 tensor: the run's batch size
+        self._batch_size_tensor = None  # a 1-element int64 tensor: the run's batch size
 
     def __enter__(self):
         ACTIVE.append(self)
@@ -400,6 +400,10 @@ class Tracer:
     def fresh(self, hint):
         self._count += 1
         return f"{self.prefix}{hint}_{self._count}"
+
+    def take_batch_size_from(self, x):
+        """Dynamic shapes read the run's batch size from ``x``'s first axis."""
+        self._batch_size_tensor = self.node("Shape", [x], (x.ndim,), np.int64)[0:1]
 
     def input(self, name, shape, dtype):
         return Sym(self, name, shape, dtype)
