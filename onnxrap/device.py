@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from .backend import Backend, cupy_backend, numpy_backend
+from .backend import Backend, numpy_backend
 from .errors import DeviceError, InputError, first_line
 
 CPU = ["CPUExecutionProvider"]
@@ -69,6 +69,28 @@ def _cuda() -> Device:
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     return CudaDevice("cuda", backend, CUDA, f"cuda ({name})")
+
+
+_CUPY = []
+
+
+def cupy_backend() -> Backend:
+    """The CuPy backend, or a DeviceError that says what is missing."""
+    if not _CUPY:
+        try:
+            import cupy
+        except ImportError:
+            raise DeviceError("CUDA needs CuPy, which is not installed (pip install 'onnxrap[gpu]')") from None
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError, or a driver library that fails to load
+            raise DeviceError(f"CUDA: no usable NVIDIA driver or device ({first_line(exc)})") from None
+        if count < 1:
+            raise DeviceError("CUDA: CuPy sees no CUDA device")
+        from .gpu import CupyBackend
+
+        _CUPY.append(CupyBackend())
+    return _CUPY[0]
 
 
 _PROBED = []

@@ -91,6 +91,31 @@ def test_cli_on_device_arrays(strict_gpu, tmp_path, capsys):
     assert (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.parametrize("name, method", [(n, m) for n in GOLDEN_CASES for m in METHODS[n]])
+def test_the_backward_walk_never_waits_for_the_device(strict_gpu, monkeypatch, name, method):
+    """No host synchronisation or transfer between the seed and the input's relevance (constants are
+    on the device from the first batch on), so the GPU runs the whole walk without the host waiting."""
+    walk = onnxrap.api.propagate
+    during = []
+
+    def watched(*args, **kwargs):
+        before = len(strict_backend.EVENTS)
+        out = walk(*args, **kwargs)
+        during.extend(strict_backend.EVENTS[before:])
+        return out
+
+    monkeypatch.setattr(onnxrap.api, "propagate", watched)
+    ex = Explainer(GOLDEN / name / "model.onnx", device="cuda")
+    options = OPTIONS.get(method, {})
+    ex.explain(CASES[name]["x"], method=method, **options)  # the first batch brings the constants over
+    during.clear()
+    strict_backend.EVENTS.clear()
+    ex.explain(CASES[name]["x"], method=method, **options)
+    assert during == []
+    # outside the walk: each batch's logits and relevance come to the host, nothing else
+    assert strict_backend.EVENTS and all(e.startswith(("to_host", "to_device")) for e in strict_backend.EVENTS)
+
+
 def test_the_stand_in_refuses_what_cupy_refuses():
     bk = strict_backend.StrictBackend()
     a = bk.to_device(np.arange(3.0))
