@@ -779,7 +779,8 @@ def run(args, options):
     elif args.fractions is not None:
         grid = Grid.parse(args.fractions, "fractions")
 
-    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, device=args.device)
+    explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, device=args.device,
+                          tf32=args.tf32)
     progress.note(f"device: {explainer.device.note}")
     if args.layout:
         explainer.layout = args.layout

@@ -27,7 +27,7 @@ METHODS = {"mlp": list(methods.FACTORIES), "inception_mini": list(methods.FACTOR
 def strict_gpu(monkeypatch):
     """``device="cuda"`` (and auto) resolves to the stand-in GPU."""
     device = strict_backend.strict_device()
-    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name: device)
+    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name, tf32=False: device)
     strict_backend.EVENTS.clear()
     return device
 
