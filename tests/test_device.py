@@ -11,9 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
 from onnx_helpers import const, make_model, node
-from onnxrap import DeviceError, Explainer, device as device_module
+from onnxrap import DeviceError, Explainer, InputError, device as device_module
 from onnxrap.cli import main
 from onnxrap.device import cuda_providers, preload_cuda_libraries, resolve
 
@@ -143,8 +143,6 @@ def test_cli_auto_reports_the_device(tmp_path, capsys):
 
 
 def test_unknown_device():
-    from onnxrap import InputError
-
     with pytest.raises(InputError, match="unknown device"):
         Explainer(DIGITS, device="tpu")
 

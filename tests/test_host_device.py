@@ -10,7 +10,7 @@ import pytest
 
 import onnxrap.api
 import strict_backend
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, GOLDEN_PARAMS
 from onnxrap import Explainer, methods
 from onnxrap.cli import main
 
@@ -44,7 +44,7 @@ def cpu_results():
     return get
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_every_method_on_device_arrays(strict_gpu, cpu_results, name):
     ex = Explainer(GOLDEN / name / "model.onnx", device="cuda")
     assert ex.device is strict_gpu
@@ -91,7 +91,9 @@ def test_cli_on_device_arrays(strict_gpu, tmp_path, capsys):
     assert (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.parametrize("name, method", [(n, m) for n in GOLDEN_CASES for m in METHODS[n]])
+@pytest.mark.parametrize("name, method", [
+    pytest.param(n, m, marks=pytest.mark.slow) if n not in ("mlp", "inception_mini") else (n, m)
+    for n in GOLDEN_CASES for m in METHODS[n]])
 def test_the_backward_walk_never_waits_for_the_device(strict_gpu, monkeypatch, name, method):
     """No host synchronisation or transfer between the seed and the input's relevance (constants are
     on the device from the first batch on), so the GPU runs the whole walk without the host waiting."""

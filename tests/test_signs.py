@@ -3,7 +3,7 @@ and that skipping the x- part where it is provably absent changes no relevance."
 import numpy as np
 import pytest
 
-from conftest import GOLDEN, GOLDEN_CASES
+from helpers import GOLDEN, GOLDEN_PARAMS
 from onnx_helpers import const, make_model, node
 from onnxrap import Explainer
 from onnxrap.graph import Graph
@@ -88,7 +88,7 @@ def test_concat_with_a_negative_constant_is_signed():
     assert not head(2.0).signed_input and head(-2.0).signed_input
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 @pytest.mark.parametrize("method", ["rap", "rap-reference", "lrp-a1b0", "lrp-a2b1", "rap-paper"])
 def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
     """Computing the x- part everywhere (all zeros where signs.py says x >= 0) gives the same relevance."""
