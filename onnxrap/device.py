@@ -10,9 +10,11 @@ line naming what is missing and how to get it:
    onnxruntime the two share one module, and the last installed wins);
 3. the CUDA and cuDNN libraries, which ``pip install 'onnxrap[gpu]'`` brings as
    nvidia-* wheels and ``onnxruntime.preload_dlls()`` loads (CuPy finds them
-   itself), proven by a one-node session that really runs on CUDA (the
-   provider falls back to the CPU silently when a library is missing);
-4. CuPy, with a kernel compiled and run (NVRTC).
+   itself);
+4. CuPy, with a kernel compiled and run (NVRTC);
+5. a one-node session that really runs on CUDA (the provider falls back to
+   the CPU silently when a library is missing; the message then names those
+   that preloading did not find).
 
 Float32 stays exact on the GPU: TF32 (10-bit mantissas in matmuls and
 convolutions) is off in ONNX Runtime and in CuPy unless asked for.
@@ -99,11 +101,12 @@ def _cuda(tf32) -> Device:
         raise DeviceError(f"CUDA: no GPU found ({why})")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise DeviceError(f"CUDA: {_ort_without_cuda()}")
+    missing = preload_cuda_libraries()  # first, so that CuPy finds them loaded too
     backend = cupy_backend()
     import cupy
 
     device_id = cupy.cuda.Device().id
-    _probe_session(device_id)
+    _probe_session(device_id, missing)
     props = cupy.cuda.runtime.getDeviceProperties(device_id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     return CudaDevice("cuda", backend, cuda_providers(device_id, tf32), f"cuda ({name}{', TF32' if tf32 else ''})",
@@ -164,8 +167,9 @@ def cupy_backend() -> Backend:
 _PROBED = set()
 
 
-def _probe_session(device_id):
-    """A one-node session on CUDA: proves the provider's CUDA and cuDNN libraries load."""
+def _probe_session(device_id, missing):
+    """A one-node session on CUDA: proves the provider's CUDA and cuDNN libraries load (``missing``: those
+    that preloading could not find, named if the provider fails)."""
     if device_id in _PROBED:
         return
     from onnx import TensorProto, helper
@@ -176,7 +180,6 @@ def _probe_session(device_id):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
     so = ort.SessionOptions()
     so.log_severity_level = 4
-    missing = preload_cuda_libraries()
     try:
         session = ort.InferenceSession(model.SerializeToString(), so, providers=cuda_providers(device_id))
     except Exception as exc:

@@ -126,7 +126,7 @@ def test_missing_cuda_libraries_are_named(monkeypatch, capsys):
     monkeypatch.setattr(device_module, "_PROBED", set())
     with pytest.raises(DeviceError, match=r"^CUDA: onnxruntime's CUDA provider did not load: libcublasLt.so.13, "
                                           r"libcudnn.so.9 missing \(pip install 'onnxrap\[gpu\]' brings"):
-        device_module._probe_session(0)
+        device_module._probe_session(0, preload_cuda_libraries())
 
 
 def test_tf32_is_off_unless_asked_for():
