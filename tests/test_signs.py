@@ -102,3 +102,18 @@ def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
         op.signed_input = True
     np.testing.assert_array_equal(skip.explain(case["x"], method=method).relevance,
                                   full.explain(case["x"], method=method).relevance)
+
+
+def test_a_composite_can_map_linear_ops_with_signed_inputs():
+    from onnxrap import methods
+    from onnxrap.rules.linear import AlphaBeta
+
+    signed_rule = AlphaBeta(3)
+    composite = methods.Composite({"dense.signed": signed_rule}, base="lrp-eps", name="signed-test")
+    n1, i1 = _gemm("a", "x", "a")
+    n2, i2 = _gemm("b", "r", "b")
+    n3, i3 = _gemm("head", "b", "y")
+    model = make_model(n1 + [node("Relu", ["a"], "r")] + n2 + n3, [("x", [1, 4])], [("y", [1, 4])], i1 + i2 + i3)
+    chosen = {op.name: composite.rule_for(op) for op in Graph(model).ops if isinstance(op, Linear)}
+    assert chosen["a"] is signed_rule and chosen["head"] is signed_rule  # read x and b: may be negative
+    assert chosen["b"] is not signed_rule  # reads a Relu
