@@ -188,26 +188,50 @@ def report():
             json.dump(ROWS, f, indent=1)
 
 
+def conditioning(model, x, method, target, truth, gpu_forward):
+    """How far float32-sized perturbations move the float64 result, the most of: float64 rules on the
+    CPU's float32 activations, on the GPU's float32 activations, and on inputs moved by one float32 ulp
+    per element (three random directions).  What any float32 implementation may be off by on this
+    case: a ReLU pre-activation within rounding of zero flips, a tiny LRP epsilon divides by rounding."""
+    exact = Explainer(model, dtype="float64")
+    worst = max(rel_l2(Explainer(model, device=device, dtype="float64", recompute=False)
+                       .explain(x, method=method, target=target).relevance, truth)
+                for device in (["cpu", "cuda"] if gpu_forward else ["cpu"]))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        nudged = np.where(rng.random(x.shape) < 0.5, np.nextafter(x, np.inf), np.nextafter(x, -np.inf))
+        worst = max(worst, rel_l2(exact.explain(nudged.astype(x.dtype), method=method, target=target).relevance,
+                                  truth))
+    return worst
+
+
 @needs_gpu
 @pytest.mark.parametrize("name", GOLDEN_CASES)
 def test_gpu_is_as_close_to_float64_as_the_cpu(report, name):
-    """Per method: the GPU's float32 error to the float64 result is at most about twice the CPU's, and
-    under 1e-4 wherever the CPU's is.  Ill-conditioned cases (lrp-eps's tiny epsilon, gradients at ReLU
-    ties) show as a large CPU error, which the table records; the bound is not loosened for them."""
+    """The GPU's float32 forward pass agrees with the CPU's to rounding, and per method its error to the
+    float64 result is at most about twice the CPU's, and under 1e-4 wherever the CPU's is.  Where it is
+    not, the case must be ill-conditioned by measure: float32-sized perturbations move the float64
+    result as far (``conditioning``, recorded in the table); the bound is never loosened by hand."""
     model, x = GOLDEN / name / "model.onnx", np.load(GOLDEN / name / "case.npz")["x"]
     exact = Explainer(model, dtype="float64")
     cpu, gpu = Explainer(model), Explainer(model, device="cuda")
     gpu_tf32 = Explainer(model, device="cuda", tf32=True)
+    forward = rel_l2(gpu.explain(x, method="gradient").logits, cpu.explain(x, method="gradient").logits)
+    assert forward < 1e-5, f"{name}: the GPU's float32 logits differ from the CPU's by {forward:.2e}"
     failures = []
     for method in GPU_METHODS:
-        truth = exact.explain(x, method=method).relevance
-        e_cpu = rel_l2(cpu.explain(x, method=method).relevance, truth)
-        e_gpu = rel_l2(gpu.explain(x, method=method).relevance, truth)
-        e_tf32 = rel_l2(gpu_tf32.explain(x, method=method).relevance, truth)  # measured, not judged
-        report.append(dict(model=name, method=method, cpu=e_cpu, gpu=e_gpu, gpu_tf32=e_tf32,
-                           ill_conditioned=e_cpu >= 1e-4))
-        if e_gpu > 2 * e_cpu + NOISE or (e_cpu < 1e-4 and e_gpu >= 1e-4):
-            failures.append(f"{method}: GPU {e_gpu:.2e} vs CPU {e_cpu:.2e}")
+        reference = exact.explain(x, method=method)
+        truth, target = reference.relevance, reference.target
+        e_cpu = rel_l2(cpu.explain(x, method=method, target=target).relevance, truth)
+        e_gpu = rel_l2(gpu.explain(x, method=method, target=target).relevance, truth)
+        e_tf32 = rel_l2(gpu_tf32.explain(x, method=method, target=target).relevance, truth)  # measured only
+        within = e_gpu <= 2 * e_cpu + NOISE and (e_cpu >= 1e-4 or e_gpu < 1e-4)
+        kappa = None if within else conditioning(model, x, method, target, truth, gpu_forward=True)
+        ill_conditioned = not within and e_gpu <= 2 * kappa + NOISE
+        report.append(dict(model=name, method=method, cpu=e_cpu, gpu=e_gpu, gpu_tf32=e_tf32, conditioning=kappa,
+                           ill_conditioned=ill_conditioned, forward=forward))
+        if not within and not ill_conditioned:
+            failures.append(f"{method}: GPU {e_gpu:.2e} vs CPU {e_cpu:.2e} (conditioning {kappa:.2e})")
     assert not failures, f"{name}: " + "; ".join(failures)
 
 
