@@ -82,12 +82,34 @@ def test_float64_explainer_on_device_arrays(strict_gpu):
     assert abs(e.relevance.sum() - e.target_logit[0]) < 1e-6 * abs(e.target_logit[0])
 
 
+@pytest.mark.parametrize("method", ["rap", "lrp-a2b1", "gradient"])
+def test_index_routing_on_device_arrays(strict_gpu, monkeypatch, method):
+    """Gather's positions (a real dynamo export) cross to the device once, like every constant."""
+    fixture = GOLDEN.parent / "fixtures" / "gather" / "dynamo_as_strided"
+    x = np.load(f"{fixture}.npz")["x"]
+    cpu = Explainer(f"{fixture}.onnx").explain(x, method=method)
+    ex = Explainer(f"{fixture}.onnx", device="cuda")
+    assert any(op.op_type == "Gather" for op in ex.graph.ops)
+    np.testing.assert_array_equal(ex.explain(x, method=method).relevance, cpu.relevance)
+    walk, during = onnxrap.api.propagate, []
+
+    def watched(*args, **kwargs):
+        before = len(strict_backend.EVENTS)
+        out = walk(*args, **kwargs)
+        during.extend(strict_backend.EVENTS[before:])
+        return out
+
+    monkeypatch.setattr(onnxrap.api, "propagate", watched)
+    ex.explain(x, method=method)
+    assert during == []
+
+
 def test_cli_on_device_arrays(strict_gpu, tmp_path, capsys):
     code = main(["explain", str(DIGITS), *map(str, DIGIT_IMAGES[:2]), "-o", str(tmp_path), "--device", "cuda",
                  "--method", "rap,lrp-eps,gradient"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("device: strict")
+    assert err.startswith("device: strict")  # notes go to stderr
     assert (tmp_path / "summary.json").exists()
 
 
