@@ -91,7 +91,8 @@ def main():
     sync = cupy.cuda.runtime.deviceSynchronize
     print(f"device: {card}; CuPy {cupy.__version__}; {'TF32' if args.tf32 else 'exact float32'}; "
           f"max_batch {args.max_batch}")
-    print("| model | batch | method | ORT CUDA forward | explain | forward passes | images/s | CuPy pool | device used |")
+    print("| model | batch | method | ORT CUDA forward | explain | forward passes | images/s | CuPy pool "
+          "| device used |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model in args.models.split(","):
@@ -117,7 +118,7 @@ def main():
                       f"{r['device_used_gib']:.2f} GiB |", flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps({"device": card, "rows": rows}, indent=1))
-        del explainer
+        explainer = None  # its sessions and constants go before the next model's
         cupy.get_default_memory_pool().free_all_blocks()
 
 

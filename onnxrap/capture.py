@@ -105,12 +105,13 @@ class Capture:
         for name in extra_outputs:
             elem = graph._types.get(name) or onnx.TensorProto.FLOAT
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        providers = self.device.providers
         try:
             if self._weights_dir is None:
-                return ort.InferenceSession(model.SerializeToString(), session_options(), providers=self.device.providers)
+                return ort.InferenceSession(model.SerializeToString(), session_options(), providers=providers)
             with tempfile.NamedTemporaryFile(dir=self._weights_dir.name, suffix=".onnx") as f:
                 onnx.save_model(model, f.name)
-                return ort.InferenceSession(f.name, session_options(), providers=self.device.providers)
+                return ort.InferenceSession(f.name, session_options(), providers=providers)
         except Exception as exc:
             raise ModelError(f"{graph.label}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
 

@@ -1,4 +1,4 @@
-"""Choosing where an explanation runs: ``cpu``, ``cuda`` or ``auto``; the backends are made here.
+"""Choosing where an explanation runs: ``cpu``, ``cuda`` or ``auto``; the GPU backend is made here.
 
 ``cuda`` is checked in the order a user can act on, and each failure is one
 line naming what is missing and how to get it:

@@ -8,7 +8,6 @@ import os
 import sys
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
@@ -101,7 +100,7 @@ def test_missing_cupy_says_how_to_get_it(monkeypatch):
     _pretend(monkeypatch, installed=("onnxruntime-gpu",))
     monkeypatch.setattr(device_module, "_CUPY", [])
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
-    with pytest.raises(DeviceError, match=r"^CUDA needs CuPy, which is not installed \(pip install 'onnxrap\[gpu\]'\)$"):
+    with pytest.raises(DeviceError, match=r"^CUDA needs CuPy, which is not installed \(pip install 'onnxrap\[gpu\]'\)"):
         resolve("cuda")
 
 
