@@ -175,16 +175,23 @@ def test_fused_kernels_match_numpy():
 GPU_METHODS = ["rap", "rap-reference", "lrp-a1b0", "lrp-a2b1", "lrp-eps", "gradient"]
 # float32's own noise in a relative L2 error: below it, "twice the CPU's error" means nothing.
 NOISE = 1e-6
-ROWS = []
+
+
+class Report(list):
+    """Rows of the GPU-vs-float64 table, written to ONNXRAP_DEVICE_REPORT as each comes (a run cut short
+    keeps what it measured)."""
+
+    def append(self, row):
+        super().append(row)
+        path = os.environ.get("ONNXRAP_DEVICE_REPORT")
+        if path:
+            with open(path, "w") as f:
+                json.dump(self, f, indent=1)
 
 
 @pytest.fixture(scope="module")
 def report():
-    yield ROWS
-    path = os.environ.get("ONNXRAP_DEVICE_REPORT")
-    if path and ROWS:
-        with open(path, "w") as f:
-            json.dump(ROWS, f, indent=1)
+    return Report()
 
 
 def conditioning(model, x, method, target, truth, gpu_forward):
