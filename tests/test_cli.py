@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN
 from onnxrap.cli import main
 
 
@@ -48,7 +48,7 @@ def test_side_by_side_methods_and_target(tmp_path, capsys):
 
 def test_method_options_from_the_command_line(tmp_path, capsys):
     code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--method",
-                          "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--steps", "8"],
+                          "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--ig-steps", "8"],
                          capsys)
     assert code == 0, err
     entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]
@@ -87,6 +87,7 @@ def test_npy_input_and_labels(tmp_path, capsys):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     # The installed console script beside this interpreter (a venv), else the module.
     exe = Path(sys.executable).parent / "onnxrap"

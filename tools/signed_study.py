@@ -1,14 +1,18 @@
 """Issue 14's study: candidate rules for linear ops with signed inputs, side by side.
 
-Registers one method per candidate (``rap`` with that rule at ``conv.signed`` /
-``dense.signed``) and then either measures the relevance mass or runs the
-onnxrap CLI with them:
+Registers one method per candidate, ``rap-s-KEY`` (``rap-unbounded`` with that
+rule at ``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is today's ``rap``), then:
 
-    python tools/signed_study.py mass MODEL PHOTOS [--limit N] [--methods a,b]
-    python tools/signed_study.py cli evaluate MODEL PHOTOS --methods rap-s-abs,... -o OUT
+    python tools/signed_study.py mass MODEL PHOTOS [--limit N] [--every 4] [--methods a,b] [--csv F]
+    python tools/signed_study.py per-image MODEL PHOTOS [--methods a,b] [--k 10000]
+    python tools/signed_study.py figure MODEL IMAGE... [--methods a,b] -o OUT.png
+    python tools/signed_study.py cli evaluate MODEL PHOTOS --methods rap-s-w2,... -o OUT
 
-``mass`` prints, per method and image, sum |R| / logit, the float32 sum's
-error and whether the float64 redo was needed.
+``mass``: per method, sum |R| / |logit| over the images, the float32 sum's error and
+how many images the float64 redo was needed for.  ``per-image``: which images keep
+their class after the top k pixels of each sign are set to the minimum.  ``figure``:
+photographs beside their heatmaps.  ``cli``: the onnxrap CLI, with the candidates known.
+EVALUATION.md (section B) gives the runs and their results.
 """
 from __future__ import annotations
 
@@ -76,37 +80,6 @@ class SignedShare(AbsShare):
         return x * adj((s, w.full)) + size * adj((2 * s * bk.sdiv(inhibit, total), w_abs))
 
 
-def _mark_signed():
-    """Prototype of the static sign analysis (h1-gpu's signs.py replaces it): a linear op is ``signed``
-    unless its input comes, through moves and pools, from a Relu or a Clip with a floor >= 0."""
-    from onnxrap.graph import Graph
-    from onnxrap.ops.linear import Linear
-
-    original = Graph._mark_positions
-
-    def mark(self):
-        original(self)
-        producer = {op.output: op for op in self.ops}
-
-        def nonnegative(name):
-            op = producer.get(name)
-            if op is None:
-                return False
-            if op.kind == "activation":
-                return bool(op.fn(np, np.array([-1.0]))[0] >= 0) or nonnegative(op.inputs[0])
-            if op.kind in ("maxpool", "avgpool", "identity", "shape", "add", "concat"):
-                return all(nonnegative(t) for t in op.inputs if t in producer or t == self.input_name)
-            return False
-
-        for op in self.ops:
-            if isinstance(op, Linear) and not nonnegative(op.inputs[0]):
-                op.positions = op.positions + ("signed",)
-
-    Graph._mark_positions = mark
-
-
-_mark_signed()
-
 CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(square=True),
               "flat": WeightShare(square=False), "split": SignedShare()}
 
@@ -129,7 +102,7 @@ for _key, _rule in CANDIDATES.items():
 
 def mass(argv):
     from onnxrap.api import Explainer
-    from onnxrap.io import Preprocess, read_image
+    from onnxrap.inputs import Preprocess, read_image
 
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -169,7 +142,7 @@ def per_image(argv):
     """Which images keep their class after removing the top k pixels of each sign (``min``), per method."""
     from onnxrap.api import Explainer
     from onnxrap.evaluate import Scorer, perturb, rank_pixels
-    from onnxrap.io import Preprocess, read_image
+    from onnxrap.inputs import Preprocess, read_image
 
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -214,7 +187,7 @@ def figure(argv):
     from matplotlib.figure import Figure
 
     from onnxrap.api import Explainer
-    from onnxrap.io import Preprocess, read_image
+    from onnxrap.inputs import Preprocess, read_image
 
     p = argparse.ArgumentParser()
     p.add_argument("model")
