@@ -100,6 +100,16 @@ for _key, _rule in CANDIDATES.items():
     _register(_key, _rule)
 
 
+@methods.register("rap-s-all-abs")
+def _all_abs():
+    """A diagnostic, not a candidate: the size rule at every hidden linear op, signed or not (rap.hidden
+    nowhere), to see which layers decide the pixel ranking."""
+    m = methods.get("rap")
+    m.rules.update({"linear": AbsShare()})
+    m.name = "rap-s-all-abs"
+    return m
+
+
 def mass(argv):
     from onnxrap.api import Explainer
     from onnxrap.inputs import Preprocess, read_image
