@@ -1,7 +1,8 @@
 """Issue 14's study: candidate rules for linear ops with signed inputs, side by side.
 
-Registers one method per candidate, ``rap-s-KEY`` (``rap-unbounded`` with that
-rule at ``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is today's ``rap``), then:
+Registers one method per candidate, ``rap-s-KEY`` (``rap`` with that rule at
+``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself) and the diagnostic
+``rap-s-all-abs`` (the size rule at every hidden linear op), then:
 
     python tools/signed_study.py mass MODEL PHOTOS [--limit N] [--every 4] [--methods a,b] [--csv F]
     python tools/signed_study.py per-image MODEL PHOTOS [--methods a,b] [--k 10000]
@@ -88,7 +89,7 @@ def _register(key, rule):
     name = f"rap-s-{key}"
 
     def factory():
-        m = methods.get("rap-unbounded")
+        m = methods.get("rap")
         m.rules.update({"conv.signed": rule, "dense.signed": rule})
         m.name = name
         return m
