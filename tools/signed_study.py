@@ -1,8 +1,9 @@
 """Issue 14's study: candidate rules for linear ops with signed inputs, side by side.
 
 Registers one method per candidate, ``rap-s-KEY`` (``rap`` with that rule at
-``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself) and the diagnostic
-``rap-s-all-abs`` (the size rule at every hidden linear op), then:
+``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself) and two diagnostics,
+``rap-s-all-abs`` (the size rule at every hidden linear op) and ``rap-s-depthwise-abs``
+(at depthwise convolutions too), then:
 
     python tools/signed_study.py mass MODEL PHOTOS [--limit N] [--every 4] [--methods a,b] [--csv F]
     python tools/signed_study.py per-image MODEL PHOTOS [--methods a,b] [--k 10000]
@@ -99,6 +100,25 @@ def _register(key, rule):
 
 for _key, _rule in CANDIDATES.items():
     _register(_key, _rule)
+
+
+class ByGroups:
+    """A diagnostic: ``grouped`` at grouped (depthwise) convolutions, ``other`` elsewhere (a static attribute)."""
+
+    def __init__(self, grouped, other):
+        self.grouped, self.other = grouped, other
+
+    def __call__(self, op, ctx, R):
+        return (self.grouped if getattr(op, "groups", 1) > 1 else self.other)(op, ctx, R)
+
+
+@methods.register("rap-s-depthwise-abs")
+def _depthwise_abs():
+    """A diagnostic: rap with the size rule at depthwise convolutions too."""
+    m = methods.get("rap")
+    m.rules.update({"linear": ByGroups(AbsShare(), m.rules["linear"])})
+    m.name = "rap-s-depthwise-abs"
+    return m
 
 
 @methods.register("rap-s-all-abs")
