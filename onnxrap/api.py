@@ -60,10 +60,12 @@ class Explainer:
     """
 
     def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None,
-                 verify="once", engine="eager"):
+                 verify="once", tf32=False, engine="eager"):
         """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
         both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
         captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``.
+        ``tf32``: let the GPU round float32 matmuls and convolutions to TF32 (faster, about 1e-3
+        relative error; off by default, so float32 is exact float32 everywhere).
         ``engine``: ``eager`` (the rules on NumPy/CuPy), ``onnx`` (the method compiled into the model's
         graph, run by ONNX Runtime, cached on disk) or ``auto`` (the faster of the two, measured per
         method and input shape; ``self.engine_note`` says which)."""
@@ -73,7 +75,7 @@ class Explainer:
         problems = self.graph.problems()  # the same checks inspect reports
         if problems:
             raise ModelError(f"{self.graph.label}: {problems[0]}")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, tf32)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
@@ -131,6 +133,7 @@ class Explainer:
         """
         m = methods.get(method, **options)
         m.check(self.graph)
+        self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         sums = [] if trace else None
         if not trace and self._engine_for(m, x, target) == "onnx":

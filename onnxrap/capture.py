@@ -110,12 +110,13 @@ class Capture:
         for name in extra_outputs:
             elem = graph._types.get(name) or onnx.TensorProto.FLOAT
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        providers = self.device.providers
         try:
             if self._weights_dir is None:
-                return ort.InferenceSession(model.SerializeToString(), session_options(), providers=self.device.providers)
+                return ort.InferenceSession(model.SerializeToString(), session_options(), providers=providers)
             with tempfile.NamedTemporaryFile(dir=self._weights_dir.name, suffix=".onnx") as f:
                 onnx.save_model(model, f.name)
-                return ort.InferenceSession(f.name, session_options(), providers=self.device.providers)
+                return ort.InferenceSession(f.name, session_options(), providers=providers)
         except Exception as exc:
             raise ModelError(f"{graph.label}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
 
@@ -160,7 +161,11 @@ class Capture:
         """The capture's output must equal a plain run of the untouched model."""
         got = self.device.backend.to_host(got)
         scale = max(1.0, float(np.max(np.abs(plain))) if plain.size else 1.0)
-        if got.shape != plain.shape or not np.allclose(got, plain, rtol=1e-3, atol=1e-4 * scale):
+        # Two float32 runs of one model differ by kernel rounding only (about 1e-6 of the largest logit).
+        # TF32 rounds every product to 11 bits and both runs pick their kernels apart, so with it the
+        # check catches only differences above 1% (a capture that computed something else still shows).
+        rtol, atol = (1e-2, 1e-2) if self.device.tf32 else (1e-3, 1e-4)
+        if got.shape != plain.shape or not np.allclose(got, plain, rtol=rtol, atol=atol * scale):
             worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
             raise ModelError(f"{self.graph.label}: the captured forward pass disagrees with a plain ONNX Runtime "
                              f"run (max difference {worst:.3g}); refusing to explain")

@@ -1,7 +1,8 @@
 """Attribution methods: compositions of rules, registered by name.
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
-looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
+(an input that may be negative, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
@@ -32,6 +33,7 @@ from .rules.joins import AddShare, ConcatSlices
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
+from .rules.signed import AbsShare
 
 
 class Method:
@@ -131,7 +133,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed")})
 
 
 class Wrapper(Method):
@@ -287,11 +289,25 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
 # the logit; sharing it by |z| instead gives sum z^2 / sum |z|, which is not.
 _RAP_TAIL = {"tail": Adjoint()}
 
+# rap's rule for linear ops whose input may be negative (residual streams, linear bottlenecks):
+# A2 grows the relevance mass about 2.5x at each of them (issue 14, EVALUATION.md), AbsShare never
+# does.  A dense op reading the model input keeps A2 (the spec's choice, which the mlp golden
+# holds): one layer cannot compound.  Its position "input" comes before "signed", so its key wins.
+_RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(), "dense.input": RapHidden(per_sign=False)}
+
 
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
-        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap); conserves the logit"))
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED}, conserves=True, description=(
+        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
+        "on signed inputs (docs/rules.md, signed); conserves the logit"))
+
+
+@register("rap-unbounded")
+def _rap_unbounded():
+    return Method("rap-unbounded", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
+        "rap before issue 14: A2 on signed inputs too, where the relevance mass can grow without bound "
+        "(docs/rules.md, signed)"))
 
 
 @register("rap-reference")

@@ -1,6 +1,7 @@
 """Host and device arrays never mix, and the backward walk never waits for the device.
 
-Runs every method on the goldens and the CLI on a stand-in GPU (tests/strict_backend.py) whose
+Runs the methods on the goldens (every one on the small goldens, a covering set on the large ones)
+and the CLI on a stand-in GPU (tests/strict_backend.py) whose
 arrays refuse NumPy exactly as CuPy's do, so these run on a CPU-only machine and fail wherever a
 real GPU would: the first GPU run (issue 9, main at f1a2129) failed in ``engine.one_hot`` and in the
 float64 conservation check, both caught here.
@@ -10,7 +11,7 @@ import pytest
 
 import onnxrap.api
 import strict_backend
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, GOLDEN_PARAMS
 from onnxrap import Explainer, methods
 from onnxrap.cli import main
 
@@ -27,9 +28,24 @@ METHODS = {"mlp": list(methods.FACTORIES), "inception_mini": list(methods.FACTOR
 def strict_gpu(monkeypatch):
     """``device="cuda"`` (and auto) resolves to the stand-in GPU."""
     device = strict_backend.strict_device()
-    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name: device)
+    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name, tf32=False: device)
     strict_backend.EVENTS.clear()
     return device
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """What the stand-in GPU recorded inside the backward walk (engine.propagate): host waits, transfers."""
+    walk, during = onnxrap.api.propagate, []
+
+    def watched(*args, **kwargs):
+        before = len(strict_backend.EVENTS)
+        out = walk(*args, **kwargs)
+        during.extend(strict_backend.EVENTS[before:])
+        return out
+
+    monkeypatch.setattr(onnxrap.api, "propagate", watched)
+    return during
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +60,7 @@ def cpu_results():
     return get
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_every_method_on_device_arrays(strict_gpu, cpu_results, name):
     ex = Explainer(GOLDEN / name / "model.onnx", device="cuda")
     assert ex.device is strict_gpu
@@ -82,13 +98,44 @@ def test_float64_explainer_on_device_arrays(strict_gpu):
     assert abs(e.relevance.sum() - e.target_logit[0]) < 1e-6 * abs(e.target_logit[0])
 
 
+@pytest.mark.parametrize("method", ["rap", "lrp-a2b1", "gradient"])
+def test_index_routing_on_device_arrays(strict_gpu, waits, method):
+    """Gather's positions (a real dynamo export) cross to the device once, like every constant."""
+    fixture = GOLDEN.parent / "fixtures" / "gather" / "dynamo_as_strided"
+    x = np.load(f"{fixture}.npz")["x"]
+    cpu = Explainer(f"{fixture}.onnx").explain(x, method=method)
+    ex = Explainer(f"{fixture}.onnx", device="cuda")
+    assert any(op.op_type == "Gather" for op in ex.graph.ops)
+    np.testing.assert_array_equal(ex.explain(x, method=method).relevance, cpu.relevance)
+    waits.clear()
+    ex.explain(x, method=method)
+    assert waits == []
+
+
 def test_cli_on_device_arrays(strict_gpu, tmp_path, capsys):
     code = main(["explain", str(DIGITS), *map(str, DIGIT_IMAGES[:2]), "-o", str(tmp_path), "--device", "cuda",
                  "--method", "rap,lrp-eps,gradient"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("device: strict")
+    assert err.startswith("device: strict")  # notes go to stderr
     assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name, method", [
+    pytest.param(n, m, marks=pytest.mark.slow) if n not in ("mlp", "inception_mini") else (n, m)
+    for n in GOLDEN_CASES for m in METHODS[n]])
+def test_the_backward_walk_never_waits_for_the_device(strict_gpu, waits, name, method):
+    """No host synchronisation or transfer between the seed and the input's relevance (constants are
+    on the device from the first batch on), so the GPU runs the whole walk without the host waiting."""
+    ex = Explainer(GOLDEN / name / "model.onnx", device="cuda")
+    options = OPTIONS.get(method, {})
+    ex.explain(CASES[name]["x"], method=method, **options)  # the first batch brings the constants over
+    waits.clear()
+    strict_backend.EVENTS.clear()
+    ex.explain(CASES[name]["x"], method=method, **options)
+    assert waits == []
+    # outside the walk: each batch's logits and relevance come to the host, nothing else
+    assert strict_backend.EVENTS and all(e.startswith(("to_host", "to_device")) for e in strict_backend.EVENTS)
 
 
 def test_the_stand_in_refuses_what_cupy_refuses():
