@@ -72,6 +72,9 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     Capture where one exists (it may hold the model's weights in a file of its own)."""
     dtype = np.dtype(dtype)
     recompute = dtype == np.float64 if recompute is None else recompute
+    problems = graph.problems()  # what the Explainer refuses, refused with the same line
+    if problems:
+        raise ModelError(f"{graph.label}: {problems[0]}")
     method.check(graph)
     routed = [(op.name, op.op_type, "compile does not trace index routing yet (the eager engine explains it)")
               for op in graph.ops if isinstance(op, IndexRouting)]

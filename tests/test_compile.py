@@ -229,3 +229,38 @@ def test_index_routing_is_listed_and_explained_eagerly(tmp_path, monkeypatch, ca
     e = ex.explain(xs, method="gradient")
     assert ex.engine_note.startswith("eager: ") and "pick" in ex.engine_note
     np.testing.assert_allclose(e.relevance, Explainer(path).explain(xs, method="gradient").relevance)
+
+
+def test_external_weights_file(tmp_path, case):
+    """Past the size limit (2 GB; here forced to 0) the weights go to OUT.data, which ORT reads."""
+    from onnxrap.compile import save
+
+    ex, c = case("mlp")
+    path = save(compile_graph(ex.graph, methods.get("rap")), tmp_path / "rap.onnx", external_above=0)
+    assert (tmp_path / "rap.onnx.data").stat().st_size > 4096  # the weight matrices, not the small tensors
+    onnx.checker.check_model(str(path), full_check=True)
+    _, relevance = CompiledModel(path).run(c["x"])
+    assert rel_l2(relevance, ex.explain(c["x"], method="rap").relevance) < 1e-5
+
+
+def test_refuses_a_non_float_input_like_explain(tmp_path):
+    from onnx import TensorProto, helper
+
+    from onnxrap.cli import main
+
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    path = tmp_path / "int.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=1)], "g", [x], [y]),
+                                ir_version=8, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    import contextlib
+    import io
+
+    lines = []
+    for argv in (["compile", str(path), "-o", str(tmp_path / "o.onnx")],
+                 ["explain", str(path), str(tmp_path / "none.npy"), "-o", str(tmp_path / "out")]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(argv) == 2
+        lines.append(err.getvalue().strip())
+    assert lines[0] == lines[1] and "not a float tensor" in lines[0]
