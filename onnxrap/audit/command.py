@@ -28,6 +28,7 @@ class Source:
     labels: np.ndarray
     label_source: str
     payloads: object  # list of str, or an array batch-first
+    identity: str  # a digest of the whole of DATA (before --limit)
 
     def __len__(self):
         return len(self.names)
@@ -40,12 +41,6 @@ class Source:
         """One dict per input, for Ray Data."""
         return [{"index": int(i), "name": self.names[i], "label": int(self.labels[i]), "payload": self.payloads[i]}
                 for i in indices]
-
-    def identity(self):
-        h = hashlib.sha256(json.dumps([self.names, self.labels.tolist()]).encode())
-        if isinstance(self.payloads, np.ndarray):
-            h.update(np.ascontiguousarray(self.payloads).tobytes())
-        return h.hexdigest()
 
 
 def open_source(data, make_preprocess, rank, labels_csv=None, class_names=None, limit=None):
@@ -62,16 +57,19 @@ def open_source(data, make_preprocess, rank, labels_csv=None, class_names=None, 
         make_preprocess()  # settles (and notes) the preprocessing before any worker starts
         names, payloads = [str(p.relative_to(path)) for p in files], [str(p) for p in files]
     labels = np.full(len(names), -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    digest = hashlib.sha256(json.dumps([list(names), labels.tolist()]).encode())
+    if isinstance(payloads, np.ndarray):
+        digest.update(np.ascontiguousarray(payloads).tobytes())
     if limit:
         names, labels, payloads = names[:limit], labels[:limit], payloads[:limit]
-    return Source(list(names), labels, source, payloads)
+    return Source(list(names), labels, source, payloads, digest.hexdigest())
 
 
 def fingerprint(settings, source):
     """What the records depend on; the number of inputs is not in it, so a larger --limit extends an audit."""
     h = hashlib.sha256(Path(settings.model).read_bytes())
     h.update(json.dumps(settings.describe(), sort_keys=True, default=str).encode())
-    h.update(source.identity().encode())
+    h.update(source.identity.encode())
     return h.hexdigest()
 
 

@@ -80,6 +80,7 @@ def run_ray(settings, items, address, batch_size, workers=None, quiet=False):
         raise InputError("--ray needs Ray Data: pip install 'onnxrap[ray]'") from None
     import logging
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the audit's own bar shows the progress
     started = not ray.is_initialized()
     if started:
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
@@ -93,14 +94,15 @@ def run_ray(settings, items, address, batch_size, workers=None, quiet=False):
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # records in input order, as in a plain run
-        context.enable_progress_bars = False  # the audit's own bar counts the records
+        context.enable_progress_bars = False
         context.print_on_execution_start = False
         gpu = settings.device == "cuda"
         slots = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1))
         actors = max(1, min(workers or slots, slots))
         dataset = ray.data.from_items(items)
         explained = dataset.map_batches(ExplainWorker, fn_constructor_kwargs={"settings": settings},
-                                        batch_size=batch_size, batch_format="numpy", concurrency=actors,
+                                        batch_size=batch_size, batch_format="numpy",
+                                        compute=ray.data.ActorPoolStrategy(size=actors),
                                         **({"num_gpus": 1} if gpu else {"num_cpus": 1}))
         yield from explained.iter_batches(batch_size=None, batch_format="numpy")
     finally:
