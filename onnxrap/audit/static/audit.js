@@ -18,7 +18,7 @@
     const el = document.createElement("figure");
     el.className = "item " + (r.correct === false ? "wrong" : r.correct === true ? "right" : "unknown");
     el.dataset.index = r.index; el.dataset.label = r.label === null ? "" : r.label;
-    el.dataset.pred = r.predicted; el.dataset.correct = r.correct;
+    el.dataset.pred = r.predicted; el.dataset.correct = r.correct; el.dataset.confidence = r.confidence;
     const pics = document.createElement("div"); pics.className = "pics";
     if (r.thumbs.input) pics.appendChild(img(r.thumbs.input, "input " + r.name, false));
     for (const m of S.methods) if (r.thumbs[m]) pics.appendChild(img(r.thumbs[m], m + " heatmap of " + r.name, true));
@@ -27,6 +27,7 @@
     const verdict = r.correct === false ? "<b class='bad'>WRONG</b> " : r.correct === true ? "<b class='good'>right</b> " : "";
     const m = $("f-method").value || S.methods[0];
     const o = r.methods[m].off_object;
+    el.dataset.off = o === null ? "" : o;
     cap.innerHTML = verdict + (r.label !== null ? "true <b></b> &rarr; " : "") + "predicted <b></b><br>confidence " +
       pct(r.confidence) + " &middot; off the object " + (o === null ? "n/a" : o.toFixed(2)) + "<br><small></small>";
     const bold = cap.querySelectorAll("b:not(.bad):not(.good)");
