@@ -80,10 +80,11 @@ def run_ray(settings, items, address, batch_size, workers=None, quiet=False):
         raise InputError("--ray needs Ray Data: pip install 'onnxrap[ray]'") from None
     import logging
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the audit's own bar shows the progress
+    level = logging.ERROR if quiet else logging.WARNING
+    logging.getLogger("ray.data").setLevel(level)  # the audit's own bar shows the progress
     started = not ray.is_initialized()
     if started:
-        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
+        kwargs = dict(include_dashboard=False, logging_level=level, log_to_driver=not quiet)
         if address == "local":
             ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
         else:
