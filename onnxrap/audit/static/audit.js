@@ -29,7 +29,7 @@
     const o = r.methods[m].off_object;
     el.dataset.off = o === null ? "" : o;
     cap.innerHTML = verdict + (r.label !== null ? "true <b></b> &rarr; " : "") + "predicted <b></b><br>confidence " +
-      pct(r.confidence) + " &middot; off the object " + (o === null ? "n/a" : o.toFixed(2)) + "<br><small></small>";
+      pct(r.confidence) + "<br>off the object " + (o === null ? "n/a" : o.toFixed(2)) + "<br><small></small>";
     const bold = cap.querySelectorAll("b:not(.bad):not(.good)");
     if (r.label !== null) { bold[0].textContent = name(r.label); bold[1].textContent = name(r.predicted); }
     else bold[0].textContent = name(r.predicted);
