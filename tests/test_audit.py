@@ -136,21 +136,21 @@ def test_records_past_the_checkpoint_are_redone(plain, tmp_path):
 def test_ctrl_c_on_the_command_then_rerun(plain, tmp_path):
     out = tmp_path / "sigint"
     command = [sys.executable, "-m", "onnxrap", "audit", str(DIGITS), str(HOLDOUT), "-o", str(out), "--limit",
-               "200", "--quiet", "--device", "cpu", "--batch-size", "4", "--faithfulness", "0"]
+               "64", "--quiet", "--device", "cpu", "--batch-size", "4", "--faithfulness", "0"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     target = out / "records.jsonl"
-    while proc.poll() is None and (not target.exists() or len(target.read_text().splitlines()) < 12):
+    while proc.poll() is None and (not target.exists() or len(target.read_text().splitlines()) < 8):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to continue" in err
     done = len(records(out))
-    assert 12 <= done < 200
+    assert 8 <= done < 64
     assert subprocess.run(command, cwd=ROOT, env=env).returncode == 0
     full = records(out)
-    assert [r["index"] for r in full] == list(range(200))
+    assert [r["index"] for r in full] == list(range(64))
     assert full[:N] == records(plain)
 
 
