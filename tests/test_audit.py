@@ -14,7 +14,7 @@ import pytest
 from conftest import DIGITS, ROOT
 from onnxrap import Explainer
 from onnxrap.cli import main
-from onnxrap.evaluate import softmax
+from onnxrap.api import softmax
 
 pytest.importorskip("jinja2")
 from onnxrap.audit.scores import off_object  # noqa: E402

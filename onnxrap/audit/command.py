@@ -73,21 +73,21 @@ def fingerprint(settings, source):
     return h.hexdigest()
 
 
-def run(args, options):
+def run(args, per_method):
+    """``args``: the command line's; ``per_method``: each method's options (``cli.method_options``)."""
     from tqdm import tqdm
 
     from .. import methods as registry
     from ..api import Explainer
-    from ..io import preprocess_factory, read_labels
+    from ..inputs import preprocess_factory, read_labels
     from . import report
     from .runners import run_here, run_processes, run_ray
 
-    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    chosen = list(args.methods)
     if not chosen:
         raise InputError("--methods names no method")
     if len(set(chosen)) != len(chosen):
         raise InputError("--methods names a method twice")
-    per_method = registry.split_options(chosen, options, flag=lambda k: "--" + {"steps": "ig-steps"}.get(k, k))
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--workers", args.workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
@@ -106,8 +106,8 @@ def run(args, options):
     rank = len(explainer.input_shape) if explainer.input_shape else None
     source = open_source(args.data, make_preprocess, rank, args.labels_csv, class_names, args.limit)
     for m in chosen:
-        registry.get(m, **per_method[m]).check(explainer.graph)
-    settings = Settings(model=str(args.model), methods=tuple(chosen), options=per_method,
+        registry.get(m, **per_method.get(m, {})).check(explainer.graph)
+    settings = Settings(model=str(args.model), methods=tuple(chosen), options={m: per_method.get(m, {}) for m in chosen},
                         input_name=args.input_name, output_name=args.output_name,
                         device=explainer.device.name if args.device == "auto" else args.device,
                         layout=args.layout, size=args.size, preset=args.preset,
@@ -143,7 +143,7 @@ def run(args, options):
         if close:
             close()
 
-    context = report.Context(args=args, options=per_method, raw_options=options, make_preprocess=make_preprocess, explainer=explainer, source=source, store=store,
+    context = report.Context(args=args, options=per_method, make_preprocess=make_preprocess, explainer=explainer, source=source, store=store,
                              methods=chosen, class_names=class_names,
                              preprocessing=(make_preprocess.built[0].describe() if make_preprocess.built
                                             else "none: the .npz holds model inputs"), note=note)

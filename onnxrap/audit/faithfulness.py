@@ -8,7 +8,6 @@ audited methods; its results (``results.json``, ``table.md``, plots) sit in
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ def sample(ctx, size):
 
 
 def load_inputs(ctx, indices):
-    from ..io import load_input
+    from ..inputs import load_input
 
     payloads = ctx.source.payloads
     if isinstance(payloads, np.ndarray):
@@ -45,7 +44,7 @@ def load_inputs(ctx, indices):
 
 def run(ctx):
     """Run evaluate on the sample; the page's summary of its results, or None with ``--faithfulness 0``."""
-    from ..evaluate import run as evaluate
+    from ..evaluate import Settings, run as evaluate
 
     size = ctx.args.faithfulness
     if not size:
@@ -62,17 +61,14 @@ def run(ctx):
 
     atomic_write(out / "sample.npz", save)
     a = ctx.args
-    args = argparse.Namespace(
-        model=a.model, data=str(out / "sample.npz"), out_dir=str(out),
-        methods=",".join(list(ctx.methods) + ([CONTROL] if CONTROL not in ctx.methods else [])),
-        steps=None, fractions=None, perturbations="min,shuffle", labels_csv=None, labels=a.labels, limit=None,
-        seed=0, concentration_max=10000, resume=True, quiet=a.quiet, batch_size=a.batch_size, score_batch_size=64,
-        device=a.device, input_name=a.input_name, output_name=a.output_name, layout=a.layout, size=a.size,
-        preset=a.preset, mean=a.mean, std=a.std)
+    methods = tuple(ctx.methods) + ((CONTROL,) if CONTROL not in ctx.methods else ())
+    settings = Settings(model=a.model, data=out / "sample.npz", out_dir=out, methods=methods,
+                        method_options={m: ctx.options.get(m, {}) for m in ctx.methods}, labels=a.labels,
+                        resume=True, quiet=a.quiet, batch_size=a.batch_size, device=a.device,
+                        input_name=a.input_name, output_name=a.output_name, layout=a.layout)
     ctx.note(f"faithfulness: region perturbation of {len(indices)} correctly classified inputs -> {out}")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed if a.quiet else sys.stderr):
-        evaluate(args, ctx.raw_options)
+    with contextlib.redirect_stdout(io.StringIO() if a.quiet else sys.stderr):  # its summary: in the page
+        evaluate(settings)
     results = json.loads((out / "results.json").read_text())
     perts = results["settings"]["perturbations"]
     rows = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..evaluate import safe_name
+from ..evaluate.command import safe_name
 from ..viz import atomic_write
 from .images import THUMB, heatmap_rgb, input_rgb, png
 from .scores import BAND
@@ -43,7 +43,6 @@ def check_templating():
 class Context:
     args: object
     options: dict  # method -> options
-    raw_options: dict  # the command line's method options, before splitting by method
     make_preprocess: object
     explainer: object
     source: object

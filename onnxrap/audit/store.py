@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..evaluate import safe_name
+from ..evaluate.command import safe_name
 from ..viz import atomic_write
 
 STATE_VERSION = 1

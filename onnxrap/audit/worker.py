@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..evaluate import softmax
+from ..api import softmax
 from ..viz import as_image
 from .images import heatmap_thumbnail, input_thumbnail, shrink
 from .scores import off_object
@@ -53,7 +53,7 @@ def rounded(value):
 class ExplainWorker:
     def __init__(self, settings: Settings):
         from ..api import Explainer
-        from ..io import preprocess_factory
+        from ..inputs import preprocess_factory
 
         self.settings = settings
         self.explainer = Explainer(settings.model, input_name=settings.input_name, output_name=settings.output_name,
@@ -68,7 +68,7 @@ class ExplainWorker:
 
     def load(self, payload):
         """(model input with batch 1, display image in [0, 1] or None)."""
-        from ..io import array_display, load_input
+        from ..inputs import array_display, load_input
 
         if isinstance(payload, str):
             return load_input(payload, self.make_preprocess, self.rank, self.explainer.channel_axis)
