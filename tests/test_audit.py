@@ -1,6 +1,7 @@
 """``onnxrap audit`` on the bundled digits model: the records and tables against direct computation, resumption after an interruption, local worker processes, Ray,
 and bad input."""
 import csv
+import fcntl
 import json
 import os
 import signal
@@ -196,3 +197,10 @@ def test_bad_input_is_one_line_and_exit_2(plain, tmp_path, capsys):
                    "preprocessing; pass --restart to replace it, or choose another -o"]
     assert audit(tmp_path / "y", "--methods", "nope") == 2
     assert audit(tmp_path / "z", data=tmp_path / "missing.npz") == 2
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / ".lock", "w") as held:  # another audit writing there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert audit(busy) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"onnxrap: error: {busy}: another audit is writing there now"
+    assert not (busy / "records.jsonl").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 
 from ..errors import InputError
 from .worker import ExplainWorker
@@ -25,7 +26,9 @@ _WORKER = []
 
 
 def _start_process(settings, slots, gpus):
-    """Pool initializer: with CUDA, worker k sees only GPU k mod the GPUs listed (one worker per GPU)."""
+    """Pool initializer: with CUDA, worker k sees only GPU k mod the GPUs listed (one worker per GPU).
+    Ctrl-C reaches the whole process group: the workers leave it to the parent, which stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with slots.get_lock():
         slot = slots.value
         slots.value += 1

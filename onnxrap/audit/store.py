@@ -14,6 +14,7 @@ heatmaps at a time, plus one small sum per class.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -72,10 +73,25 @@ class ClassMeans:
 
 
 class AuditStore:
+    """REPORT_DIR, held by one audit at a time (a lock file), ready to take records from where it stopped."""
+
     def __init__(self, out_dir, fingerprint, methods, restart=False):
         self.dir = Path(out_dir)
         self.methods = list(methods)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.dir / ".lock", "w")
+        try:  # two audits appending to one records file would interleave their records
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise InputError(f"{self.dir}: another audit is writing there now") from None
+        try:
+            self._open(fingerprint, restart)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, fingerprint, restart):
         self.records_path = self.dir / "records.jsonl"
         self.checkpoint_path = self.dir / "checkpoint.npz"
         state_path = self.dir / "audit-state.json"
@@ -153,3 +169,4 @@ class AuditStore:
         if not self._file.closed:
             self.checkpoint()
             self._file.close()
+            self._lock.close()
