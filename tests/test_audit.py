@@ -1,5 +1,5 @@
-"""``onnxrap audit`` on the bundled digits model: the records and tables against direct computation, resumption after an interruption, local worker processes, Ray,
-and bad input."""
+"""``onnxrap audit`` on the bundled digits model: the records and tables against direct computation,
+resumption after an interruption, local worker processes, Ray, and bad input."""
 import csv
 import fcntl
 import json
@@ -202,5 +202,6 @@ def test_bad_input_is_one_line_and_exit_2(plain, tmp_path, capsys):
     with open(busy / ".lock", "w") as held:  # another audit writing there
         fcntl.flock(held, fcntl.LOCK_EX)
         assert audit(busy) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"onnxrap: error: {busy}: another audit is writing there now"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"onnxrap: error: {busy}: another audit is writing there now"
     assert not (busy / "records.jsonl").exists()

@@ -107,7 +107,8 @@ def run(args, per_method):
     source = open_source(args.data, make_preprocess, rank, args.labels_csv, class_names, args.limit)
     for m in chosen:
         registry.get(m, **per_method.get(m, {})).check(explainer.graph)
-    settings = Settings(model=str(args.model), methods=tuple(chosen), options={m: per_method.get(m, {}) for m in chosen},
+    settings = Settings(model=str(args.model), methods=tuple(chosen),
+                        options={m: per_method.get(m, {}) for m in chosen},
                         input_name=args.input_name, output_name=args.output_name,
                         device=explainer.device.name if args.device == "auto" else args.device,
                         layout=args.layout, size=args.size, preset=args.preset,
@@ -143,8 +144,8 @@ def run(args, per_method):
         if close:
             close()
 
-    context = report.Context(args=args, options=per_method, make_preprocess=make_preprocess, explainer=explainer, source=source, store=store,
-                             methods=chosen, class_names=class_names,
+    context = report.Context(args=args, options=per_method, make_preprocess=make_preprocess, explainer=explainer,
+                             source=source, store=store, methods=chosen, class_names=class_names,
                              preprocessing=(make_preprocess.built[0].describe() if make_preprocess.built
                                             else "none: the .npz holds model inputs"), note=note)
     index = report.write(context)

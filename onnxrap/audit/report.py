@@ -191,7 +191,8 @@ def write_csvs(out, summary):
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             methods = sorted({m for c in summary["classes"] for m in c["mean_off_object"]})
-            w.writerow(["class", "name", "n", "accuracy", "mean_confidence"] + [f"{m}_mean_off_object" for m in methods])
+            w.writerow(["class", "name", "n", "accuracy", "mean_confidence"]
+                       + [f"{m}_mean_off_object" for m in methods])
             for c in summary["classes"]:
                 w.writerow([c["class"], c["name"], c["n"], c["accuracy"], c["mean_confidence"]]
                            + [c["mean_off_object"].get(m) for m in methods])
