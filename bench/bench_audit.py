@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wall(extra, inputs, batch):
+def wall(extra, inputs, batch, env=None):
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "onnxrap", "audit", str(ROOT / "models" / "digits_cnn.onnx"),
                    str(ROOT / "models" / "digits_holdout.npz"), "-o", str(Path(tmp) / "report"), "--limit",
@@ -35,12 +36,14 @@ def wall(extra, inputs, batch):
                    *extra]
         start = time.monotonic()
         subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
         return time.monotonic() - start
 
 
-def run(label, extra, small, inputs, batch):
-    t_small, t_big = wall(extra, small, batch), wall(extra, inputs, batch)
+def run(label, extra, small, inputs, batch, repeat, env=None):
+    """Medians of ``repeat`` runs at each size, the two sizes alternating so that a busy spell hits both."""
+    walls = [(wall(extra, small, batch, env), wall(extra, inputs, batch, env)) for _ in range(repeat)]
+    t_small, t_big = statistics.median(w[0] for w in walls), statistics.median(w[1] for w in walls)
     return {"label": label, "inputs_per_s": (inputs - small) / (t_big - t_small), "wall_small_s": t_small,
             "wall_s": t_big}
 
@@ -49,17 +52,23 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", type=int, default=360)
     p.add_argument("--small", type=int, default=40)
+    p.add_argument("--repeat", type=int, default=3, help="runs at each size; the medians are used")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--ray", action="store_true", help="also Ray Data on a local instance with 2 CPUs")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args()
-    configs = [("1 worker", []), ("2 workers", ["--workers", "2"])]
+    # The plain run keeps the libraries' default threads; "1 thread" is the share each of 2 workers or Ray
+    # actors gets on 2 cores (OMP_NUM_THREADS), to tell the gain of the threads from that of the processes.
+    configs = [("1 worker", [], None), ("1 worker, 1 thread", [], {"OMP_NUM_THREADS": "1"}),
+               ("2 workers", ["--workers", "2"], None)]
     if args.ray:
-        configs.append(("Ray local, 2 actors", ["--ray", "local", "--workers", "2"]))
-    rows = [run(label, extra, args.small, args.inputs, args.batch_size) for label, extra in configs]
+        configs.append(("Ray local, 2 actors", ["--ray", "local", "--workers", "2"], None))
+    rows = [run(label, extra, args.small, args.inputs, args.batch_size, args.repeat, env)
+            for label, extra, env in configs]
     base = rows[0]["inputs_per_s"]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{args.small} and {args.inputs} digits, batch {args.batch_size}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.small} and {args.inputs} digits, batch {args.batch_size}, medians of {args.repeat}; "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'configuration':<22} {'inputs/s':>9} {'vs 1 worker':>12} {'wall s, small':>14} {'wall s, all':>12}")
     for r in rows:
         r["ratio"] = r["inputs_per_s"] / base

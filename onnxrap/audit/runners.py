@@ -55,10 +55,23 @@ def visible_gpus():
 
 
 def run_processes(settings, batches, workers):
-    """``workers`` spawned processes (spawn, not fork: ONNX Runtime's threads do not survive a fork)."""
+    """``workers`` spawned processes (spawn, not fork: ONNX Runtime's threads do not survive a fork).
+
+    Each gets its share of the cores for its BLAS/OpenMP threads (``OMP_NUM_THREADS``, where not set
+    already), as Ray does for its actors: N processes each spinning threads on every core slow one another
+    down many times over.
+    """
     context = multiprocessing.get_context("spawn")
     gpus = visible_gpus() if settings.device in ("cuda", "auto") else []
-    pool = context.Pool(workers, initializer=_start_process, initargs=(settings, context.Value("i", 0), gpus))
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    unset = "OMP_NUM_THREADS" not in os.environ
+    if unset:
+        os.environ["OMP_NUM_THREADS"] = share  # read by the children as they start
+    try:
+        pool = context.Pool(workers, initializer=_start_process, initargs=(settings, context.Value("i", 0), gpus))
+    finally:
+        if unset:
+            del os.environ["OMP_NUM_THREADS"]
     try:
         yield from pool.imap(_explain_in_process, batches)
         pool.close()
