@@ -134,6 +134,7 @@ def test_records_past_the_checkpoint_are_redone(plain, tmp_path):
                if f"count_{c}" in np.load(out / "checkpoint.npz")) == N
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_command_then_rerun(plain, tmp_path):
     out = tmp_path / "sigint"
     command = [sys.executable, "-m", "onnxrap", "audit", str(DIGITS), str(HOLDOUT), "-o", str(out), "--limit",
@@ -157,12 +158,14 @@ def test_ctrl_c_on_the_command_then_rerun(plain, tmp_path):
 
 # -- scale ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_worker_processes_give_the_same_records(plain, tmp_path):
     out = tmp_path / "workers"
     assert audit(out, "--workers", "2", "--faithfulness", "0") == 0
     assert records(out) == records(plain)
 
 
+@pytest.mark.slow
 def test_ray_on_a_local_two_cpu_instance_gives_the_same_records(plain, tmp_path):
     pytest.importorskip("ray.data")
     out = tmp_path / "ray"

@@ -13,7 +13,8 @@ from onnxrap.cli import main
 pytest.importorskip("jinja2")
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver")
+pytestmark = [pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver"),
+              pytest.mark.slow]
 
 N, WRONG = 30, [2, 5, 11, 17, 23]
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN
 from onnxrap.cli import main
 
 
@@ -71,7 +71,7 @@ def test_image_formats_and_modes(tmp_path, capsys, mode, suffix):
     code, out, err = run(["explain", GOLDEN / "inception_mini" / "model.onnx", path, "-o", tmp_path / "o",
                           "--save-npy"], capsys)
     assert code == 0, err
-    assert "preset imagenet" in out
+    assert "preset imagenet" in err
     assert np.load(tmp_path / "o" / "img_rap.npy").shape == (3, 32, 32)
 
 
@@ -87,6 +87,7 @@ def test_npy_input_and_labels(tmp_path, capsys):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     # The installed console script beside this interpreter (a venv), else the module.
     exe = Path(sys.executable).parent / "onnxrap"

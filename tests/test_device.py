@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
-from onnxrap import DeviceError, Explainer
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
+from onnxrap import DeviceError, Explainer, InputError
 from onnxrap.cli import main
 from onnxrap.device import resolve
 
@@ -52,12 +52,12 @@ def test_cli_auto_reports_the_device(tmp_path, capsys):
     code = main(["explain", str(DIGITS), str(DIGIT_IMAGES[0]), "-o", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("device: cuda" if HAS_GPU else "device: cpu (no GPU: ")
+    assert err.startswith("device: cuda" if HAS_GPU else "device: cpu (no GPU: ")  # notes go to stderr
     assert "warning" not in err.lower()  # no provider chatter on CPU-only machines
 
 
 def test_unknown_device():
-    with pytest.raises(Exception, match="unknown device"):
+    with pytest.raises(InputError, match="unknown device"):
         Explainer(DIGITS, device="tpu")
 
 

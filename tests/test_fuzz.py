@@ -23,10 +23,10 @@ with every intermediate shape equal to the generator's, before:
   ``conservation_tolerance`` for the choice of ``mass``;
 * ``rap`` with float32 rule arithmetic is within 1e-3 relative L2 of float64.
 
-Where the spec itself drops relevance (a safe division by an exact zero in
-section A, see ``head_expectation`` and ``SpecLosses``) the loss is located
+Where the rules themselves drop relevance (a safe division by an exact zero,
+docs/rules.md, losses; see ``head_expectation`` and ``SpecLosses``) the loss is located
 with ``explain(trace=True)``, accepted only at the op and under the condition
-the spec names (checked independently from the activations) and subtracted
+docs/rules.md names (checked independently from the activations) and subtracted
 from the expected sum; the tolerance is never widened for it.
 ``hypothesis.event`` labels those graphs: ``pytest tests/test_fuzz.py
 --hypothesis-show-statistics`` shows how often each happens.
@@ -49,11 +49,13 @@ import os
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrap import Explainer
+from references import conv_out, np_conv, np_conv_transpose
 
 OPSET = 17
 IR_VERSION = 8
@@ -70,12 +72,6 @@ INPUT_KINDS = ("signed", "positive", "sparse", "shifted")
 # ---------------------------------------------------------------------------
 # Geometry shared by the strategy and the builder
 # ---------------------------------------------------------------------------
-
-def conv_out(i, k, s, d, pb, pe):
-    """ONNX Conv output size; 0 where the window does not fit."""
-    span = i + pb + pe - ((k - 1) * d + 1)
-    return span // s + 1 if span >= 0 else 0
-
 
 def pool_out(i, k, s, pb, pe, ceil):
     """ONNX / ONNX Runtime pool output size (a ceil_mode window must start inside input or left pad)."""
@@ -405,28 +401,8 @@ class Case:
 
 
 # ---------------------------------------------------------------------------
-# Independent arithmetic (float64 NumPy, no onnxrap code)
+# Independent arithmetic (float64 NumPy, no onnxrap code; the convolution is references.np_conv)
 # ---------------------------------------------------------------------------
-
-def np_conv(x, w, strides, dilations, pb, pe, groups):
-    """Cross-correlation in float64, one kernel tap at a time."""
-    rank = x.ndim - 2
-    n, c = x.shape[:2]
-    o = w.shape[0]
-    cg, og = c // groups, o // groups
-    kernel = w.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe)))
-    out = tuple(conv_out(i, k, s, d, b, e) for i, k, s, d, b, e in zip(x.shape[2:], kernel, strides, dilations, pb, pe))
-    y = np.zeros((n, o) + out)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(t * d, t * d + (q - 1) * s + 1, s) for t, d, q, s in zip(tap, dilations, out, strides))
-        patch = xp[(Ellipsis,) + region]
-        for g in range(groups):
-            wt = w[(slice(g * og, (g + 1) * og), slice(None)) + tap]
-            y[:, g * og:(g + 1) * og] += np.einsum("oc,nc...->no...", wt, patch[:, g * cg:(g + 1) * cg])
-    assert rank == len(out)
-    return y
-
 
 def linear_forward(op, x, w):
     if op["kind"] == "dense":
@@ -435,9 +411,9 @@ def linear_forward(op, x, w):
 
 
 def head_expectation(op, h, t):
-    """Spec A1 at the logit op for one sample: the logit, what S(R) must be, and the contribution mass.
+    """rap.head (docs/rules.md) at the logit op for one sample: the logit, what S(R) must be, and the contribution mass.
 
-    ``S(C)`` of A1 is ``sum_i h_i W_it`` plus the bias shares ``bp`` and ``bn``;
+    ``S(C)`` of rap.head is ``sum_i h_i W_it`` plus the bias shares ``bp`` and ``bn``;
     ``bp`` is spread over ``x+ * W+`` and ``bn`` over ``x+ * W-``, and "each term
     is zero where its own denominator is zero": a share whose ``S(Cpp)`` (or
     ``S(Cpn)``) is 0 is lost.  That happens when the features the head reads
@@ -472,38 +448,38 @@ def window_sum(x, pool):
 
 
 class SpecLosses:
-    """Where spec section A drops relevance through a safe division by an exact zero.
+    """Where rap's rules drop relevance (docs/rules.md, losses) through a safe division by an exact zero.
 
     The relevance each op loses is read from ``explain(trace=True)`` (sum at its
     output minus sum at its inputs).  A loss is accepted only at an op and under
     a condition named here, computed independently from the captured
     activations; every other op must conserve.
 
-    * A2, hidden linear ops (``hidden``): the uniform shift restores the sum
-      whenever some C term is nonzero, so the only loss the spec allows is a
+    * rap.hidden, hidden linear ops (``hidden``): the uniform shift restores the sum
+      whenever some C term is nonzero, so the only loss the rule allows is a
       total one: C = 0 everywhere, the op returns exactly 0.  That needs every
       unit carrying R to be one the rule cannot see through:
 
       - ``L_|W|(|x|)_j = 0``: the unit sees only zeros or padding; its output is
-        its bias alone, and A2 ignores biases.  All units (a dead ReLU layer, a
+        its bias alone, and rap.hidden ignores biases.  All units (a dead ReLU layer, a
         strided 1x1 conv sampling only zeros), or just the ones R reaches
         (R lands on bias-only units in the padded border when the interior is
         dead after the next ReLU).
-      - for a Conv, ``L_|W-|(|x|)_j = 0`` with R < 0: A2 sends R- only through
+      - for a Conv, ``L_|W-|(|x|)_j = 0`` with R < 0: rap.hidden sends R- only through
         W- for convolutions (C1n and C2n divide by Zb), so a conv without
         inhibitors (a 1x1 conv on one channel per group with a positive weight,
         an all-positive kernel) drops R-.  Below the head R has the sign of the
         logit, so a negative target logit loses everything there.  Dense ops
         send R- through W+ and lose nothing.
       The check: a total loss (exactly 0 out) at a unit of this kind exists.
-    * A3, the input convolution (``zbox``): a unit where ``Z = L_W+(x - l) +
+    * rap.input, the input convolution (``zbox``): a unit where ``Z = L_W+(x - l) +
       L_W-(x - h)`` is exactly 0 (every tap sees ``x = l`` through a positive
       weight, ``x = h`` through a negative one, or padding; e.g. a 1x1 conv on a
       1-channel input at the darkest pixel, or on a zero background) drops its R.
-    * A4, pools (``pool``): a window whose denominator (``pool(x)`` at MaxPool,
+    * rap.ops, pools (``pool``): a window whose denominator (``pool(x)`` at MaxPool,
       ``sum |x|`` at average pools) is exactly 0 drops its R.  R reaches such a
       window only if the op above gives relevance to zero activations, which only
-      z^B (A3) does: a pool between the model input and the first conv, on an
+      z^B (rap.input) does: a pool between the model input and the first conv, on an
       input with exact zeros (``sparse``): z^B gives ``-h * W-`` to a zero pixel.
     """
 
@@ -517,7 +493,7 @@ class SpecLosses:
             x = case.values[op["input"]].astype(np.float64)
             w = op["weight"]
             if op["kind"] == "conv" and op["input_position"]:
-                # Z of A3 as a sum of non-negative terms: exactly 0 iff it is 0 in exact arithmetic
+                # Z of rap.input as a sum of non-negative terms: exactly 0 iff it is 0 in exact arithmetic
                 xs = x.reshape(n, -1)
                 low = xs.min(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
                 high = xs.max(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -550,14 +526,14 @@ class SpecLosses:
             self.pool[pool["node"]] = (den.reshape(n, -1) == 0).any(axis=1)
 
     def allowed(self, name, i, out_sum, in_sum):
-        """The reason the spec drops ``out_sum - in_sum`` at op ``name`` for sample ``i``, or None."""
+        """The reason the rules drop ``out_sum - in_sum`` at op ``name`` for sample ``i``, or None."""
         if name in self.zbox:
             return EVENTS["zbox"] if self.zbox[name][i] else None
         if name in self.pool:
             return EVENTS["pool"] if self.pool[name][i] else None
         if name in self.hidden:
             f = self.hidden[name]
-            if in_sum != 0:  # A2 never loses part of R
+            if in_sum != 0:  # rap.hidden never loses part of R
                 return None
             if f["blind_all"][i]:
                 return EVENTS["dead"]
@@ -569,12 +545,12 @@ class SpecLosses:
 
 
 EVENTS = {
-    "dead": "rap A2: linear op whose whole input it cannot see (dead layer) drops all R",
-    "bias_only": "rap A2: R only on bias-only units (see no input), C = 0, all R dropped",
-    "no_inhibitor": "rap A2: negative R at a conv without inhibitors (Zb = 0), all R dropped",
-    "zbox": "rap A3: input conv unit with Z = 0 drops its R",
-    "pool": "rap A4: pool window with zero denominator drops its R (after z^B)",
-    "zbox_cancels": "rap A3: a Z = 0 unit whose Z onnxrap computes by cancellation (checked f32 vs f64)",
+    "dead": "rap.hidden: linear op whose whole input it cannot see (dead layer) drops all R",
+    "bias_only": "rap.hidden: R only on bias-only units (see no input), C = 0, all R dropped",
+    "no_inhibitor": "rap.hidden: negative R at a conv without inhibitors (Zb = 0), all R dropped",
+    "zbox": "rap.input: input conv unit with Z = 0 drops its R",
+    "pool": "rap.ops: pool window with zero denominator drops its R (after z^B)",
+    "zbox_cancels": "rap.input: a Z = 0 unit whose Z onnxrap computes by cancellation (checked f32 vs f64)",
 }
 
 
@@ -628,14 +604,14 @@ def check_case(case):
         assert abs(ort_logits[i, t] - hx["logit"]) <= 1e-5 * hx["mass"] + 1e-6, "test bug: head recomputation"
         expected = hx["expected"]
         if hx["lost_bias"] != 0:
-            event("rap: head bias share not attributable (A1 sdiv by S(Cpp)/S(Cpn) = 0)")
+            event("rap: head bias share not attributable (rap.head: sdiv by S(Cpp)/S(Cpn) = 0)")
         spec_loss = 0.0
         per_op = []
         for name, (out_s, in_s) in sums.items():
             gap = out_s[i] - in_s[i]
             if name == head["node"]:
                 assert abs(in_s[i] - hx["expected"]) <= tol, (
-                    f"sample {i}: A1 at the head gives {in_s[i]!r}, spec expects {hx['expected']!r} "
+                    f"sample {i}: rap.head gives {in_s[i]!r}, the rule expects {hx['expected']!r} "
                     f"(logit {hx['logit']!r})")
             elif abs(gap) > tol:
                 why = losses.allowed(name, i, out_s[i], in_s[i])
@@ -647,7 +623,7 @@ def check_case(case):
         total = float(r64[i].sum())
         assert abs(total - (expected - spec_loss)) <= tol and not per_op, (
             f"sample {i}, target {t}: rap relevance sums to {total!r}, expected {expected - spec_loss!r} "
-            f"(logit {hx['logit']!r}, lost head bias {hx['lost_bias']!r}, spec losses {spec_loss!r}, "
+            f"(logit {hx['logit']!r}, lost head bias {hx['lost_bias']!r}, rule losses {spec_loss!r}, "
             f"tolerance {tol:.3g}); ops that do not conserve: {per_op}")
 
     # -- rap in float32 against float64 -------------------------------------------
@@ -664,7 +640,7 @@ def check_case(case):
         ref = float(np.linalg.norm(r64[i]))
         # Relative to |R64|, with a floor of 1e-4 * mass (so 1e-7 * mass absolute): where the
         # relevance itself is that small (a logit that cancels, a sample whose R was dropped by
-        # the spec), float32 rounding of the O(mass) terms the rules add up is all that is left.
+        # the rules), float32 rounding of the O(mass) terms the rules add up is all that is left.
         assert diff <= F32_RTOL * max(ref, 1e-4 * scales[i]), (
             f"sample {i}: float32 rap differs from float64 by {diff:.3g} (relative {diff / max(ref, 1e-300):.3g}, "
             f"|R64| = {ref:.3g}, mass {scales[i]:.3g})")
@@ -679,6 +655,7 @@ def check_case(case):
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=not os.environ.get("ONNXRAP_FUZZ_RANDOM"),
           print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@pytest.mark.slow
 @given(spec=graph_specs())
 def test_random_graphs(spec):
     case = Case(spec)
@@ -689,25 +666,6 @@ def test_random_graphs(spec):
 # ---------------------------------------------------------------------------
 # Regression cases found by the fuzzer (minimal graphs)
 # ---------------------------------------------------------------------------
-
-def np_conv_transpose(s, w, x_shape, strides, dilations, pb, groups):
-    """The adjoint of ``np_conv`` for an input of shape ``x_shape``, float64."""
-    n, o = s.shape[:2]
-    c = x_shape[1]
-    cg, og = c // groups, o // groups
-    kernel, out = w.shape[2:], s.shape[2:]
-    extent = tuple(max(b + i, (q - 1) * st + (k - 1) * d + 1)
-                   for b, i, q, st, k, d in zip(pb, x_shape[2:], out, strides, kernel, dilations))
-    xp = np.zeros((n, c) + extent)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(t * d, t * d + (q - 1) * st + 1, st)
-                       for t, d, q, st in zip(tap, dilations, out, strides))
-        for g in range(groups):
-            wt = w[(slice(g * og, (g + 1) * og), slice(None)) + tap]
-            view = xp[:, g * cg:(g + 1) * cg][(Ellipsis,) + region]
-            view += np.einsum("oc,no...->nc...", wt, s[:, g * og:(g + 1) * og])
-    return xp[(Ellipsis,) + tuple(slice(b, b + i) for b, i in zip(pb, x_shape[2:]))]
-
 
 def conv_gap_gemm(w_conv, w_gemm, x_shape):
     """``Conv (no bias, no pads) -> GlobalAveragePool -> Flatten -> Gemm (no bias)``, literal weights."""
@@ -728,7 +686,7 @@ def conv_gap_gemm(w_conv, w_gemm, x_shape):
 
 
 def rap_conv_gap_gemm(x, w_conv, w_gemm, target):
-    """Spec section A for ``conv_gap_gemm`` in float64, Z of A3 summed from non-negative terms."""
+    """docs/rules.md, rap, for ``conv_gap_gemm`` in float64, Z of rap.input summed from non-negative terms."""
     x = x.astype(np.float64)
     w = np.asarray(w_conv, np.float32).astype(np.float64)
     rank = x.ndim - 2
@@ -736,32 +694,32 @@ def rap_conv_gap_gemm(x, w_conv, w_gemm, target):
     y = np_conv(x, w, *geometry)
     axes = tuple(range(2, x.ndim))
     h = y.mean(axis=axes)
-    contrib = h * np.asarray(w_gemm, np.float32).astype(np.float64)[:, target]  # A1, no bias
+    contrib = h * np.asarray(w_gemm, np.float32).astype(np.float64)[:, target]  # rap.head, no bias
     r_h = np.abs(contrib) * contrib.sum(axis=1, keepdims=True) / np.abs(contrib).sum(axis=1, keepdims=True)
     keep = (slice(None), slice(None)) + (None,) * rank
-    r_y = r_h[keep] * np.abs(y) / np.abs(y).sum(axis=axes, keepdims=True)  # A4, GlobalAveragePool
+    r_y = r_h[keep] * np.abs(y) / np.abs(y).sum(axis=axes, keepdims=True)  # rap.ops, GlobalAveragePool
     flat = x.reshape(len(x), -1)
     low = flat.min(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
     high = flat.max(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
     wp, wn = np.maximum(w, 0), np.minimum(w, 0)
-    z = np_conv(x - low, wp, *geometry) + np_conv(x - high, wn, *geometry)  # A3
+    z = np_conv(x - low, wp, *geometry) + np_conv(x - high, wn, *geometry)  # rap.input
     s = np.divide(r_y, z, out=np.zeros_like(z), where=z != 0)
     geometry_t = ((1,) * rank, (1,) * rank, (0,) * rank, 1)
-    return ((x - low) * np_conv_transpose(s, wp, x.shape, *geometry_t)
-            + (x - high) * np_conv_transpose(s, wn, x.shape, *geometry_t))
+    return ((x - low) * np_conv_transpose(s, wp, x.shape[2:], *geometry_t)
+            + (x - high) * np_conv_transpose(s, wn, x.shape[2:], *geometry_t))
 
 
 def test_zbox_degenerate_unit_drops_its_relevance():
-    """A3 at a unit whose Z is exactly 0 but made of several nonzero terms.
+    """rap.input at a unit whose Z is exactly 0 but made of several nonzero terms.
 
     Found by the fuzzer (shrunk: a depthwise 1x2 conv on a positive 3-channel
     input, GlobalAveragePool, Gemm); minimal form here: unit 0 reads the
     sample's minimum through w+ and its maximum through w-, so
-    ``Z_0 = w+ (x_0 - l) + w- (x_1 - h) = 0`` and the spec drops ``R_0``.  At
+    ``Z_0 = w+ (x_0 - l) + w- (x_1 - h) = 0`` and the rule drops ``R_0``.  At
     commit 0de532f ZBox returned ``x L_W^T(s) - l L_W+^T(s) - h L_W-^T(s)``
     with ``s_0 = R_0 / (rounding residue of Z_0)``, so the pixels of unit 0 got
     O(R_0) rounding noise: here float32 gave 0 at pixel 1 (the maximum) where
-    the spec has ``0.8 * 0.525 * R_1 / Z_1 = -0.109`` (float32 vs float64: 16%
+    the rule has ``0.8 * 0.525 * R_1 / Z_1 = -0.109`` (float32 vs float64: 16%
     relative L2; 2e-3 in the fuzzer's shrunk case).  Returning
     ``(x - l) L_W+^T(s) + (x - h) L_W-^T(s)`` (the uncommitted rules/linear.py
     at the time of writing) makes those terms exact zeros.
@@ -779,14 +737,14 @@ def test_zbox_degenerate_unit_drops_its_relevance():
 def test_zbox_near_degenerate_units_float32():
     """Units whose Z is a few float32 ulps of the pixel values: float32 must still track float64.
 
-    ZBox once computed A3's Z as ``L_W(x) - l L_W+(1) - h L_W-(1)``, which lost Z's digits
+    ZBox once computed rap.input's Z as ``L_W(x) - l L_W+(1) - h L_W-(1)``, which lost Z's digits
     here (float32 drifted by 2.6e-2 from float64); ``L_W+(x - l) + L_W-(x - h)`` sums
     non-negative terms and is stable.
 
     Constructed from the degenerate case above (the fuzzer's inputs rarely come
     this close): even units see ``l + d`` through w+ and ``h - d`` through w-
     with ``d`` of 1e-6 to 6e-6, so ``Z ~ 2.2 d`` while ``L_W(x) ~ 3``.  Float64
-    matches the spec (relative L2 < 1e-6); float32 differs from float64 by
+    matches the rules (relative L2 < 1e-6); float32 differs from float64 by
     2.6e-2 relative L2 (the fuzz property allows 1e-3), and its relevance sums
     to -1.58828 for a logit of -1.58584.
     """

@@ -40,6 +40,7 @@ class Settings:
     preset: str | None = None
     mean: tuple | None = None
     std: tuple | None = None
+    resize: str | None = None
 
     def describe(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if k != "device"}
@@ -62,7 +63,7 @@ class ExplainWorker:
             self.explainer.layout = settings.layout
         self.make_preprocess = preprocess_factory(self.explainer, self.explainer.layout, lambda note: None,
                                                   size=settings.size, preset=settings.preset, mean=settings.mean,
-                                                  std=settings.std)
+                                                  std=settings.std, resize=settings.resize)
         shape = self.explainer.input_shape
         self.rank = len(shape) if shape else None
 

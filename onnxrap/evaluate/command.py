@@ -46,7 +46,7 @@ class Settings:
     input_name: str | None = None
     output_name: str | None = None
     layout: str | None = None
-    preprocessing: dict = field(default_factory=dict)  # keyword arguments of io.preprocess_factory (size, ...)
+    preprocessing: dict = field(default_factory=dict)  # keyword arguments of inputs.preprocess_factory
 
     def check(self):
         """Fail on bad settings before any model is loaded."""
@@ -115,8 +115,9 @@ def run(settings: Settings):
     }
     out_dir = Path(settings.out_dir)
     for number, m in enumerate(settings.methods, start=1):
-        results["methods"][m] = evaluate_method(evaluation, m, settings.method_options.get(m, {}), settings, out_dir / "methods",
-                                                lambda text: note(f"[{number}/{len(settings.methods)}] {m}{text}"))
+        progress = lambda text: note(f"[{number}/{len(settings.methods)}] {m}{text}")  # noqa: E731
+        results["methods"][m] = evaluate_method(evaluation, m, settings.method_options.get(m, {}), settings,
+                                                out_dir / "methods", progress)
     written = write_outputs(out_dir, results)
     for line in summary_lines(results):
         print(line)
