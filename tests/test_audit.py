@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT
+from helpers import DIGITS, ROOT
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.api import softmax

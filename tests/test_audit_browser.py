@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import DIGITS, ROOT
+from helpers import DIGITS, ROOT
 from onnxrap.cli import main
 
 pytest.importorskip("jinja2")
