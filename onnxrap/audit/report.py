@@ -73,7 +73,7 @@ def summarise(ctx):
     total = labelled = correct = 0
     confusion = collections.Counter()
     per_class = collections.defaultdict(lambda: {"n": 0, "labelled": 0, "correct": 0, "confidence": 0.0,
-                                                 "off": collections.defaultdict(list)})
+                                                 "off": collections.defaultdict(lambda: [0.0, 0])})
     worst = []
     out = Path(ctx.args.out_dir)
     columns = ["index", "name", "label", "predicted", "correct", "confidence", "label_probability"] + [
@@ -91,7 +91,8 @@ def summarise(ctx):
             c["confidence"] += r["confidence"]
             for m in ctx.methods:
                 if r["methods"][m]["off_object"] is not None:
-                    c["off"][m].append(r["methods"][m]["off_object"])
+                    c["off"][m][0] += r["methods"][m]["off_object"]
+                    c["off"][m][1] += 1
             if r["label"] is not None:
                 labelled += 1
                 correct += bool(r["correct"])
@@ -117,7 +118,7 @@ def summarise(ctx):
         classes.append({"class": cls, "name": ctx.class_label(cls), "n": c["n"],
                         "accuracy": c["correct"] / c["labelled"] if c["labelled"] else None,
                         "mean_confidence": c["confidence"] / c["n"],
-                        "mean_off_object": {m: (float(np.mean(v)) if v else None) for m, v in c["off"].items()}})
+                        "mean_off_object": {m: total / n for m, (total, n) in c["off"].items()}})
     return {"inputs": total, "labelled": labelled, "correct": correct,
             "accuracy": correct / labelled if labelled else None,
             "confusion": sorted(([int(t), int(p), n] for (t, p), n in confusion.items())),
