@@ -66,6 +66,11 @@ def test_summary_tables_and_means_agree_with_the_records(plain):
     assert summary["inputs"] == N and summary["labelled"] == N
     assert summary["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rs]))
     assert sum(n for _, _, n in summary["confusion"]) == N
+    per_class = {c["class"]: c for c in summary["classes"]}
+    for label in {r["label"] for r in rs}:
+        off = [r["methods"]["rap"]["off_object"] for r in rs if r["label"] == label]
+        assert per_class[label]["n"] == len(off)
+        assert per_class[label]["mean_off_object"]["rap"] == pytest.approx(np.mean(off))
     with open(plain / "records.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["index"]) for row in rows] == list(range(N))
