@@ -60,19 +60,21 @@ class Explainer:
     """
 
     def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None,
-                 verify="once"):
+                 verify="once", tf32=False):
         """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
         both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
-        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``."""
+        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``.
+        ``tf32``: let the GPU round float32 matmuls and convolutions to TF32 (faster, about 1e-3
+        relative error; off by default, so float32 is exact float32 everywhere)."""
         self.graph = Graph(model, input_name, output_name)
         problems = self.graph.problems()  # the same checks inspect reports
         if problems:
             raise ModelError(f"{self.graph.label}: {problems[0]}")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, tf32)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
-        self.capture = Capture(self.graph, self.device.providers, verify)
+        self.capture = Capture(self.graph, self.device, verify)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
 
@@ -121,9 +123,11 @@ class Explainer:
         """
         m = methods.get(method, **options)
         m.check(self.graph)
+        self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
-        logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
+        # The logits cross to the host once, here: targets, seeds and the conservation check read them there.
+        logits = np.concatenate([self._class_vector(self.bk.to_host(v[self.graph.logits_name])) for _, v in captured])
         targets = self._targets(target, logits)
         sums = [] if trace else None
 
@@ -177,7 +181,7 @@ class Explainer:
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
-        ctx = Context(bk, {k: bk.asarray(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
+        ctx = Context(bk, {k: bk.to_device(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
                            for k, v in values.items()}, self.graph.constants)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
@@ -190,11 +194,11 @@ class Explainer:
         seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):
-            total = lambda a: bk.to_numpy(bk.sample_sum(a, keepdims=False))  # noqa: E731
+            total = lambda a: bk.to_host(bk.sample_sum(a, keepdims=False))  # noqa: E731
             sums.append((op.name, op.op_type, total(R), sum(total(r) for r in R_inputs if r is not None)))
 
         relevance = propagate(self.graph, method, ctx, seed, trace=record if sums is not None else None)
-        return bk.to_numpy(relevance)
+        return bk.to_host(relevance)
 
     def _class_vector(self, logits):
         problem = self.graph.class_scores_problem(logits.shape)

@@ -1,7 +1,8 @@
 """Attribution methods: compositions of rules, registered by name.
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
-looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
+(an input that may be negative, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
@@ -129,7 +130,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed")})
 
 
 class Wrapper(Method):

@@ -43,6 +43,7 @@ class Settings:
     batch_size: int = 16
     score_batch_size: int = 64
     device: str = "auto"
+    tf32: bool = False  # let the GPU round float32 matmuls to TF32
     input_name: str | None = None
     output_name: str | None = None
     layout: str | None = None
@@ -76,7 +77,7 @@ def run(settings: Settings):
     note = (lambda text: None) if settings.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
 
     explainer = Explainer(settings.model, input_name=settings.input_name, output_name=settings.output_name,
-                          device=settings.device)
+                          device=settings.device, tf32=settings.tf32)
     note(f"device: {explainer.device.note}")
     if settings.layout:
         explainer.layout = settings.layout

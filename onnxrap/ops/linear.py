@@ -34,18 +34,13 @@ class Linear(Op):
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)
         weight = np.asarray(weight)
-        # Kept in the model's own float type; other dtypes and devices are cached copies.
+        # Kept in the model's own float type; other dtypes and devices are the backend's cached copies.
         self.master = Weights(np.maximum(weight, 0), np.minimum(weight, 0))
         self.bias_values = bias  # NumPy float64, or None
-        self._cache = {}
 
     def weights(self, bk, dtype) -> Weights:
-        """W+ and W- on the backend in ``dtype``, cached (no copy where they already are)."""
-        key = (bk.name, np.dtype(dtype).str)
-        if key not in self._cache:
-            self._cache[key] = Weights(bk.asarray(self.master.pos, dtype=dtype),
-                                       bk.asarray(self.master.neg, dtype=dtype))
-        return self._cache[key]
+        """W+ and W- on the backend in ``dtype`` (no copy where they already are)."""
+        return Weights(*bk.constant(self, "weights", dtype, lambda: (self.master.pos, self.master.neg)))
 
     def absorb_bias(self, bias, output):
         """Fold a following Add of a constant into this op (MatMul + Add = Gemm)."""
@@ -94,7 +89,7 @@ class Dense(Linear):
 
     def bias(self, bk, dtype, out_shape):
         # Gemm's C and an absorbed Add broadcast against the output as they are.
-        return None if self.bias_values is None else bk.asarray(self.bias_values, dtype=dtype)
+        return None if self.bias_values is None else bk.constant(self, "bias", dtype, lambda: self.bias_values)
 
 
 def _float(a):
@@ -167,8 +162,8 @@ class Conv(Linear):
     def bias(self, bk, dtype, out_shape):
         if self.bias_values is None:
             return None
-        b = np.asarray(self.bias_values).reshape((-1,) + (1,) * (len(out_shape) - 2))
-        return bk.asarray(b, dtype=dtype)
+        shape = (-1,) + (1,) * (len(out_shape) - 2)
+        return bk.constant(self, ("bias", shape), dtype, lambda: np.reshape(self.bias_values, shape))
 
 
 @register("Conv")
