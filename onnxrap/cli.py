@@ -189,6 +189,7 @@ def build_parser():
     c.add_argument("--size", type=_size, help="input HEIGHTxWIDTH where the model leaves it free")
     _model_options(c)
     c.set_defaults(run=cmd_compile)
+
     a = sub.add_parser("audit", help="explain a whole dataset into one self-contained HTML report "
                                      "(REPORT_DIR/index.html); resumable, on local processes or a Ray cluster")
     a.add_argument("model", help="the .onnx classifier")
