@@ -376,8 +376,9 @@ def input_stems(paths):
 
     The file's stem; where stems collide (``cat/001.jpg``, ``dog/001.jpg``), each input takes the
     fewest parent folders that no other input shares (``cat_001``, ``dog_001``); inputs that differ
-    only in their extension add it (``002_png``, ``002_jpg``); the same file given twice gets
-    ``-2``, ``-3``.
+    only in their extension add it (``002_png``, ``002_jpg``); a name already taken (the same file
+    given twice, or one that differs only in case, as file systems that ignore case would merge)
+    gets ``-2``, ``-3``, the first of them still free.
     """
     resolved = [p.resolve() for p in paths]
     names = [p.stem for p in resolved]
@@ -386,12 +387,15 @@ def input_stems(paths):
         for i, n in enumerate(names):
             if n == stem:
                 names[i] = _distinct(resolved[i], members)
-    seen = {}
-    for i, n in enumerate(names):
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[i] = f"{n}-{seen[n]}"
-    return names
+    taken, unique = set(), []
+    for n in names:
+        name, k = n, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{n}-{k}"
+        taken.add(name.casefold())
+        unique.append(name)
+    return unique
 
 
 def _distinct(path, others):

@@ -235,3 +235,11 @@ def test_inspect_and_explain_agree_on_an_integer_input(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
     code, out, err = run(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "input x is not a float tensor (INT64)")
+
+
+def test_numbered_names_never_take_another_inputs_name(tmp_path):
+    # The same file twice beside a file whose stem is already what the second copy would be numbered,
+    # and two stems that differ only in case (one file on macOS and Windows).
+    x, x2, upper = tmp_path / "x.png", tmp_path / "x-2.png", tmp_path / "X.png"
+    names = input_stems([x, x, x2, upper])
+    assert names == ["x", "x-2", "x-2-2", "X-3"]
