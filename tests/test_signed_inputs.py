@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import GOLDEN, GOLDEN_CASES
+from helpers import GOLDEN, GOLDEN_CASES
 from onnxrap import Explainer, methods
 from onnxrap.backend import Backend
 from onnxrap.engine import Context
