@@ -243,3 +243,41 @@ def test_numbered_names_never_take_another_inputs_name(tmp_path):
     x, x2, upper = tmp_path / "x.png", tmp_path / "x-2.png", tmp_path / "X.png"
     names = input_stems([x, x, x2, upper])
     assert names == ["x", "x-2", "x-2-2", "X-3"]
+
+
+class RecordedBar:
+    """tqdm as explain uses it, recording what it was told."""
+
+    made = []
+
+    def __init__(self, total, disable=None, **kw):
+        self.total, self.disable, self.done, self.written = total, disable, 0, []
+        RecordedBar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.done += n
+
+    def write(self, text, file=None):
+        self.written.append(text)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_explain_counts_every_explanation_on_its_progress_bar(tmp_path, capsys, monkeypatch, quiet):
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordedBar)
+    RecordedBar.made.clear()
+    paths = copies(tmp_path, "a.png", "b.png", "c.png")
+    code, out, err = run(["explain", DIGITS, *paths, "--method", "rap,gradient", "--batch-size", 2,
+                          "-o", tmp_path / "out"] + (["--quiet"] if quiet else []), capsys)
+    assert code == 0, err
+    (bar,) = RecordedBar.made
+    assert bar.total == bar.done == 3 * 2  # inputs x methods, counted as they finish
+    assert bar.disable is (True if quiet else None)  # None: tqdm shows it on a terminal only
+    assert any(text.startswith("device: ") for text in bar.written)  # notes go above the bar, not through it
