@@ -28,6 +28,24 @@ DIGIT_IMAGES = sorted((ROOT / "models" / "images").glob("*.png"))
 BK = numpy_backend()
 
 
+def run_cli(args, capsys):
+    """``onnxrap ARGS`` in this process: exit code, stdout, stderr."""
+    from onnxrap.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """What every bad input gives: exit 2 and one line ``onnxrap: error: ...`` holding ``fragments``."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxrap: error: "), err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
 def rel_l2(a, b):
     return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / np.linalg.norm(np.ravel(b)))
 

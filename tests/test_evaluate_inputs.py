@@ -3,22 +3,7 @@ import shutil
 
 import pytest
 
-from helpers import DIGIT_IMAGES, DIGITS
-from onnxrap.cli import main
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("onnxrap: error: "), err
-    for f in fragments:
-        assert f in lines[0], lines[0]
+from helpers import DIGIT_IMAGES, DIGITS, assert_one_line_error, run_cli
 
 
 @pytest.fixture
@@ -37,13 +22,13 @@ def evaluate(images, *extra):
 def test_out_dir_that_is_a_file(tmp_path, images, capsys):
     in_the_way = tmp_path / "report"
     in_the_way.write_text("not a folder")
-    code, out, err = run(evaluate(images, "-o", in_the_way), capsys)
+    code, out, err = run_cli(evaluate(images, "-o", in_the_way), capsys)
     assert_one_line_error(code, err, str(in_the_way), "exists and is not a folder")
     assert in_the_way.read_text() == "not a folder"
 
 
 def test_out_dir_with_a_name_too_long_leaves_nothing(tmp_path, images, capsys):
-    code, out, err = run(evaluate(images, "-o", tmp_path / "new" / ("y" * 300) / "report"), capsys)
+    code, out, err = run_cli(evaluate(images, "-o", tmp_path / "new" / ("y" * 300) / "report"), capsys)
     assert_one_line_error(code, err, "cannot write there")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
@@ -51,6 +36,6 @@ def test_out_dir_with_a_name_too_long_leaves_nothing(tmp_path, images, capsys):
 def test_labels_file_with_the_wrong_number_of_lines(tmp_path, images, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("zero\none\ntwo\n")
-    code, out, err = run(evaluate(images, "--labels", labels, "-o", tmp_path / "report"), capsys)
+    code, out, err = run_cli(evaluate(images, "--labels", labels, "-o", tmp_path / "report"), capsys)
     assert_one_line_error(code, err, "labels.txt: 3 labels, but the model has 10 classes")
     assert not (tmp_path / "report").exists()
