@@ -190,7 +190,17 @@ def _show_heatmap(fig, ax, heatmap, title, background=None):
 PANELS_PER_ROW = 4  # more methods wrap into further rows, not one ever wider strip
 
 
+# Caption characters per panel column: a 3.2-inch column holds about 38 characters of 10-point text.
+CAPTION_CHARS_PER_COLUMN = 34
+
+
 def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
+    """``explanation_figure`` written to ``path``."""
+    fig = explanation_figure(image, heatmaps, caption, overlay)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def explanation_figure(image, heatmaps, caption, overlay=False) -> Figure:
     """The input, then each ``(title, heatmap)``, in rows of ``PANELS_PER_ROW``; with ``overlay``
     each heatmap over the input."""
     panels = 1 + len(heatmaps)
@@ -204,6 +214,6 @@ def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
         _show_heatmap(fig, ax, heatmap, title, background=image if overlay else None)
     for ax in axes[panels:]:
         ax.set_axis_off()
-    fig.suptitle(textwrap.fill(caption, width=48 * cols), fontsize=10)
+    fig.suptitle(textwrap.fill(caption, width=CAPTION_CHARS_PER_COLUMN * cols), fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig
