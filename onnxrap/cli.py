@@ -176,6 +176,36 @@ def build_parser():
     _image_options(v)
     v.set_defaults(run=cmd_evaluate)
 
+    a = sub.add_parser("audit", help="explain a whole dataset into one self-contained HTML report "
+                                     "(REPORT_DIR/index.html); resumable, on local processes or a Ray cluster")
+    a.add_argument("model", help="the .onnx classifier")
+    a.add_argument("data", help="read as evaluate reads it: a folder of images (labels: --labels-csv, class "
+                                "subfolders, or none) or an .npz with x (model inputs) and optionally y (labels)")
+    a.add_argument("-o", "--out-dir", required=True, metavar="REPORT_DIR",
+                   help="index.html, records.jsonl, CSV/JSON, thumbnails; rerunning continues an interrupted audit")
+    a.add_argument("--methods", type=_names, default="rap", help=f"comma-separated (default: %(default)s); known: "
+                                                     f"{', '.join(methods.FACTORIES)}")
+    a.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label")
+    a.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels metadata)")
+    a.add_argument("--limit", type=int, help="audit the first N inputs (a larger N later extends the audit)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (with --device cuda: one per GPU); with --ray: Ray actors "
+                        "(default: 1; with --ray: one per CPU or GPU of the cluster)")
+    a.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster through Ray Data (needs onnxrap[ray]): "
+                                                    "'local' starts one here, else an address for ray.init ('auto', "
+                                                    "'ray://head:10001')")
+    a.add_argument("--faithfulness", type=int, default=32, metavar="N",
+                   help="region perturbation (evaluate's Table I) on N correctly classified inputs; 0: skip "
+                        "(default: %(default)s)")
+    a.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
+    a.add_argument("--restart", action="store_true", help="discard REPORT_DIR's records and start over")
+    a.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _device_option(a)
+    _method_options(a)
+    _model_options(a)
+    _image_options(a)
+    a.set_defaults(run=cmd_audit)
+
     i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
     i.add_argument("model", help="the .onnx classifier")
     _model_options(i)
@@ -298,6 +328,12 @@ def cmd_evaluate(args):
         batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device, tf32=args.tf32,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
         preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize)))
+
+
+def cmd_audit(args):
+    from .audit import run
+
+    return run(args, method_options(args, args.methods))
 
 
 def cmd_inspect(args):
