@@ -21,9 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from .errors import InputError, ModelError, first_line
+from .graph import FLOAT_INPUTS
 
-_ORT_FLOAT_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-                    onnx.TensorProto.FLOAT16: np.float16}
 
 
 # Models whose weights take more than this are served to ONNX Runtime from a temporary file.
@@ -80,10 +79,7 @@ class Capture:
             self._externalise_weights()
         self.extra_outputs = sorted(wanted - existing)
         self._session = self._plain = None
-        self.input_dtype = _ORT_FLOAT_TYPES.get(graph.input_type)
-        if self.input_dtype is None:
-            raise ModelError(f"{graph.label}: input {graph.input_name} is not a float tensor "
-                             f"({onnx.TensorProto.DataType.Name(graph.input_type)})")
+        self.input_dtype = FLOAT_INPUTS[graph.input_type]  # other types: refused by graph.problems() first
 
     def _externalise_weights(self):
         """Move a large model's weights into one file of a private temporary folder.

@@ -269,6 +269,8 @@ def cmd_explain(args):
     labels = read_labels(args.labels, classes) if args.labels else explainer.labels
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
+    from .viz import OutputFolder
+
     with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
         lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels)
     for line in lines:  # once every file is in place
@@ -451,8 +453,9 @@ def input_stems(paths):
 
     The file's stem; where stems collide (``cat/001.jpg``, ``dog/001.jpg``), each input takes the
     fewest parent folders that no other input shares (``cat_001``, ``dog_001``); inputs that differ
-    only in their extension add it (``002_png``, ``002_jpg``); the same file given twice gets
-    ``-2``, ``-3``.
+    only in their extension add it (``002_png``, ``002_jpg``); a name already taken (the same file
+    given twice, or one that differs only in case, as file systems that ignore case would merge)
+    gets ``-2``, ``-3``, the first of them still free.
     """
     resolved = [p.resolve() for p in paths]
     names = [p.stem for p in resolved]
@@ -461,12 +464,15 @@ def input_stems(paths):
         for i, n in enumerate(names):
             if n == stem:
                 names[i] = _distinct(resolved[i], members)
-    seen = {}
-    for i, n in enumerate(names):
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[i] = f"{n}-{seen[n]}"
-    return names
+    taken, unique = set(), []
+    for n in names:
+        name, k = n, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{n}-{k}"
+        taken.add(name.casefold())
+        unique.append(name)
+    return unique
 
 
 def _distinct(path, others):
@@ -480,100 +486,6 @@ def _distinct(path, others):
             if all(key(o, depth, ext) != mine for o in others if o != path):
                 return "_".join(mine)
     return "_".join(key(path, 0, bool(path.suffix)))  # the same file twice: numbered by the caller
-
-
-def _exists(path):
-    try:
-        return path.exists()
-    except OSError:  # a name too long for the file system: making it says so
-        return False
-
-
-class OutputFolder:
-    """Where explain writes, all or nothing, as a context manager.
-
-    Entering makes the folder and any missing parents and writes a probe file there, so that
-    every path error (a file in the way, no permission, a name too long) is one line before any
-    work.  Files go to temporary names beside their final ones and are renamed only by
-    ``commit``; leaving on an error removes the temporary files and the folders made here.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.staged = []  # (temporary, final)
-        self.created = []  # folders made here, deepest first
-
-    def __enter__(self):
-        from .viz import temporary_beside
-
-        chain = [self.folder, *self.folder.parents]
-        missing = chain[:next(i for i, d in enumerate(chain) if _exists(d))]
-        existing = chain[len(missing)]
-        if not existing.is_dir():
-            raise InputError(f"{existing}: exists and is not a folder (-o names where the results go)")
-        try:
-            for d in reversed(missing):
-                d.mkdir()
-                self.created.insert(0, d)
-            Path(temporary_beside(self.folder / "probe")).unlink()
-        except OSError as exc:
-            self.abandon()
-            raise InputError(f"{self.folder}: cannot write there ({exc.strerror or exc})") from None
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        if kind is not None:
-            self.abandon()
-
-    def path(self, name):
-        return self.folder / name
-
-    def _stage(self, name, write):
-        from .viz import temporary_beside
-
-        final = self.folder / name
-        try:
-            tmp = temporary_beside(final)
-            self.staged.append((tmp, final))
-            write(tmp)
-        except OSError as exc:
-            raise InputError(f"{final}: cannot write ({exc.strerror or exc})") from None
-        return final
-
-    def write_text(self, name, text):
-        return self._stage(name, lambda tmp: Path(tmp).write_text(text))
-
-    def save_npy(self, name, array):
-        return self._stage(name, lambda tmp: np.save(tmp, array, allow_pickle=False))
-
-    def save_figure(self, name, *args, **kw):
-        from .viz import save_explanation_figure
-
-        return self._stage(name, lambda tmp: save_explanation_figure(tmp, *args, **kw))
-
-    def commit(self):
-        """Every staged file to its final name; on failure none of them stays."""
-        done = []
-        try:
-            for tmp, final in self.staged:
-                os.replace(tmp, final)
-                done.append(final)
-        except OSError as exc:
-            for final in done:
-                final.unlink(missing_ok=True)
-            raise InputError(f"{self.folder}: cannot write ({exc.strerror or exc})") from None
-        self.staged = []
-
-    def abandon(self):
-        """Remove the staged files and the folders this run created."""
-        for tmp, _ in self.staged:
-            Path(tmp).unlink(missing_ok=True)
-        self.staged = []
-        for d in self.created:
-            try:
-                d.rmdir()
-            except OSError:
-                pass  # not empty, or never made
 
 
 def _name(labels, k):

@@ -337,9 +337,16 @@ def _lrp(name, rules, description, options=None):
                   seed="logit", description=description, options=options)
 
 
+def _epsilon(name, epsilon):
+    """A negative epsilon pulls z towards zero instead of away from it: the divisions it guards blow up."""
+    if not epsilon >= 0:  # NaN too
+        raise InputError(f"{name} needs epsilon >= 0, got {epsilon}")
+    return Epsilon(epsilon)
+
+
 @register("lrp-eps")
 def _lrp_eps(epsilon: float = 1e-6):
-    return _lrp("lrp-eps", {"linear": Epsilon(epsilon)}, "LRP-epsilon on every linear op",
+    return _lrp("lrp-eps", {"linear": _epsilon("lrp-eps", epsilon)}, "LRP-epsilon on every linear op",
                 {"epsilon": epsilon})
 
 
@@ -361,13 +368,13 @@ _alpha_beta_preset(2)
 
 @register("lrp-preset-a")
 def _preset_a(epsilon: float = 0.1):
-    return _lrp("lrp-preset-a", {"dense": Epsilon(epsilon), "conv": AlphaBeta(1)},
+    return _lrp("lrp-preset-a", {"dense": _epsilon("lrp-preset-a", epsilon), "conv": AlphaBeta(1)},
                 "iNNvestigate's preset A: epsilon on dense layers, alpha1-beta0 on convolutions", {"epsilon": epsilon})
 
 
 @register("lrp-preset-b")
 def _preset_b(epsilon: float = 0.1):
-    return _lrp("lrp-preset-b", {"dense": Epsilon(epsilon), "conv": AlphaBeta(2)},
+    return _lrp("lrp-preset-b", {"dense": _epsilon("lrp-preset-b", epsilon), "conv": AlphaBeta(2)},
                 "iNNvestigate's preset B: epsilon on dense layers, alpha2-beta1 on convolutions", {"epsilon": epsilon})
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import DIGITS, ROOT
+from helpers import DIGITS, ROOT, assert_one_line_error, run_cli
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.api import softmax
@@ -213,3 +213,19 @@ def test_bad_input_is_one_line_and_exit_2(plain, tmp_path, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"onnxrap: error: {busy}: another audit is writing there now"
     assert not (busy / "records.jsonl").exists()
+
+
+def test_output_path_and_labels_errors_leave_nothing_behind(tmp_path, capsys):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("not a folder")
+    code, _, err = run_cli(["audit", DIGITS, HOLDOUT, "-o", in_the_way, "--quiet"], capsys)
+    assert_one_line_error(code, err, "exists and is not a folder")
+    too_long = tmp_path / ("d" * 300)
+    code, _, err = run_cli(["audit", DIGITS, HOLDOUT, "-o", too_long, "--quiet"], capsys)
+    assert_one_line_error(code, err, "cannot write there")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("zero\none\n")  # the model has 10 classes
+    report = tmp_path / "report"
+    code, _, err = run_cli(["audit", DIGITS, HOLDOUT, "-o", report, "--labels", labels, "--quiet"], capsys)
+    assert_one_line_error(code, err, "2 labels, but the model has 10 classes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "labels.txt"]

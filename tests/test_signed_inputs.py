@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import GOLDEN, GOLDEN_CASES
+from helpers import GOLDEN, GOLDEN_CASES, conv_hidden_model
 from onnxrap import Explainer, methods
 from onnxrap.backend import Backend
 from onnxrap.engine import Context
@@ -144,7 +144,6 @@ def test_rap_on_a_signed_hidden_convolution_by_reference():
     # the signed output of the input conv), with rap's rule at signed inputs written out in NumPy.
     from helpers import explain, reference_forward, rnd, targets_with_negative_logit
     from references import ConvMap, ref_rap_first_onehot, ref_zbox, sdiv
-    from test_rules_conv import conv_hidden_model
 
     def ref_abs_share(x, lin, R):
         size, w_abs = np.abs(x), np.abs(lin.W)

@@ -80,6 +80,7 @@ def run(args, per_method):
     from .. import methods as registry
     from ..api import Explainer
     from ..inputs import preprocess_factory, read_labels
+    from ..viz import OutputFolder
     from . import report
     from .runners import run_here, run_processes, run_ray
 
@@ -95,12 +96,13 @@ def run(args, per_method):
         raise InputError("--faithfulness must be at least 0")
     note = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     report.check_templating()
+    OutputFolder.check(Path(args.out_dir))  # -o's path errors: one line, before any work
 
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, device=args.device)
     note(f"device: {explainer.device.note}")
     if args.layout:
         explainer.layout = args.layout
-    class_names = read_labels(args.labels) if args.labels else explainer.labels
+    class_names = read_labels(args.labels, explainer.graph.classes) if args.labels else explainer.labels
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, size=args.size, preset=args.preset,
                                          mean=args.mean, std=args.std, resize=args.resize)
     rank = len(explainer.input_shape) if explainer.input_shape else None

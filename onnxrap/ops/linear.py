@@ -97,13 +97,19 @@ def _float(a):
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
-@register("Gemm")
-def parse_gemm(v):
+def _weight_matrix(v):
+    """Input 1 of a Gemm or MatMul whose input 0 is the data: a constant matrix, in its float type."""
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("only data @ constant weight is supported")
-    b = _float(v.const(1))
-    if b.ndim != 2:
+    w = _float(v.const(1))
+    if w.ndim != 2:
         raise Unsupported("weight must be a matrix")
+    return w
+
+
+@register("Gemm")
+def parse_gemm(v):
+    b = _weight_matrix(v)
     alpha = v.attr("alpha", 1.0)
     w = b.T if v.attr("transB", 0) else b
     w = w if alpha == 1.0 else alpha * w.astype(np.float64)  # exact, for the float64 checks
@@ -116,12 +122,7 @@ def parse_gemm(v):
 
 @register("MatMul")
 def _matmul(v):
-    if not v.is_data(0) or v.is_data(1):
-        raise Unsupported("only data @ constant weight is supported")
-    w = _float(v.const(1))
-    if w.ndim != 2:
-        raise Unsupported("weight must be a matrix")
-    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, None)
+    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], _weight_matrix(v), None)
 
 
 class Conv(Linear):
