@@ -86,9 +86,9 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     capture = capture or Capture(graph, resolve_device("cpu"))
     probe = capture.run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
     if fixed is None:  # a graph for any batch size holds one sample's index map
-        routed = [(op.name, op.op_type, "routes along the batch axis, which a graph for any batch "
-                                        "size cannot hold (the eager engine explains it)") for op in graph.ops if isinstance(op, IndexRouting)
-                  and op.each_sample(probe[op.inputs[0]].shape[1:]) is None]
+        why = "routes along the batch axis, which a graph for any batch size cannot hold (the eager engine explains it)"
+        routed = [(op.name, op.op_type, why) for op in graph.ops
+                  if isinstance(op, IndexRouting) and op.each_sample(probe[op.inputs[0]].shape[1:]) is None]
         if routed:
             raise NotCompilable(routed)
     bk = TraceBackend(free_batch=fixed is None)
