@@ -101,10 +101,14 @@ class Explainer:
     def channel_axis(self):
         return {"features": None, "nchw": 1, "nhwc": -1}[self.layout]
 
-    def explain(self, x, target=None, method="rap", trace=False, **options) -> Explanation:
+    def explain(self, x, target=None, method="rap", trace=False, contrast=None, **options) -> Explanation:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
+        ``contrast``: None (why the target), a class index c (why the target rather than c) or
+        ``"others"`` (rather than the other classes): the method runs once more for the dual (c, or
+        the other classes equally weighted) and the dual's relevance, rescaled to the same sum, is
+        subtracted (``methods.contrasted``); the result sums to 0.
         ``options``: the method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
         """
@@ -114,6 +118,7 @@ class Explainer:
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
         logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
         targets = self._targets(target, logits)
+        dual = None if contrast is None else methods.contrast_dual(targets, logits.shape[1], contrast)
         sums = [] if trace else None
 
         def backprop_in(dtype, sums):
@@ -127,12 +132,19 @@ class Explainer:
                 return np.concatenate(out)
             return backprop
 
-        relevance = m.attribute(backprop_in(self.dtype, sums), x, targets)
-        recomputed = []
-        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
-            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x,
-                                                            backprop_in(np.float64, None))
-        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
+        def attribute(seed_targets, sums):
+            relevance = m.attribute(backprop_in(self.dtype, sums), x, seed_targets)
+            if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
+                return self._keep_conservation(m, relevance, logits, seed_targets, x, backprop_in(np.float64, None))
+            return relevance, []
+
+        relevance, recomputed = attribute(targets, sums)
+        if dual is not None:  # the trace follows the target's walk only
+            dual_relevance, dual_recomputed = attribute(dual, None)
+            relevance = methods.contrasted(relevance, dual_relevance)
+            recomputed = sorted(set(recomputed) | set(dual_recomputed))
+        label = m.label if contrast is None else f"{m.label} contrast={contrast}"
+        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed)
 
     def _keep_conservation(self, m, relevance, logits, targets, x, backprop64):
         """Redo in float64 the samples where float32 rounding broke a conserving method's sum.
@@ -142,7 +154,7 @@ class Explainer:
         would otherwise be silent.
         """
         axes = tuple(range(1, relevance.ndim))
-        logit = logits[np.arange(len(targets)), targets]
+        logit = (targets * logits).sum(axis=1) if targets.ndim == 2 else logits[np.arange(len(targets)), targets]
         sums = relevance.sum(axis=axes, dtype=np.float64)
         bad = np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
         if not bad.any():

@@ -94,6 +94,9 @@ def build_parser():
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
     _method_options(e, steps_flag="--steps")
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
+    e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
+                   help="explain the target rather than CLASS (an index or a label name) or rather than the "
+                        "others; the map then sums to 0 (default: none, why the target)")
     _model_options(e)
     _image_options(e)
     e.add_argument("--labels", help="class names, one per line")
@@ -191,6 +194,7 @@ def cmd_explain(args):
         explainer.layout = args.layout
     make_preprocess = preprocess_factory(explainer, layout, print, size=args.size, preset=args.preset,
                                          mean=args.mean, std=args.std)
+    contrast = _contrast(args.contrast, labels)
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis) for path in args.inputs]
@@ -205,7 +209,7 @@ def cmd_explain(args):
             batch = members[start:start + args.batch_size]
             xs = np.concatenate([loaded[i][0] for i in batch])
             for m in chosen:
-                exp = explainer.explain(xs, target=args.target, method=m, **per_method[m])
+                exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast, **per_method[m])
                 for k, i in enumerate(batch):
                     results[i][m] = (exp, k)
 
@@ -214,7 +218,7 @@ def cmd_explain(args):
     try:
         for path, (x, display), per_method in zip(args.inputs, loaded, results):
             report.append(_write_one(Path(path), display, per_method, chosen, labels, out_dir, args,
-                                     written, save_explanation_figure, atomic_write))
+                                     written, save_explanation_figure, atomic_write, contrast))
         summary = out_dir / "summary.json"
         atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(
             {"model": str(args.model), "methods": chosen, "inputs": report}, indent=2)))
@@ -269,23 +273,38 @@ def cmd_inspect(args):
     return 0
 
 
+def _contrast(text, labels):
+    """``--contrast``: none, others, a class index, or a label name -> the API's ``contrast``."""
+    text = text.strip()
+    if text.lower() in ("none", "others"):
+        return None if text.lower() == "none" else "others"
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if labels and text in labels:
+        return labels.index(text)
+    raise InputError(f"--contrast {text!r} is neither none, others, a class index nor a label name"
+                     + ("" if labels else " (the model has no labels; give --labels)"))
+
+
 def _name(labels, k):
     if labels and k < len(labels) and labels[k] != str(k):
         return f"{k} ({labels[k]})"
     return str(k)
 
 
-def _write_one(path, display, per_method, chosen, labels, out_dir, args, written, save_figure, atomic_write):
+def _write_one(path, display, per_method, chosen, labels, out_dir, args, written, save_figure, atomic_write,
+               contrast):
     first, k = per_method[chosen[0]]
     logits = first.logits[k]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     predicted, target = int(first.predicted[k]), int(first.target[k])
     stem = path.stem
-    figure = out_dir / f"{stem}_{'+'.join(chosen)}.png"
+    versus = "" if contrast is None else f"_vs-{contrast}"
+    figure = out_dir / f"{stem}_{'+'.join(chosen)}{versus}.png"
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
-             "target_logit": float(logits[target]), "figure": str(figure), "methods": {}}
+             "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
     panels = []
     for m in chosen:
         exp, _ = per_method[m]
@@ -302,16 +321,18 @@ def _write_one(path, display, per_method, chosen, labels, out_dir, args, written
                   "its heatmap shows that mass more than the logit's make-up")
         panels.append((f"{m}  (sum {relevance.sum():.4g})", heatmap))
         if args.save_npy:
-            npy = out_dir / f"{stem}_{m}.npy"
+            npy = out_dir / f"{stem}_{m}{versus}.npy"
             atomic_write(npy, lambda tmp, r=relevance: np.save(open(tmp, "wb"), r))
             written.append(npy)
             entry["methods"][m]["npy"] = str(npy)
+    explained = _name(labels, target) + ("" if contrast is None else " rather than " + (
+        "the others" if contrast == "others" else _name(labels, contrast)))
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
-               f"p={probs[predicted]:.3f}; explained {_name(labels, target)}")
+               f"p={probs[predicted]:.3f}; explained {explained}")
     save_figure(figure, display, panels, caption, overlay=args.overlay)
     written.append(figure)
     print(f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
-          f"explained {_name(labels, target)} with {', '.join(chosen)} -> {figure}")
+          f"explained {explained} with {', '.join(chosen)} -> {figure}")
     return entry
 
 

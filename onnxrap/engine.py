@@ -48,10 +48,3 @@ def propagate(graph, method, ctx, seed, trace=None):
     R = relevance.get(graph.input_name)
     return ctx.bk.xp.zeros_like(ctx[graph.input_name]) if R is None else R
 
-
-def one_hot(bk, shape, targets, dtype):
-    """``shape``-sized zeros with 1 at each sample's target (logits may carry trailing 1-axes)."""
-    n = shape[0]
-    flat = np.zeros((n, int(np.prod(shape[1:]))), dtype=dtype)
-    flat[np.arange(n), np.asarray(targets)] = 1
-    return bk.asarray(flat.reshape(shape))

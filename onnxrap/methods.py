@@ -14,7 +14,6 @@ import inspect
 
 import numpy as np
 
-from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
 from .rules.joins import AddShare, ConcatSlices
@@ -68,12 +67,58 @@ class Method:
             raise UnsupportedOpsError(missing)
 
     def seed(self, bk, logits, targets):
-        hot = one_hot(bk, logits.shape, targets, logits.dtype)
-        return hot * logits if self.seed_kind == "logit" else hot
+        """Relevance at the logits.  ``targets``: one class index per sample, or (N, classes) weights
+        ``w`` (a contrast's dual, see ``contrast_dual``): the score explained is then ``w . logits``."""
+        n = logits.shape[0]
+        weights = np.asarray(targets, dtype=np.float64)
+        if weights.ndim == 1:
+            weights = np.zeros((n, int(np.prod(logits.shape[1:]))))
+            weights[np.arange(n), np.asarray(targets)] = 1
+        weights = bk.asarray(weights.reshape(logits.shape), dtype=logits.dtype)
+        return weights * logits if self.seed_kind == "logit" else weights
 
     def attribute(self, backprop, x, targets):
         """Relevance for the batch ``x``; ``backprop(method, x, targets)`` runs one backward walk."""
         return backprop(self, x, targets)
+
+
+def contrast_dual(targets, classes, contrast):
+    """The dual of a contrastive explanation (Gu et al. 2018, CLRP): per sample, weights over classes.
+
+    ``contrast`` is a class index c (the dual is c: "the target rather than c") or ``"others"``
+    (the dual is every class but the target, equally weighted).
+    """
+    n = len(targets)
+    targets = np.asarray(targets)
+    if isinstance(contrast, str):
+        if contrast != "others":
+            raise InputError(f"contrast is none, others or a class index, not {contrast!r}")
+        dual = np.ones((n, classes))
+        dual[np.arange(n), targets] = 0
+        return dual / (classes - 1)
+    c = int(contrast)
+    if not 0 <= c < classes:
+        raise InputError(f"contrast class {c} is out of range: the model has {classes} classes (0..{classes - 1})")
+    same = np.flatnonzero(targets == c)
+    if same.size:
+        raise InputError(f"contrast class {c} is the target of input {int(same[0])}: explain it against another class")
+    dual = np.zeros((n, classes))
+    dual[:, c] = 1
+    return dual
+
+
+def contrasted(target_relevance, dual_relevance):
+    """The target's relevance minus the dual's, rescaled per sample to the same sum, so it sums to 0.
+
+    For rap both sums are logits (z_t and the dual's), so this is ``z_t * (R_t / z_t - R_d / z_d)``:
+    where the target's logit draws on the input more than the dual's does.  A dual whose relevance
+    sums to exactly 0 cannot be rescaled and is left out.
+    """
+    axes = tuple(range(1, target_relevance.ndim))
+    total = target_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
+    dual_total = dual_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
+    scale = np.divide(total, dual_total, out=np.zeros_like(total), where=dual_total != 0)
+    return (target_relevance - dual_relevance * scale).astype(target_relevance.dtype)
 
 
 class GradientTimesInput(Method):
@@ -94,7 +139,7 @@ class IntegratedGradients(Method):
         alphas = (np.arange(steps) + 0.5) / steps
         shape = (len(x) * steps,) + x.shape[1:]
         path = (base[:, None] + alphas.reshape((1, steps) + (1,) * (x.ndim - 1)) * (x - base)[:, None])
-        grads = backprop(self, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps))
+        grads = backprop(self, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps, axis=0))
         return grads.reshape((len(x), steps) + x.shape[1:]).mean(axis=1) * (x - base)
 
 
@@ -107,7 +152,7 @@ class SmoothGrad(Method):
         spread = (x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1)) * noise
         jitter = rng.standard_normal((len(x), samples) + x.shape[1:]) * spread.reshape((-1, 1) + (1,) * (x.ndim - 1))
         noisy = (x[:, None] + jitter).reshape((len(x) * samples,) + x.shape[1:]).astype(x.dtype)
-        grads = backprop(self, noisy, np.repeat(targets, samples))
+        grads = backprop(self, noisy, np.repeat(targets, samples, axis=0))
         return grads.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
 
 
