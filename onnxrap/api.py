@@ -8,10 +8,17 @@ import numpy as np
 
 from . import methods
 from .device import resolve as resolve_device
-from .capture import Capture
+from .capture import Capture, batches
 from .engine import Context, propagate, recompute
 from .errors import InputError, ModelError
 from .graph import Graph
+
+
+def softmax(logits):
+    """Class probabilities from class scores, along the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -169,10 +176,12 @@ class Explainer:
         return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):
-        """Batches for ONNX Runtime: the model's own batch size if fixed, else ``max_batch``."""
+        """Batches for ONNX Runtime.  A fixed-batch model gets whole batches only: padding would add
+        samples nobody asked to explain, so another count is left to the capture's shape check."""
+        if not x.ndim:
+            return [x]
         fixed = self.graph.fixed_batch
-        size = fixed if fixed and x.ndim and x.shape[0] % fixed == 0 else self.max_batch
-        return [x[i:i + size] for i in range(0, len(x), size)] if x.ndim else [x]
+        return [part for part, _ in batches(x, self.max_batch, fixed if fixed and len(x) % fixed == 0 else None)]
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk

@@ -42,6 +42,22 @@ def session_options():
     return so
 
 
+def batches(x, size, fixed=None):
+    """``x`` in pieces for ONNX Runtime runs, each with how many of its samples are real.
+
+    A model exported for a ``fixed`` batch size takes exactly that many samples a run: the
+    pieces have that size, a short last one padded by repeating its last sample.  Otherwise
+    a piece holds up to ``size`` samples.
+    """
+    step = fixed or max(1, int(size))
+    for start in range(0, len(x), step):
+        part = x[start:start + step]
+        n = len(part)
+        if fixed and n < fixed:
+            part = np.concatenate([part, np.repeat(part[-1:], fixed - n, axis=0)])
+        yield part, n
+
+
 class Capture:
     """Runs ``graph``'s model once per batch and returns its activations by tensor name."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, methods
+from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
 from .errors import InputError, OnnxrapError
 
 EXIT_USAGE = 2
@@ -30,6 +31,11 @@ def _floats(text):
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text):
+    """A comma-separated list as a tuple of its non-empty names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _size(text):
@@ -56,23 +62,41 @@ def _image_options(p):
     p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
 
 
-def _method_options(p, steps_flag):
-    """Each method's own options; ``steps_flag`` names integrated-gradients' steps (evaluate has its own --steps)."""
+class _Renamed(argparse.Action):
+    """A flag that was renamed: one line naming its successors, exit 2."""
+
+    def __init__(self, option_strings, dest, successor, **kw):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
+        self.successor = successor
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.successor}")
+
+
+def _method_options(p):
+    """Each method's own options."""
     p.add_argument("--epsilon", type=float, help="lrp-eps, lrp-preset-a/b: the epsilon")
     p.add_argument("--alpha", type=float, help="lrp-ab: alpha (beta = alpha - 1)")
-    p.add_argument(steps_flag, dest="ig_steps", type=int, help="integrated-gradients: points on the path (default 32)")
+    p.add_argument("--ig-steps", type=int, help="integrated-gradients: points on the path (default 32)")
     p.add_argument("--baseline", type=float, help="integrated-gradients: the constant baseline input (default 0)")
     p.add_argument("--samples", type=int, help="smoothgrad: noisy copies (default 16)")
     p.add_argument("--noise", type=float, help="smoothgrad: noise std as a fraction of the input's range (default 0.15)")
     p.add_argument("--flow", choices=["sum", "normal", "inversion"],
                    help="rap-paper: the normal flow, the inversion flow, or their sum (default)")
+    p.add_argument("--steps", action=_Renamed, successor="--ig-steps (integrated-gradients' path points) "
+                                                          "or, in evaluate, --grid (the perturbation steps)")
 
 
-def method_options(args):
-    """The method options given on the command line, by the methods' own keyword names."""
+# The command line's name for a method option where it differs from the keyword.
+_OPTION_FLAGS = {"steps": "ig-steps"}
+
+
+def method_options(args, names):
+    """The method options given on the command line, split among the methods ``names`` that take them."""
     given = {"epsilon": args.epsilon, "alpha": args.alpha, "steps": args.ig_steps, "baseline": args.baseline,
              "samples": args.samples, "noise": args.noise, "flow": args.flow}
-    return {k: v for k, v in given.items() if v is not None}
+    return methods.split_options(names, {k: v for k, v in given.items() if v is not None},
+                                 flag=lambda k: "--" + _OPTION_FLAGS.get(k, k))
 
 
 def _device_option(p):
@@ -92,7 +116,7 @@ def build_parser():
     e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
     e.add_argument("--method", default="rap",
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
-    _method_options(e, steps_flag="--steps")
+    _method_options(e)
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
     e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
                    help="explain the target rather than CLASS (an index or a label name) or rather than the "
@@ -114,16 +138,16 @@ def build_parser():
                                 "prediction) or an .npz with x (model inputs) and optionally y (labels)")
     v.add_argument("-o", "--out-dir", default="onnxrap-eval",
                    help="results.csv/.json, table.md, plots, and methods/ per method (default: %(default)s)")
-    v.add_argument("--methods", default="rap,rap-reference,lrp-a2b1,gradient-x-input",
+    v.add_argument("--methods", type=_names, default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated (default: %(default)s); known: {', '.join(methods.FACTORIES)}, and "
                         "the controls random (a random ranking) and centre (centre pixels positive, corners negative)")
     grid = v.add_mutually_exclusive_group()
-    grid.add_argument("--steps", help="pixels perturbed per step, comma-separated, 'all' = every pixel of that "
-                                      "sign (the paper: 0,2000,4000,6000,8000,10000,all; default for inputs of "
-                                      "224x224 and larger)")
-    grid.add_argument("--fractions", help="steps as fractions of the image's pixels, and 'all' (default for "
-                                          "smaller inputs: 0,0.01,0.02,0.04,0.08,0.12,0.16,0.2,all)")
-    v.add_argument("--perturbations", default="min,shuffle",
+    grid.add_argument("--grid", help=f"the perturbation steps: pixels perturbed per step, comma-separated, 'all' = "
+                                     f"every pixel of that sign (the paper: {PAPER_STEPS}; default for inputs of "
+                                     "224x224 and larger)")
+    grid.add_argument("--fractions", help="the perturbation steps as fractions of the image's pixels, and 'all' "
+                                          f"(default for smaller inputs: {DEFAULT_FRACTIONS})")
+    v.add_argument("--perturbations", type=_names, default=",".join(PERTURBATIONS),
                    help="min (set to the image's minimum) and/or shuffle (permute the selected pixels); "
                         "default: %(default)s")
     v.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label "
@@ -141,7 +165,7 @@ def build_parser():
     v.add_argument("--score-batch-size", type=int, default=64,
                    help="perturbed inputs per ONNX Runtime run (default: %(default)s)")
     _device_option(v)
-    _method_options(v, steps_flag="--ig-steps")
+    _method_options(v)
     _model_options(v)
     _image_options(v)
     v.set_defaults(run=cmd_evaluate)
@@ -176,13 +200,13 @@ def main(argv=None):
 
 def cmd_explain(args):
     from .api import Explainer
-    from .io import load_input, preprocess_factory, read_labels
+    from .inputs import load_input, preprocess_factory, read_labels
     from .viz import atomic_write, save_explanation_figure
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
         raise InputError("--method names no method")
-    per_method = methods.split_options(chosen, method_options(args), flag=lambda k: f"--{k}")
+    per_method = method_options(args, chosen)
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
@@ -231,9 +255,18 @@ def cmd_explain(args):
 
 
 def cmd_evaluate(args):
-    from .evaluate import run
+    from .evaluate import CONTROLS, Grid, Settings, run
 
-    return run(args, method_options(args))
+    grid = (Grid.parse(args.grid, "counts") if args.grid is not None
+            else Grid.parse(args.fractions, "fractions") if args.fractions is not None else None)
+    return run(Settings(
+        args.model, args.data, args.out_dir, methods=args.methods,
+        method_options=method_options(args, [m for m in args.methods if m not in CONTROLS]), grid=grid,
+        perturbations=args.perturbations, labels_csv=args.labels_csv, labels=args.labels, limit=args.limit,
+        seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
+        batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device,
+        input_name=args.input_name, output_name=args.output_name, layout=args.layout,
+        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std)))
 
 
 def cmd_inspect(args):
@@ -294,10 +327,11 @@ def _name(labels, k):
 
 def _write_one(path, display, per_method, chosen, labels, out_dir, args, written, save_figure, atomic_write,
                contrast):
+    from .api import softmax
+
     first, k = per_method[chosen[0]]
     logits = first.logits[k]
-    probs = np.exp(logits - logits.max())
-    probs /= probs.sum()
+    probs = softmax(logits)
     predicted, target = int(first.predicted[k]), int(first.target[k])
     stem = path.stem
     versus = "" if contrast is None else f"_vs-{contrast}"

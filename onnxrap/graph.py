@@ -23,6 +23,7 @@ from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.elementwise import ConstantArithmetic
 from .ops.linear import Conv, Linear
 from .ops.structure import Concat, Pad
+from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
@@ -132,6 +133,7 @@ class Graph:
         # The ops hold what they need; keep only the constants read at run time (shapes, Concat parts).
         read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
         self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
+        mark_signed_inputs(self)
 
     # -- input and output ---------------------------------------------------
     def _pick_input(self, g, wanted):

@@ -48,7 +48,7 @@ def test_side_by_side_methods_and_target(tmp_path, capsys):
 
 def test_method_options_from_the_command_line(tmp_path, capsys):
     code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--method",
-                          "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--steps", "8"],
+                          "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--ig-steps", "8"],
                          capsys)
     assert code == 0, err
     entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]

@@ -1,4 +1,4 @@
-"""Region perturbation (spec section D): metric code on cases whose answer is known by construction,
+"""Region perturbation (docs/rules.md, "Evaluation"): metric code on cases whose answer is known by construction,
 and ``onnxrap evaluate`` end to end on the bundled digits model."""
 import csv
 import json
@@ -12,8 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import DIGIT_IMAGES, DIGITS, ROOT
 from onnxrap import Explainer
 from onnxrap.cli import main
-from onnxrap.evaluate import (Evaluation, Grid, Scorer, aopc, channels_first, concentration, perturb, rank_pixels,
-                              shuffle_rng)
+from onnxrap.capture import batches
+from onnxrap.errors import InputError
+from onnxrap.evaluate import (Evaluation, Grid, Scorer, Settings, aopc, channels_first, concentration, perturb,
+                              rank_pixels, run, shuffle_rng)
 
 HOLDOUT = ROOT / "models" / "digits_holdout.npz"
 
@@ -164,7 +166,7 @@ def test_grid_parse_and_pixel_counts():
     f = Grid.parse("0,0.1,0.5", "fractions")
     assert f.pixels(1024, 400) == [0, 102, 400]
     for bad, kind in (("0,1.5", "fractions"), ("0,2.5", "counts"), ("0,x", "counts"), ("0", "counts")):
-        with pytest.raises(Exception):
+        with pytest.raises(InputError):
             Grid.parse(bad, kind)
 
 
@@ -251,7 +253,7 @@ def test_evaluate_image_folders_with_class_folders_and_csv(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "nope"], "unknown method"),
-    (["--steps", "0,10,x"], "bad step"),
+    (["--grid", "0,10,x"], "bad step"),
     (["--fractions", "0,2"], "--fractions"),
     (["--limit", "0"], "--limit"),
     (["--perturbations", "blur"], "unknown perturbation"),
@@ -268,3 +270,63 @@ def test_evaluate_rejects_an_npz_without_x(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", images=np.zeros((2, 1, 32, 32), np.float32))
     code, out, err = run_cli(["evaluate", DIGITS, tmp_path / "bad.npz", "-o", tmp_path / "x"], capsys)
     assert code == 2 and "no array named x" in err
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate"])
+def test_the_old_steps_flag_names_its_successors(tmp_path, capsys, command):
+    with pytest.raises(SystemExit) as exit_:  # argparse's own errors exit inside parse_args
+        main([command, str(DIGITS), str(HOLDOUT if command == "evaluate" else DIGIT_IMAGES[0]),
+              "--steps", "8", "-o", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "--ig-steps" in err and "--grid" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_ig_steps_reaches_integrated_gradients_in_evaluate(tmp_path, capsys):
+    code, out, err = run_cli(["evaluate", DIGITS, HOLDOUT, "--limit", 2, "--methods", "integrated-gradients",
+                              "--ig-steps", 3, "--grid", "0,10,all", "--perturbations", "min", "--quiet",
+                              "-o", tmp_path / "x"], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "x" / "results.json").read_text())
+    assert results["methods"]["integrated-gradients"]["options"] == {"steps": 3}
+    assert results["settings"]["grid"]["labels"] == ["0", "10", "all"]
+
+
+def test_run_takes_settings_without_the_command_line(tmp_path, capsys):
+    settings = Settings(DIGITS, HOLDOUT, tmp_path / "api", methods=("gradient", "centre"),
+                        method_options={"gradient": {}}, grid=Grid.parse("0,0.5", "fractions"),
+                        perturbations=("shuffle",), limit=3, quiet=True)
+    assert run(settings) == 0
+    assert capsys.readouterr().err == ""  # quiet: no notes, no progress bars
+    results = json.loads((tmp_path / "api" / "results.json").read_text())
+    assert list(results["methods"]) == ["gradient", "centre"]
+    assert results["settings"]["perturbations"] == ["shuffle"]
+    with pytest.raises(InputError, match="--limit"):
+        run(Settings(DIGITS, HOLDOUT, tmp_path / "bad", limit=0))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("n, size, fixed, expected", [
+    (5, 2, None, [(2, 2), (2, 2), (1, 1)]),
+    (5, 9, None, [(5, 5)]),
+    (5, 9, 2, [(2, 2), (2, 2), (2, 1)]),  # a fixed batch of 2 ignores the size; the last piece is padded
+])
+def test_batches_for_onnx_runtime(n, size, fixed, expected):
+    x = np.arange(n * 3).reshape(n, 3)
+    pieces = list(batches(x, size, fixed))
+    assert [(len(p), real) for p, real in pieces] == expected
+    np.testing.assert_array_equal(np.concatenate([p[:real] for p, real in pieces]), x)
+    last, real = pieces[-1]
+    assert (last[real:] == x[-1]).all()  # padding repeats the last sample
+
+
+def test_scorer_on_a_fixed_batch_model_drops_the_padding(linear_case):
+    _, x, w0, bias = linear_case
+    model = linear_model(np.stack([w0, np.zeros(16)], axis=1), bias)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # exported for batches of exactly 2
+    scorer = Scorer(Explainer(model), batch_size=64)
+    xs = np.concatenate([x, 2 * x, 3 * x])
+    got = scorer.logits(xs)
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got[:, 0], [(k * x.ravel()) @ w0 for k in (1, 2, 3)], rtol=1e-5)

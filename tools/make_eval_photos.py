@@ -51,9 +51,9 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from PIL import Image
 
-    from onnxrap.api import Explainer
+    from onnxrap.api import Explainer, softmax
     from onnxrap.evaluate import Scorer
-    from onnxrap.io import Preprocess
+    from onnxrap.inputs import Preprocess
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -85,7 +85,7 @@ def main(argv=None):
         pil = Image.fromarray(image)
         logits = scorer.logits(prep(pil)[0])[0]
         label = int(logits.argmax())
-        prob = float(np.exp(logits[label] - logits.max()) / np.exp(logits - logits.max()).sum())
+        prob = float(softmax(logits)[label])
         title = names[label] if names else str(label)
         if prob < args.min_probability:
             print(f"{name}: top-1 {label} ({title}) p={prob:.3f}: below --min-probability, skipped")

@@ -7,14 +7,16 @@ from . import Op, Unsupported, register
 
 
 class Activation(Op):
-    """A piecewise-linear activation ``fn`` with derivative ``slope``."""
+    """A non-decreasing piecewise-linear activation ``fn`` with derivative ``slope``; ``bounds`` clip
+    its output (signs.py reads them)."""
 
     kind = "activation"
 
-    def __init__(self, name, op_type, inputs, output, fn, slope):
+    def __init__(self, name, op_type, inputs, output, fn, slope, bounds=(-np.inf, np.inf)):
         super().__init__(name, op_type, inputs, output)
         self.fn = fn
         self.slope = slope
+        self.bounds = bounds
 
     def forward(self, bk, ctx):
         return self.fn(bk.xp, ctx[self.inputs[0]])
@@ -24,7 +26,8 @@ class Activation(Op):
 
 
 def relu(name, op_type, x, y):
-    return Activation(name, op_type, [x], y, lambda xp, v: xp.maximum(v, 0), lambda xp, v: v > 0)
+    return Activation(name, op_type, [x], y, lambda xp, v: xp.maximum(v, 0), lambda xp, v: v > 0,
+                      (0.0, np.inf))
 
 
 def leaky_relu(name, op_type, x, y, alpha):
@@ -33,7 +36,8 @@ def leaky_relu(name, op_type, x, y, alpha):
 
 
 def clip(name, op_type, x, y, lo, hi):
-    return Activation(name, op_type, [x], y, lambda xp, v: xp.clip(v, lo, hi), lambda xp, v: (v > lo) & (v < hi))
+    return Activation(name, op_type, [x], y, lambda xp, v: xp.clip(v, lo, hi),
+                      lambda xp, v: (v > lo) & (v < hi), (lo, hi))
 
 
 @register("Relu")

@@ -29,6 +29,7 @@ class Weights:
 
 class Linear(Op):
     kind = "linear"
+    signed_input = True  # signs.py: False where the data input is provably >= 0 (no x- part)
 
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)

@@ -2,7 +2,8 @@
 
 Written against the op's ``apply`` (``L_W``) and ``adjoint`` (``L_W^T``),
 so one rule serves dense and convolutional layers of any rank and groups.
-Section numbers refer to docs/rap-spec.md (A1..A3, B).
+Section numbers refer to docs/rap-spec.md (A1..A3, B).  No rule branches on array
+values: whether an input has an ``x-`` part is the op's static ``signed_input``.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class RapFirst(_LinearRule):
         to_wp, to_wn = R * (zpp != 0), R * (zpn != 0)  # what x+ sends back through W+ and W-
         C = 0
         pos, neg = zpp, zpn
-        if (x < 0).any():
+        if op.signed_input:  # signs.py: where the input is provably >= 0 the x- part is zero
             xn = bk.neg(x)
             znp, znn = fwd(xn, wp, wn)
             C = xn * adj((R * (znp != 0), wp), (R * (znn != 0), wn))
@@ -71,7 +72,7 @@ class RapHidden(_LinearRule):
         mask = R != 0
         conv = op.family == "conv"
         parts = [self._part(bk, R, mask, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
-        if (x < 0).any():  # the x- part is exactly zero otherwise
+        if op.signed_input:  # the x- part is exactly zero otherwise (signs.py)
             parts.append(self._part(bk, R, mask, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
         if self.per_sign:
             out = sum(self._shift(bk, p, R) for p in parts)
@@ -149,7 +150,7 @@ class AlphaBeta(_LinearRule):
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
         pieces = [(bk.pos(x), wp, wn)]
-        if (x < 0).any():
+        if op.signed_input:  # signs.py
             pieces.append((bk.neg(x), wn, wp))
         beta = self.alpha - 1.0
         out = 0

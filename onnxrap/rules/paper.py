@@ -37,10 +37,9 @@ from . import Rule
 from .linear import _LinearRule
 
 
-def _flows(bk, x, R, wp, wn, fwd, adj):
-    """Relevance through promoters (normal) and through inhibitors (inversion)."""
+def _flows(bk, x, R, wp, wn, fwd, adj, signed):
+    """Relevance through promoters (normal) and through inhibitors (inversion); ``signed``: x may be < 0."""
     xp, xn = bk.pos(x), bk.neg(x)
-    signed = bool((x < 0).any())
     zp, zn = fwd(xp, wp, wn)
     if signed:
         zn_, zp_ = fwd(xn, wp, wn)
@@ -67,7 +66,7 @@ class PaperFirst(_LinearRule):
     def __call__(self, op, ctx, R):
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
-        normal, inversion = _flows(ctx.bk, x, R, wp, wn, fwd, adj)
+        normal, inversion = _flows(ctx.bk, x, R, wp, wn, fwd, adj, op.signed_input)
         return [op.give(normal - inversion)]
 
 
@@ -85,7 +84,7 @@ class PaperFlow(_LinearRule):
         if b is not None:
             spatial = math.prod(R.shape[2:]) if op.family == "conv" else 1
             R = R - self.k * _centred_where_nonzero(bk, bk.xp.broadcast_to(b, R.shape), R) / spatial
-        normal, inversion = _flows(bk, x, R, wp, wn, fwd, adj)
+        normal, inversion = _flows(bk, x, R, wp, wn, fwd, adj, op.signed_input)
         return [op.give(normal if self.k > 0 else inversion)]
 
 
