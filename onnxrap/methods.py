@@ -230,9 +230,16 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
 _RAP_TAIL = {"tail": Adjoint()}
 
 
+# rap keeps its promise where a rule's own denominator is exactly zero (docs: conservation edge cases).
+_RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(conserve=True),
+                   "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
+                   "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
+                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True)}
+
+
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_CONSERVING}, conserves=True, description=(
         "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
 
 
