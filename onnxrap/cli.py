@@ -158,6 +158,16 @@ def build_parser():
     v.add_argument("--seed", type=int, default=0, help="seed of the shuffle perturbation (default: %(default)s)")
     v.add_argument("--concentration-max", type=int, default=10000,
                    help="largest K of the concentration D_K (default: %(default)s, capped at the pixel count)")
+    v.add_argument("--contrast", type=_names, default="none",
+                   help="none and/or others, comma-separated: evaluate each method plain and/or explaining the "
+                        "target rather than the other classes (default: %(default)s)")
+    v.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="also run the sanity checks (Adebayo et al. 2018: cascading randomisation of the weights, "
+                        "class sensitivity) on the first N evaluated inputs (default: 0, none)")
+    v.add_argument("--sanity-steps", type=int, default=8,
+                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
+    v.add_argument("--sanity-classes", type=int, default=10,
+                   help="class sensitivity across the top N classes (default: %(default)s)")
     v.add_argument("--resume", action="store_true",
                    help="reuse results of methods already in OUT/methods/ made with the same model, data and settings")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -266,7 +276,9 @@ def cmd_evaluate(args):
         seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
         batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
-        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std)))
+        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std),
+        contrasts=tuple(None if c == "none" else c for c in args.contrast), sanity=args.sanity,
+        sanity_steps=args.sanity_steps, sanity_classes=args.sanity_classes))
 
 
 def cmd_inspect(args):
