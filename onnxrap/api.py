@@ -116,7 +116,8 @@ class Explainer:
         ``"others"`` (rather than the other classes): the method runs once more for the dual (c, or
         the other classes equally weighted) and the dual's relevance, rescaled to the same sum, is
         subtracted (``methods.contrasted``); the result sums to 0.
-        ``options``: the method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
+        ``method``: a registered name or a ``methods.Method`` (e.g. a ``methods.Composite``).
+        ``options``: a registered method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
         """
         m = methods.get(method, **options)

@@ -98,7 +98,7 @@ class Backend:
 
     # -- elementwise helpers shared by many rules -------------------------
     def sdiv(self, a, b):
-        """``a / b`` where ``b != 0``, else 0 (the spec's safe division)."""
+        """``a / b`` where ``b != 0``, else 0 (the safe division of docs/rules.md, notation)."""
         with np.errstate(divide="ignore", invalid="ignore"):  # the quotients where b == 0 are dropped
             quotient = a / b
         return self.xp.where(b != 0, quotient, 0)
@@ -110,13 +110,13 @@ class Backend:
         return self.xp.minimum(a, 0)
 
     def rap_shares(self, R, za, zb, conv):
-        """Spec A2's P(): what ``L_wa^T`` and ``L_wb^T`` carry back (fused into one kernel on a GPU)."""
+        """P() of docs/rules.md, rap.hidden: what ``L_wa^T`` and ``L_wb^T`` carry back (one kernel on a GPU)."""
         total = za + zb
         one = total != 0
         share = self.sdiv(zb, total)
         ta = self.sdiv(self.pos(R) * one, za)
         tb = self.sdiv(R * share, zb)  # C2 + C2n: R+ and R- share a denominator and never overlap
-        # C1n: the released code sends R- through wa for dense ops, wb for convolutions.
+        # C1n (docs/rules.md, rap.hidden): the released code sends R- through wa for dense ops, wb for convolutions.
         if conv:
             tb = tb + self.sdiv(self.neg(R) * one, zb)
         else:
@@ -138,7 +138,7 @@ class Backend:
         return a.sum(axis=axes, keepdims=True).reshape(shape)
 
     def sample_sum(self, a, keepdims=True):
-        """Sum over every non-batch axis (the spec's S)."""
+        """Sum over every non-batch axis (S in docs/rules.md, notation)."""
         axes = tuple(range(1, a.ndim))
         return a.sum(axis=axes, keepdims=keepdims)
 

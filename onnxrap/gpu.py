@@ -2,7 +2,7 @@
 
 Convolutions and their adjoints are the base class's im2col/col2im code on
 CuPy arrays (strided views, cuBLAS matmuls).  The arithmetic of the rules
-(safe divisions, sign splits, masks and shares of spec section A) runs as
+(safe divisions, sign splits, masks and shares of docs/rules.md, rap) runs as
 single CuPy ElementwiseKernels instead of chains of temporaries.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from .backend import Backend
 
 _SDIV = cupy.ElementwiseKernel("T a, T b", "T out", "out = b != 0 ? a / b : (T)0", "onnxrap_sdiv")
 
-# A2's P(): ta = sdiv(R+ [Za+Zb != 0], Za) (+ the R- term for dense ops),
+# P() of docs/rules.md, rap.hidden: ta = sdiv(R+ [Za+Zb != 0], Za) (+ the R- term for dense ops),
 # tb = sdiv(R Zb/(Za+Zb), Zb) (+ the R- term for convolutions), in one pass.
 _RAP_SHARES = cupy.ElementwiseKernel(
     "T r, T za, T zb, bool conv", "T ta, T tb",

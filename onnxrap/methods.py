@@ -1,12 +1,23 @@
 """Attribution methods: compositions of rules, registered by name.
 
-A method maps op kinds to rules, as zennit's composites do.  Linear ops are
+A method maps rule keys to rules, as zennit's composites do.  Linear ops are
 looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
-``identity``, ``shape``).  A new method is one ``@register`` factory; its
-keyword arguments are the method's options (``epsilon``, ``steps``, ...).
+``identity``, ``shape``); ``rule_keys()`` lists them all.  A new method is one
+``@register`` factory; its keyword arguments are the method's options
+(``epsilon``, ``steps``, ...).  Users build their own the same way::
+
+    from onnxrap import methods
+    from onnxrap.rules.linear import AlphaBeta, Epsilon
+
+    mine = methods.Composite({"conv": AlphaBeta(2), "dense": Epsilon(0.25)}, base="lrp-eps", name="my-lrp")
+    explainer.explain(x, method=mine)                     # or register it by name:
+    methods.register("my-lrp")(lambda: methods.Composite({...}, base="lrp-eps", name="my-lrp"))
+    explainer.explain(x, method=methods.SmoothGrad(methods.get("rap"), samples=8))  # wrappers take any method
+
+The equations of every rule and method: docs/rules.md.
 """
 from __future__ import annotations
 
@@ -121,39 +132,120 @@ def contrasted(target_relevance, dual_relevance):
     return (target_relevance - dual_relevance * scale).astype(target_relevance.dtype)
 
 
-class GradientTimesInput(Method):
-    def attribute(self, backprop, x, targets):
-        return backprop(self, x, targets) * x
+SEEDS = ("one", "logit")
 
 
-class IntegratedGradients(Method):
-    """Mean gradient along the straight path from ``baseline`` to x, times ``x - baseline``.
+class Composite(Method):
+    """A method built from rules, zennit-style, without reaching into private names.
 
-    The midpoint rule over ``steps`` points; every scaled input of a sample
-    goes through the model in one batch.
+    ``rules`` maps rule keys (``rule_keys()``) to rules.  ``base`` (a method or a registered
+    name) fills in every key ``rules`` leaves out, its default rule and its seed.  ``seed``:
+    ``"one"`` or ``"logit"`` (default: the base's, else ``"one"``).  ``default``: the rule for
+    ops that no key names.  A composite promises no conservation unless ``conserves=True``.
     """
 
+    def __init__(self, rules, base=None, seed=None, default=None, name="composite", description="",
+                 options=None, conserves=False):
+        if isinstance(base, str):
+            base = get(base)
+        if base is not None and type(base) not in (Method, Composite):
+            raise InputError(f"a composite's base must be a composite of rules; {base.name} is not")
+        unknown = sorted(set(rules) - rule_keys())
+        if unknown:
+            raise InputError(f"no op has the rule key {unknown[0]!r} (keys: {', '.join(sorted(rule_keys()))})")
+        if (seed or "one") not in SEEDS:
+            raise InputError(f"a composite's seed is {' or '.join(SEEDS)}, not {seed!r}")
+        super().__init__(name, {**(base.rules if base else {}), **rules},
+                         seed=seed or (base.seed_kind if base else "one"),
+                         default=default if default is not None else (base.default if base else None),
+                         description=description, options=options, conserves=conserves)
+
+
+def rule_keys() -> set[str]:
+    """Every key a rule map can use: op kinds, linear families, and families at a position."""
+    from .ops import Op
+
+    classes, todo = set(), [Op]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in classes:
+                classes.add(sub)
+                todo.append(sub)
+    families = {c.family for c in classes if c.family}
+    return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
+            | {f"{f}.{p}" for f in families for p in ("head", "input")})
+
+
+class Wrapper(Method):
+    """A method that runs another (``inner``) on changed inputs and combines its relevance.
+
+    The engine walks the graph with ``inner``'s rules and seed; the wrapper only chooses the
+    inputs and combines the results.
+    """
+
+    def __init__(self, name, inner, options=None, description=""):
+        super().__init__(name, rules={}, options=options, description=description)
+        self.inner = inner
+
+    def check(self, graph):
+        self.inner.check(graph)
+
+
+class TimesInput(Wrapper):
+    """``inner``'s relevance times the input (gradient x input)."""
+
+    def __init__(self, inner, name=None, description="", options=None):
+        super().__init__(name or f"{inner.name}-x-input", inner, options, description)
+
     def attribute(self, backprop, x, targets):
-        steps, baseline = self.options["steps"], self.options["baseline"]
-        base = np.full_like(x, baseline)
+        return self.inner.attribute(backprop, x, targets) * x
+
+
+class IntegratedGradients(Wrapper):
+    """``(x - baseline)`` times the mean of ``inner``'s relevance along the straight path from
+    ``baseline`` to x, as zennit's attributor does with a composite (``inner`` the gradient: IG).
+
+    The midpoint rule over ``steps`` points; every scaled input of a sample goes through the
+    model in one batch.
+    """
+
+    def __init__(self, inner, steps=32, baseline=0.0, name="integrated-gradients", description="", options=None):
+        if steps < 1:
+            raise InputError(f"integrated-gradients needs steps >= 1, got {steps}")
+        super().__init__(name, inner, {"steps": int(steps), "baseline": baseline, **(options or {})}, description)
+        self.steps, self.baseline = int(steps), baseline
+
+    def attribute(self, backprop, x, targets):
+        steps = self.steps
+        base = np.full_like(x, self.baseline)
         alphas = (np.arange(steps) + 0.5) / steps
         shape = (len(x) * steps,) + x.shape[1:]
         path = (base[:, None] + alphas.reshape((1, steps) + (1,) * (x.ndim - 1)) * (x - base)[:, None])
-        grads = backprop(self, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps, axis=0))
-        return grads.reshape((len(x), steps) + x.shape[1:]).mean(axis=1) * (x - base)
+        along = self.inner.attribute(backprop, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps, axis=0))
+        return along.reshape((len(x), steps) + x.shape[1:]).mean(axis=1) * (x - base)
 
 
-class SmoothGrad(Method):
-    """Mean gradient over ``samples`` noisy copies, noise std = ``noise`` x (max - min) of each sample."""
+class SmoothGrad(Wrapper):
+    """The mean of ``inner``'s relevance over ``samples`` noisy copies of x; noise std =
+    ``noise`` x (max - min) of each sample, seeded."""
+
+    def __init__(self, inner, samples=16, noise=0.15, seed=0, name="smoothgrad", description="", options=None):
+        if samples < 1:
+            raise InputError(f"smoothgrad needs samples >= 1, got {samples}")
+        super().__init__(name, inner, {"samples": int(samples), "noise": noise, "seed": seed, **(options or {})},
+                         description)
+        self.samples, self.noise, self.seed_value = int(samples), noise, seed
 
     def attribute(self, backprop, x, targets):
-        samples, noise = self.options["samples"], self.options["noise"]
-        rng = np.random.default_rng(self.options["seed"])
-        spread = (x.reshape(len(x), -1).max(axis=1) - x.reshape(len(x), -1).min(axis=1)) * noise
+        samples = self.samples
+        rng = np.random.default_rng(self.seed_value)
+        flat = x.reshape(len(x), -1)
+        spread = (flat.max(axis=1) - flat.min(axis=1)) * self.noise
         jitter = rng.standard_normal((len(x), samples) + x.shape[1:]) * spread.reshape((-1, 1) + (1,) * (x.ndim - 1))
         noisy = (x[:, None] + jitter).reshape((len(x) * samples,) + x.shape[1:]).astype(x.dtype)
-        grads = backprop(self, noisy, np.repeat(targets, samples, axis=0))
-        return grads.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
+        found = self.inner.attribute(backprop, noisy, np.repeat(targets, samples, axis=0))
+        return found.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
 
 
 class PaperRap(Method):
@@ -191,7 +283,12 @@ def options_of(name) -> set[str]:
     return set(inspect.signature(FACTORIES[name]).parameters)
 
 
-def get(name: str, **options) -> Method:
+def get(name, **options) -> Method:
+    """The registered method ``name`` built with ``options``; a Method passes through as it is."""
+    if isinstance(name, Method):
+        if options:
+            raise InputError(f"options of {name.name} go to its constructor, not to explain ({', '.join(options)})")
+        return name
     if name not in FACTORIES:
         raise InputError(f"unknown method {name!r} (known: {', '.join(FACTORIES)})")
     unknown = set(options) - options_of(name)
@@ -225,7 +322,7 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
         "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
 
 # rap's fix for heads behind pools (a 1x1-convolution classifier, then a global pool):
-# the seed 1 reaches the head as the gradient of the logit, so A1's sum_j R_j z_j is
+# the seed 1 reaches the head as the gradient of the logit, so rap.head's sum_j R_j z_j is
 # the logit; sharing it by |z| instead gives sum z^2 / sum |z|, which is not.
 _RAP_TAIL = {"tail": Adjoint()}
 
@@ -240,7 +337,7 @@ _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(
 @register("rap")
 def _rap():
     return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_CONSERVING}, conserves=True, description=(
-        "Relative Attributing Propagation with the measured fixes (spec section A); conserves the logit"))
+        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap); conserves the logit"))
 
 
 @register("rap-reference")
@@ -248,7 +345,7 @@ def _rap_reference():
     return Method("rap-reference", {
         **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
-        description="RAP as its authors released it (spec section A with the [ref] items)")
+        description="RAP as its authors released it (docs/rules.md, reference)")
 
 
 @register("rap-paper")
@@ -260,11 +357,11 @@ def _rap_paper(flow: str = "sum"):
         "linear": PaperFlow(k), "batchnorm": PaperBatchNorm(k)}, seed="logit")
         for k_name, k in (("normal", 1), ("inversion", -1))}
     return PaperRap(flows, name="rap-paper", rules={}, seed="logit", options={"flow": flow},
-                    description="RAP as the journal's equations (5)-(11) read (spec section C); experimental")
+                    description="RAP as the journal's equations (5)-(11) read (docs/rules.md, paper); experimental")
 
 
 def _lrp(name, rules, description, options=None):
-    """LRP composites (spec B): z-rules at joins and pools, z^B at the input convolution."""
+    """LRP composites (docs/rules.md, lrp): z-rules at joins and pools, z^B at the input convolution."""
     return Method(name, {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
                          "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules},
                   seed="logit", description=description, options=options)
@@ -295,39 +392,40 @@ _alpha_beta_preset(2)
 @register("lrp-preset-a")
 def _preset_a(epsilon: float = 0.1):
     return _lrp("lrp-preset-a", {"dense": Epsilon(epsilon), "conv": AlphaBeta(1)},
-                "iNNvestigate's preset A: epsilon on dense layers, alpha1-beta0 on convolutions")
+                "iNNvestigate's preset A: epsilon on dense layers, alpha1-beta0 on convolutions", {"epsilon": epsilon})
 
 
 @register("lrp-preset-b")
 def _preset_b(epsilon: float = 0.1):
     return _lrp("lrp-preset-b", {"dense": Epsilon(epsilon), "conv": AlphaBeta(2)},
-                "iNNvestigate's preset B: epsilon on dense layers, alpha2-beta1 on convolutions")
-
-
-_GRADIENT = dict(rules={}, default=Adjoint())  # every op's own adjoint
+                "iNNvestigate's preset B: epsilon on dense layers, alpha2-beta1 on convolutions", {"epsilon": epsilon})
 
 
 @register("gradient")
 def _gradient():
-    return Method("gradient", **_GRADIENT, description="the gradient of the target logit")
+    return Method("gradient", {}, default=Adjoint(), description="the gradient of the target logit")
 
 
 @register("gradient-x-input")
 def _gradient_x_input():
-    return GradientTimesInput("gradient-x-input", **_GRADIENT, description="gradient times input")
+    return TimesInput(_gradient(), description="gradient times input")
+
+
+def _inner(of):
+    """The method a wrapper runs; named only in its options where it is not the gradient."""
+    return get(of), ({} if of == "gradient" else {"of": of})
 
 
 @register("integrated-gradients")
-def _integrated_gradients(steps: int = 32, baseline: float = 0.0):
-    if steps < 1:
-        raise InputError(f"integrated-gradients needs steps >= 1, got {steps}")
-    return IntegratedGradients("integrated-gradients", **_GRADIENT, options={"steps": int(steps), "baseline": baseline},
-                               description="integrated gradients from a constant baseline")
+def _integrated_gradients(steps: int = 32, baseline: float = 0.0, of: str = "gradient"):
+    inner, named = _inner(of)
+    return IntegratedGradients(inner, steps, baseline, options=named,
+                               description=f"integrated {'gradients' if of == 'gradient' else of} "
+                                           "from a constant baseline")
 
 
 @register("smoothgrad")
-def _smoothgrad(samples: int = 16, noise: float = 0.15, seed: int = 0):
-    if samples < 1:
-        raise InputError(f"smoothgrad needs samples >= 1, got {samples}")
-    return SmoothGrad("smoothgrad", **_GRADIENT, options={"samples": int(samples), "noise": noise, "seed": seed},
-                      description="gradients averaged over noisy copies of the input")
+def _smoothgrad(samples: int = 16, noise: float = 0.15, seed: int = 0, of: str = "gradient"):
+    inner, named = _inner(of)
+    return SmoothGrad(inner, samples, noise, seed, options=named,
+                      description=f"{'gradients' if of == 'gradient' else of} averaged over noisy copies of the input")

@@ -1,17 +1,9 @@
-from pathlib import Path
-
+"""Fixtures.  Importable helpers live in helpers.py (``from helpers import ...``)."""
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).resolve().parent / "golden"
-GOLDEN_CASES = ["mlp", "inception_mini", "vgg16_w8", "vgg16bn_w8", "resnet50_w4"]
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-DIGIT_IMAGES = sorted((ROOT / "models" / "images").glob("*.png"))
-
-
-def rel_l2(a, b):
-    return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / np.linalg.norm(np.ravel(b)))
+# Re-exported for tests written as ``from conftest import ...``.
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, ROOT, rel_l2  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import rel_l2
+from helpers import rel_l2
 from onnxrap import Explainer
 from onnxrap.cli import main
 
@@ -48,7 +48,7 @@ def test_rap_conserves_and_matches_float64(name):
 
 
 def test_linear_bottlenecks_break_the_released_algorithm():
-    # The spec's first section: with signed residual streams (no activation after the
+    # docs/rules.md, deviations: with signed residual streams (no activation after the
     # projection) rap-reference's per-sign shifts and a/(a+b) shares blow the sum up;
     # rap keeps it equal to the logit.
     model = SMALL["mobilenet_v2"]()
@@ -132,7 +132,7 @@ def conv_classifier(seed=0):
 
 def test_convolutional_classifier_behind_a_global_pool_conserves():
     # The seed reaches a 1x1-convolution head through Relu and a global pool: rap sends it
-    # as the logit's gradient, so the head's A1 sums to the logit; rap-reference shares it
+    # as the logit's gradient, so the head's rule (docs/rules.md, rap.head) sums to the logit; rap-reference shares it
     # by the pooled values (the released behaviour) and does not.
     model = conv_classifier()
     x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN
 from onnxrap.cli import main
 
 
@@ -87,6 +87,7 @@ def test_npy_input_and_labels(tmp_path, capsys):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_console_script_runs(tmp_path):
     # The installed console script beside this interpreter (a venv), else the module.
     exe = Path(sys.executable).parent / "onnxrap"

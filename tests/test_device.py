@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from conftest import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
-from onnxrap import DeviceError, Explainer
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, GOLDEN_CASES, rel_l2
+from onnxrap import DeviceError, Explainer, InputError
 from onnxrap.cli import main
 from onnxrap.device import resolve
 
@@ -57,7 +57,7 @@ def test_cli_auto_reports_the_device(tmp_path, capsys):
 
 
 def test_unknown_device():
-    with pytest.raises(Exception, match="unknown device"):
+    with pytest.raises(InputError, match="unknown device"):
         Explainer(DIGITS, device="tpu")
 
 

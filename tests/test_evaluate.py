@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import DIGIT_IMAGES, DIGITS, ROOT
+from helpers import DIGIT_IMAGES, DIGITS, ROOT
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.capture import batches
@@ -181,6 +181,7 @@ def run_cli(args, capsys):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_the_digits_model(tmp_path, capsys):
     out_dir = tmp_path / "eval"
     args = ["evaluate", DIGITS, HOLDOUT, "--limit", 20, "--methods", "rap,gradient-x-input",
@@ -218,6 +219,7 @@ def test_evaluate_end_to_end_on_the_digits_model(tmp_path, capsys):
     assert json.loads((out_dir / "results.json").read_text())["methods"] == results["methods"]
 
 
+@pytest.mark.slow
 def test_evaluate_image_folders_with_class_folders_and_csv(tmp_path, capsys):
     data = tmp_path / "data"
     for image in DIGIT_IMAGES:  # digit_<label>_<k>.png
@@ -293,6 +295,7 @@ def test_ig_steps_reaches_integrated_gradients_in_evaluate(tmp_path, capsys):
     assert results["settings"]["grid"]["labels"] == ["0", "10", "all"]
 
 
+@pytest.mark.slow
 def test_run_takes_settings_without_the_command_line(tmp_path, capsys):
     settings = Settings(DIGITS, HOLDOUT, tmp_path / "api", methods=("gradient", "centre"),
                         method_options={"gradient": {}}, grid=Grid.parse("0,0.5", "fractions"),

@@ -47,11 +47,13 @@ import os
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxrap import Explainer
+from references import conv_out, np_conv, np_conv_transpose
 
 OPSET = 17
 IR_VERSION = 8
@@ -68,12 +70,6 @@ INPUT_KINDS = ("signed", "positive", "sparse", "shifted")
 # ---------------------------------------------------------------------------
 # Geometry shared by the strategy and the builder
 # ---------------------------------------------------------------------------
-
-def conv_out(i, k, s, d, pb, pe):
-    """ONNX Conv output size; 0 where the window does not fit."""
-    span = i + pb + pe - ((k - 1) * d + 1)
-    return span // s + 1 if span >= 0 else 0
-
 
 def pool_out(i, k, s, pb, pe, ceil):
     """ONNX / ONNX Runtime pool output size (a ceil_mode window must start inside input or left pad)."""
@@ -403,28 +399,8 @@ class Case:
 
 
 # ---------------------------------------------------------------------------
-# Independent arithmetic (float64 NumPy, no onnxrap code)
+# Independent arithmetic (float64 NumPy, no onnxrap code; the convolution is references.np_conv)
 # ---------------------------------------------------------------------------
-
-def np_conv(x, w, strides, dilations, pb, pe, groups):
-    """Cross-correlation in float64, one kernel tap at a time."""
-    rank = x.ndim - 2
-    n, c = x.shape[:2]
-    o = w.shape[0]
-    cg, og = c // groups, o // groups
-    kernel = w.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe)))
-    out = tuple(conv_out(i, k, s, d, b, e) for i, k, s, d, b, e in zip(x.shape[2:], kernel, strides, dilations, pb, pe))
-    y = np.zeros((n, o) + out)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(t * d, t * d + (q - 1) * s + 1, s) for t, d, q, s in zip(tap, dilations, out, strides))
-        patch = xp[(Ellipsis,) + region]
-        for g in range(groups):
-            wt = w[(slice(g * og, (g + 1) * og), slice(None)) + tap]
-            y[:, g * og:(g + 1) * og] += np.einsum("oc,nc...->no...", wt, patch[:, g * cg:(g + 1) * cg])
-    assert rank == len(out)
-    return y
-
 
 def linear_forward(op, x, w):
     if op["kind"] == "dense":
@@ -614,6 +590,7 @@ def check_case(case):
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=not os.environ.get("ONNXRAP_FUZZ_RANDOM"),
           print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@pytest.mark.slow
 @given(spec=graph_specs())
 def test_random_graphs(spec):
     case = Case(spec)
@@ -624,25 +601,6 @@ def test_random_graphs(spec):
 # ---------------------------------------------------------------------------
 # Regression cases found by the fuzzer (minimal graphs)
 # ---------------------------------------------------------------------------
-
-def np_conv_transpose(s, w, x_shape, strides, dilations, pb, groups):
-    """The adjoint of ``np_conv`` for an input of shape ``x_shape``, float64."""
-    n, o = s.shape[:2]
-    c = x_shape[1]
-    cg, og = c // groups, o // groups
-    kernel, out = w.shape[2:], s.shape[2:]
-    extent = tuple(max(b + i, (q - 1) * st + (k - 1) * d + 1)
-                   for b, i, q, st, k, d in zip(pb, x_shape[2:], out, strides, kernel, dilations))
-    xp = np.zeros((n, c) + extent)
-    for tap in itertools.product(*(range(k) for k in kernel)):
-        region = tuple(slice(t * d, t * d + (q - 1) * st + 1, st)
-                       for t, d, q, st in zip(tap, dilations, out, strides))
-        for g in range(groups):
-            wt = w[(slice(g * og, (g + 1) * og), slice(None)) + tap]
-            view = xp[:, g * cg:(g + 1) * cg][(Ellipsis,) + region]
-            view += np.einsum("oc,no...->nc...", wt, s[:, g * og:(g + 1) * og])
-    return xp[(Ellipsis,) + tuple(slice(b, b + i) for b, i in zip(pb, x_shape[2:]))]
-
 
 def conv_gap_gemm(w_conv, w_gemm, x_shape):
     """``Conv (no bias, no pads) -> GlobalAveragePool -> Flatten -> Gemm (no bias)``, literal weights."""
@@ -680,13 +638,13 @@ def rap_conv_gap_gemm(x, w_conv, w_gemm, target):
     low = flat.min(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
     high = flat.max(axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
     wp, wn = np.maximum(w, 0), np.minimum(w, 0)
-    z = np_conv(x - low, wp, *geometry) + np_conv(x - high, wn, *geometry)  # A3
+    z = np_conv(x - low, wp, *geometry) + np_conv(x - high, wn, *geometry)  # rap.input
     s = np.divide(r_y, z, out=np.zeros_like(z), where=z != 0)
     geometry_t = ((1,) * rank, (1,) * rank, (0,) * rank, 1)
     reach = np_conv(np.ones_like(x), w * w, *geometry)
-    return ((x - low) * np_conv_transpose(s, wp, x.shape, *geometry_t)
-            + (x - high) * np_conv_transpose(s, wn, x.shape, *geometry_t)
-            + np_conv_transpose(r_y * (z == 0) / reach, w * w, x.shape, *geometry_t))
+    return ((x - low) * np_conv_transpose(s, wp, x.shape[2:], *geometry_t)
+            + (x - high) * np_conv_transpose(s, wn, x.shape[2:], *geometry_t)
+            + np_conv_transpose(r_y * (z == 0) / reach, w * w, x.shape[2:], *geometry_t))
 
 
 def test_zbox_degenerate_unit_keeps_its_relevance():

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from conftest import GOLDEN_CASES, rel_l2
+from helpers import GOLDEN_PARAMS, rel_l2
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_forward_matches_pytorch(golden, name):
     ex, case = golden(name)
     e = ex.explain(case["x"], method="rap")
@@ -13,7 +13,7 @@ def test_forward_matches_pytorch(golden, name):
     assert int(e.target[0]) == int(case["target"])
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_rap_matches_robust_golden(golden, name):
     ex, case = golden(name)
     e = ex.explain(case["x"], method="rap")
@@ -22,13 +22,14 @@ def test_rap_matches_robust_golden(golden, name):
     assert rel_l2(e.relevance, case["rap_robust64"]) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["mlp", "inception_mini", "vgg16_w8", "vgg16bn_w8"])
+@pytest.mark.parametrize("name", GOLDEN_PARAMS[:4])
 def test_rap_reference_matches_authors(golden, name):
     ex, case = golden(name)
     e = ex.explain(case["x"], method="rap-reference")
     assert rel_l2(e.relevance, case["rap64"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_rap_reference_on_resnet_by_correlation(golden):
     # The released algorithm divides by a + b at residual Adds, so float32 rounding in the
     # forward pass moves it by several percent (the authors' own float32 and float64 runs
@@ -38,7 +39,7 @@ def test_rap_reference_on_resnet_by_correlation(golden):
     assert np.corrcoef(e.relevance.ravel(), case["rap64"].ravel())[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 @pytest.mark.parametrize("method", ["lrp-a1b0", "lrp-a2b1"])
 def test_lrp_matches_authors(golden, name, method):
     ex, case = golden(name)
@@ -46,7 +47,7 @@ def test_lrp_matches_authors(golden, name, method):
     assert rel_l2(e.relevance, case[method.replace("-", "_")]) < 1e-4
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_rap_conserves_the_logit(golden, name):
     ex, case = golden(name)
     e = ex.explain(case["x"], method="rap")
@@ -54,8 +55,9 @@ def test_rap_conserves_the_logit(golden, name):
     assert abs(float(e.relevance.sum(dtype=np.float64)) - logit) < 1e-4 * abs(logit)
 
 
+@pytest.mark.slow
 def test_rap_conserves_in_float64_arithmetic():
-    from conftest import GOLDEN
+    from helpers import GOLDEN
     from onnxrap import Explainer
 
     ex = Explainer(GOLDEN / "resnet50_w4" / "model.onnx", dtype="float64")
@@ -72,7 +74,7 @@ def test_rap_conserves_in_float64_arithmetic():
         assert abs(out_sum[0] - in_sum[0]) < 1e-6 * abs(logit), (name, op_type, out_sum, in_sum)
 
 
-@pytest.mark.parametrize("name", ["inception_mini", "resnet50_w4"])
+@pytest.mark.parametrize("name", [GOLDEN_PARAMS[1], GOLDEN_PARAMS[4]])
 def test_batch_equals_single_samples(golden, name):
     # These models are exported with a fixed batch of 1: a batch goes through in pieces.
     ex, case = golden(name)
@@ -92,12 +94,12 @@ def test_explicit_target(golden):
     assert abs(e.relevance.sum() - e.logits[0, 3]) < 1e-4 * max(1, abs(e.logits[0, 3]))
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 def test_float64_recompute_matches_to_rounding(name):
     # dtype=float64 replaces ORT's float32 activations by onnxrap's own float64 forward pass:
-    # then the spec's arithmetic is reproduced to rounding (the remaining ~1e-12 is
+    # then the rules' arithmetic is reproduced to rounding (the remaining ~1e-12 is
     # BatchNormalization's epsilon, stored as float32 in the ONNX file but 1e-5 in PyTorch).
-    from conftest import GOLDEN
+    from helpers import GOLDEN
     from onnxrap import Explainer
 
     ex = Explainer(GOLDEN / name / "model.onnx", dtype="float64")
@@ -111,7 +113,7 @@ def test_float64_recompute_matches_to_rounding(name):
 def test_float32_rounding_that_breaks_conservation_is_redone_in_float64(monkeypatch):
     # Deep networks with signed residual streams grow large, cancelling relevance (EfficientNet-Lite1:
     # 1e8 times the logit), and float32 then misses the logit: rap redoes those samples in float64.
-    from conftest import GOLDEN
+    from helpers import GOLDEN
     from onnxrap import Explainer
 
     ex = Explainer(GOLDEN / "mlp" / "model.onnx")
@@ -137,7 +139,7 @@ def test_float32_rounding_that_breaks_conservation_is_redone_in_float64(monkeypa
 
 @pytest.mark.parametrize("verify", ["once", "always"])
 def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify, monkeypatch):
-    from conftest import GOLDEN
+    from helpers import GOLDEN
     from onnxrap import Explainer, ModelError
 
     ex = Explainer(GOLDEN / "mlp" / "model.onnx", verify=verify)
@@ -156,7 +158,7 @@ def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify, monkeypatch
 def test_large_weights_are_served_from_a_temporary_file(monkeypatch):
     # Models with more than EXTERNAL_WEIGHTS_BYTES of weights keep them in one temporary file that
     # every session reads, instead of a copy per session and one in the graph.
-    from conftest import GOLDEN
+    from helpers import GOLDEN
     from onnxrap import Explainer, capture
 
     case = np.load(GOLDEN / "inception_mini" / "case.npz")

@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import GOLDEN, rel_l2
+from helpers import GOLDEN, rel_l2
 from onnxrap import Explainer, InputError, methods
 
 
@@ -52,7 +52,7 @@ def test_integrated_gradients_completeness(golden):
 
 
 def test_integrated_gradients_completeness_on_the_bundled_model():
-    from conftest import DIGITS
+    from helpers import DIGITS
 
     ex = Explainer(DIGITS)
     x = np.load(DIGITS.parent / "digits_holdout.npz")["x"][:3]
@@ -143,8 +143,9 @@ def test_method_options_are_checked(golden):
         ex.explain(case["x"], method="lrp-magic")
 
 
+@pytest.mark.slow
 def test_every_method_runs_on_the_bundled_model():
-    from conftest import DIGITS
+    from helpers import DIGITS
 
     ex = Explainer(DIGITS)
     x = np.load(DIGITS.parent / "digits_holdout.npz")["x"][:2]

@@ -1,8 +1,8 @@
-"""rap-paper: the journal's equations as spec section C reads them (onnxrap/rules/paper.py)."""
+"""rap-paper: the journal's equations as docs/rules.md, paper, reads them (onnxrap/rules/paper.py)."""
 import numpy as np
 import pytest
 
-from conftest import DIGIT_IMAGES, DIGITS
+from helpers import DIGIT_IMAGES, DIGITS
 from onnxrap import InputError
 from onnxrap.cli import main
 
@@ -22,6 +22,7 @@ def test_each_flow_keeps_its_sum_through_every_op(golden, name, flow):
     assert np.abs(e.relevance).sum() > 1e-3  # and yet it says something
 
 
+@pytest.mark.slow
 def test_sum_is_normal_plus_inversion(golden):
     ex, case = golden("vgg16bn_w8")
     parts = {flow: ex.explain(case["x"], method="rap-paper", flow=flow).relevance

@@ -1,15 +1,15 @@
 """Agreement with zennit, an independent PyTorch LRP library (fixtures: tools/make_zennit_fixtures.py).
 
-Where zennit and the spec differ by design the fixture holds the configuration in
+Where zennit and onnxrap (docs/rules.md, lrp) differ by design the fixture holds the configuration in
 which they must agree (tests/fixtures/zennit/README.md has the details):
 - zennit merges BatchNormalization into the convolution before LRP, so LRP is
   compared on the BN-folded export (alpha-beta ignores a positive per-channel
   scale, so it agrees on the BN-kept export too);
 - zennit's alpha-beta puts the bias into its denominators and adds a 1e-6
-  stabilizer; the spec (the RAP authors' LRP) ignores the bias and divides
+  stabilizer; onnxrap (the RAP authors' LRP) ignores the bias and divides
   safely: the ``*_nobias_sdiv`` arrays switch both off in zennit;
 - zennit's alpha-beta shares one denominator between positive and negative
-  inputs; the spec splits them (its golden ``lrp_a1b0`` on the signed-input MLP
+  inputs; onnxrap splits them (its golden ``lrp_a1b0`` on the signed-input MLP
   holds that), so alpha-beta is not compared on the dense network, whose first
   layer sees signed inputs.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import rel_l2
+from helpers import rel_l2
 from onnxrap import Explainer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "zennit"
@@ -48,7 +48,7 @@ def test_gradient(name):
 @pytest.mark.parametrize("name", NETWORKS)
 def test_epsilon(name):
     data = case(name)
-    # A convolution that reads the input gets z^B in onnxrap's LRP composites (spec B).
+    # A convolution that reads the input gets z^B in onnxrap's LRP composites (docs/rules.md, lrp.input).
     key = "epsilon_sdiv" if name == "dense" else "zbox_epsilon_sdiv"
     e = explain(model_for(data, key), data["x"], "lrp-eps", epsilon=1e-6)
     assert rel_l2(e.relevance, data[key]) < 1e-5

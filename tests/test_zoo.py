@@ -163,6 +163,7 @@ def test_mobilenet_clip_and_reducemean_follow_opset(opset):
     assert y.shape == (2, 7) and np.all(np.isfinite(y))
 
 
+@pytest.mark.slow
 def test_mobilenet_default_is_mobilenet_v2():
     model = zoo.mobilenet_v2_like()
     assert zoo.count_params(model) == 3_504_872  # MobileNetV2 1.0, 1000 classes

@@ -92,7 +92,7 @@ from zennit.types import Linear as AnyLinear  # noqa: E402
 
 
 def safe_division(z):
-    """A zennit stabilizer callable giving the spec's safe division: ``R / z`` where z != 0, else 0.
+    """A zennit stabilizer callable giving the safe division of docs/rules.md (notation): ``R / z`` where z != 0, else 0.
 
     zennit divides the upper relevance by ``stabilizer(z)``; returning +inf
     where z == 0 makes that quotient exactly 0 there and leaves every other

@@ -47,7 +47,7 @@ class Settings:
     input_name: str | None = None
     output_name: str | None = None
     layout: str | None = None
-    preprocessing: dict = field(default_factory=dict)  # keyword arguments of io.preprocess_factory (size, ...)
+    preprocessing: dict = field(default_factory=dict)  # keyword arguments of inputs.preprocess_factory
     contrasts: tuple = (None,)  # each method is evaluated once per contrast: None (plain) and/or "others"
     sanity: int = 0  # sanity checks (sanity.py) on the first N evaluated inputs; 0: none
     sanity_steps: int = 8  # cascading randomisation: at most this many steps
@@ -126,8 +126,9 @@ def run(settings: Settings):
     out_dir = Path(settings.out_dir)
     runs = method_runs(settings)
     for number, (m, options, label) in enumerate(runs, start=1):
+        progress = lambda text: note(f"[{number}/{len(runs)}] {label}{text}")  # noqa: E731
         results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
-                                                    lambda text: note(f"[{number}/{len(runs)}] {label}{text}"))
+                                                    progress)
     if settings.sanity:
         sanity = Sanity(explainer, x[:settings.sanity], targets[:settings.sanity], settings.sanity_steps,
                         settings.sanity_classes, settings.seed, settings.batch_size)

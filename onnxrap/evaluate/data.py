@@ -41,7 +41,7 @@ def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_
     """A folder of images or an ``.npz`` (``x``, optional ``y``) -> Dataset (unfiltered).
 
     ``make_preprocess()`` returns the function that turns a read image into a batch of one
-    model input (see ``io.preprocess_factory``); it is called only for a folder.
+    model input (see ``inputs.preprocess_factory``); it is called only for a folder.
     ``input_rank``: the model's input rank, checked against an ``.npz``'s ``x``.
     ``class_names`` map label names (class folders, the CSV) to indices.
     """

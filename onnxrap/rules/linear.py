@@ -2,8 +2,9 @@
 
 Written against the op's ``apply`` (``L_W``) and ``adjoint`` (``L_W^T``),
 so one rule serves dense and convolutional layers of any rank and groups.
-Section numbers refer to docs/rap-spec.md (A1..A3, B).  No rule branches on array
-values: whether an input has an ``x-`` part is the op's static ``signed_input``.
+Section names refer to docs/rules.md (rap.head, rap.hidden, rap.input, lrp).  No rule
+branches on array values: whether an input has an ``x-`` part is the op's static
+``signed_input``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class _LinearRule(Rule):
 
 
 class RapFirst(_LinearRule):
-    """A1: the first propagation, at the linear op that produces the logits.
+    """rap.head: the first propagation, at the linear op that produces the logits.
 
     Per output unit j (weighted by the arriving R_j) contributions are split by
     the signs of input and weight; the bias goes to the positive and negative
@@ -74,7 +75,7 @@ class RapFirst(_LinearRule):
 
 
 class RapHidden(_LinearRule):
-    """A2: promoters and inhibitors of each input sign, then a uniform shift.
+    """rap.hidden: promoters and inhibitors of each input sign, then a uniform shift.
 
     ``per_sign=False`` (rap) shifts once per layer so the layer keeps the sum
     of R; ``per_sign=True`` (rap-reference) shifts each sign's part to the
@@ -109,7 +110,7 @@ class RapHidden(_LinearRule):
 
     @staticmethod
     def _part(bk, R, mask, x1, wa, sa, wb, sb, conv, fwd, adj):
-        """The spec's P(R, Za, Zb, x1, wa, sa, wb, sb)."""
+        """P(R, Za, Zb, x1, wa, sa, wb, sb) of docs/rules.md, rap.hidden."""
         za, zb = fwd(x1, wa, wb)
         za = sa * (za * mask)  # python scalar times a bool mask would make float64
         zb = sb * (zb * mask)
@@ -125,7 +126,7 @@ class RapHidden(_LinearRule):
 
 
 class ZBox(_LinearRule):
-    """A3 / z^B: the linear op that reads the input, bounded by the sample's min and max.
+    """rap.input / z^B: the linear op that reads the input, bounded by the sample's min and max.
 
     ``stabilizer=None`` divides safely (rap); a number adds it to Z as the
     released LRP code does (1e-9).  ``conserve`` (rap): a unit whose Z is exactly 0

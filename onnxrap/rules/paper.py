@@ -1,4 +1,4 @@
-"""``rap-paper``: the journal's equations (5)-(11) as spec section C reads them.
+"""``rap-paper``: the journal's equations (5)-(11) as docs/rules.md, paper, reads them.
 
 Contributions ``c_ij = m_i w_ij`` are split by sign into promoters (c+) and
 inhibitors (c-); per output unit, ``Zp = S_i c+`` and ``Zn = S_i c-``.  The

@@ -1,0 +1,114 @@
+"""Helpers the tests import (``from helpers import ...``): paths, tolerances, small-graph builders.
+
+conftest.py keeps only fixtures; it re-exports these names for tests written as
+``from conftest import ...``.  Graph-building primitives are in onnx_helpers.py,
+NumPy references in references.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_helpers import const, node, run
+from onnxrap import Explainer
+from onnxrap.backend import numpy_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN_CASES = ["mlp", "inception_mini", "vgg16_w8", "vgg16bn_w8", "resnet50_w4"]
+# The same, with the full-size networks (224x224 inputs) marked slow.
+GOLDEN_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name in ("vgg16_w8", "vgg16bn_w8", "resnet50_w4")
+                 else name for name in GOLDEN_CASES]
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+DIGIT_IMAGES = sorted((ROOT / "models" / "images").glob("*.png"))
+
+BK = numpy_backend()
+
+
+def rel_l2(a, b):
+    return float(np.linalg.norm(np.ravel(a) - np.ravel(b)) / np.linalg.norm(np.ravel(b)))
+
+
+def case_id(case):
+    """pytest ids for case tuples whose first entry is their name."""
+    return case[0]
+
+
+# -- rule tests on small hand-built graphs -------------------------------------------
+
+def reference_forward(model, x, forward):
+    """The model's activations in float64 by the loop references (as onnxrap's float64 run
+    recomputes them from the input), checked against ONNX Runtime's float32 logits."""
+    vals = forward(x.astype(np.float64))
+    (logits,) = run(model, x)
+    np.testing.assert_allclose(vals["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    return vals
+
+
+def explain(model, x, target, method, dtype="float64"):
+    """One explanation; float64 by default, where the references agree to rounding."""
+    return Explainer(model, dtype=dtype).explain(x, target=target, method=method)
+
+
+def assert_close(got, ref, rtol=1e-9):
+    ref = np.asarray(ref)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(1e-3, np.abs(ref).max()))
+
+
+def assert_conserves(model, x, target, method="rap"):
+    """The relevance of each sample sums to its target logit (float64 and float32 rules)."""
+    for dtype, tol in (("float64", 1e-5), ("float32", 1e-4)):
+        e = explain(model, x, target, method, dtype)
+        sums = e.relevance.reshape(len(e.target), -1).sum(axis=1)
+        np.testing.assert_allclose(sums, e.target_logit, rtol=tol, atol=tol * np.abs(e.target_logit).max())
+
+
+def rnd(shape, seed, scale=1.0):
+    """Seeded standard-normal float32 values."""
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def targets_with_negative_logit(model, x):
+    """Per sample: arg-max for even samples, arg-min for odd ones (a negative logit, R < 0)."""
+    logits = run(model, x)[0].reshape(len(x), -1)
+    t = logits.argmax(axis=1)
+    t[1::2] = logits[1::2].argmin(axis=1)
+    assert (logits[np.arange(len(x)), t] < 0).any()
+    return t
+
+
+def gemm_layer(i, inp, out, w_shape, seed, trans_b=1, alpha=1.0, beta=1.0, bias=True, trans_a=0):
+    """A Gemm node ``out = alpha * inp' @ B' + beta * C``; returns (nodes, inits, W (in,out), b)."""
+    B = rnd(w_shape, seed)
+    C = rnd((w_shape[0] if trans_b else w_shape[1],), seed + 1)
+    inputs = [inp, f"B{i}"] + ([f"C{i}"] if bias else [])
+    attrs = dict(transB=trans_b, alpha=alpha, beta=beta)
+    if trans_a:
+        attrs["transA"] = 1
+    n = node("Gemm", inputs, [out], name=f"gemm{i}", **attrs)
+    inits = [const(f"B{i}", B)] + ([const(f"C{i}", C)] if bias else [])
+    W = alpha * (B.T if trans_b else B).astype(np.float64)
+    b = beta * C.astype(np.float64) if bias else np.zeros(W.shape[1])
+    return [n], inits, W, b
+
+
+def conv_node(name, inp, out, w_shape, seed, bias=True, **attrs):
+    """A Conv node with seeded weights (and bias); returns (node, inits, W, b) with W, b in float64."""
+    W = rnd(w_shape, seed)
+    inputs = [inp, f"W_{name}"]
+    inits = [const(f"W_{name}", W)]
+    b = np.zeros(w_shape[0])
+    if bias:
+        bv = rnd((w_shape[0],), seed + 1)
+        inputs.append(f"b_{name}")
+        inits.append(const(f"b_{name}", bv))
+        b = bv.astype(float)
+    return node("Conv", inputs, [out], name=name, **attrs), inits, W.astype(float), b
+
+
+def head_gemm(inp, n_in, classes, seed):
+    """The classifier: a Gemm to ``logits`` with alpha and beta != 1."""
+    return gemm_layer(9, inp, "logits", (classes, n_in), seed, alpha=1.25, beta=0.75)
