@@ -19,7 +19,7 @@ with every intermediate shape equal to the generator's, before:
 * ``rap``, ``rap-reference``, ``lrp-a2b1`` and ``gradient`` run without an
   exception and return input-shaped, finite relevance;
 * ``rap`` (float64 rule arithmetic) sums to the target logit on every graph,
-  with no exemptions: ``|S(R) - logit| <= 1e-4 * max(|logit|, 1e-3 * mass)``
+  with no exemptions: ``|S(R) - logit| <= 1e-4 * max(|logit|, 1e-2 * mass)``
   (see ``conservation_tolerance`` for the choice of ``mass``), and every op
   keeps the sum it receives (``explain(trace=True)``);
 * ``rap`` with float32 rule arithmetic is within 1e-3 relative L2 of float64.
@@ -60,7 +60,7 @@ IR_VERSION = 8
 MAX_EXAMPLES = int(os.environ.get("ONNXRAP_FUZZ_EXAMPLES", "200"))
 
 CONSERVATION_RTOL = 1e-4
-SCALE_FLOOR = 1e-3  # relative to the logit's contribution mass, see conservation_tolerance
+SCALE_FLOOR = 1e-2  # relative to the logit's contribution mass, see conservation_tolerance
 F32_RTOL = 1e-3
 
 ACTIVATIONS = ("relu", "none", "leaky", "clip6")
@@ -504,18 +504,20 @@ EVENTS = {
 # ---------------------------------------------------------------------------
 
 def conservation_tolerance(logit, mass):
-    """``1e-4 * max(|logit|, 1e-3 * mass)``.
+    """``1e-4 * max(|logit|, 1e-2 * mass)``.
 
     ``mass = sum_i |h_i W_it| + |b_t|`` is the size of the terms that add up to
     the logit at the last Gemm.  A logit that nearly cancels (|logit| << mass)
     is legitimate and common with random signed weights; relative to it alone,
     float64 rounding inside the rules (relevance of size ~mass moving through
-    shifts and shares) could exceed 1e-4.  The floor 1e-7 * mass is still far
-    below anything a structural error produces (those are O(mass)) and far above
-    float64 rounding.  The logit here is recomputed in float64 from the
-    captured features: ONNX Runtime's float32 logit differs from it by float32
-    rounding (~1e-7 * mass * sqrt(features)), which is not onnxrap's to
-    conserve; the two are compared separately with a float32 tolerance.
+    shifts and shares) could exceed 1e-4.  The logit here is recomputed in
+    float64 from the features ONNX Runtime captured in float32, while the
+    float64 explanation recomputes every activation from the input: the two
+    logits differ by float32 rounding carried through the layers (1.3e-7 * mass
+    seen on a random graph), which is not onnxrap's to conserve.  The floor
+    1e-6 * mass covers that and is still far below anything a structural error
+    produces (those are O(mass)).  ONNX Runtime's own float32 logit is compared
+    separately with a float32 tolerance.
     """
     return CONSERVATION_RTOL * max(abs(logit), SCALE_FLOOR * mass)
 
