@@ -275,34 +275,39 @@ def save_sanity_plot(path, sanity):
 
     from ..viz import atomic_write
 
-    fig = Figure(figsize=(18, 4.6), dpi=90)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 4)
     labels = list(sanity["methods"])
     depths = [0] + list(sanity["depths"])
+    rows = max(4.8, 0.22 * len(labels) + 2.2)
+    fig = Figure(figsize=(19, rows), dpi=90)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
+    styles = [(f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]) for i in range(len(labels))]
     for ax, k, title in zip(axes, SIMILARITIES, ("Spearman |relevance|", "|Spearman| signed", "SSIM |relevance|")):
-        for i, label in enumerate(labels):
-            ax.plot(range(len(depths)), [p[k] for p in sanity["methods"][label]["cascade"]], color=f"C{i % 10}",
-                    marker="o", markersize=3, label=label)
+        for label, (colour, style) in zip(labels, styles):
+            ax.plot(range(len(depths)), [p[k] for p in sanity["methods"][label]["cascade"]], color=colour,
+                    linestyle=style, marker="o", markersize=3, label=label)
         ax.set_xticks(range(len(depths)))
         ax.set_xticklabels([str(d) for d in depths], fontsize=8)
         ax.set_xlabel("linear ops randomised, top first", fontsize=8)
         ax.set_title(f"cascading randomisation: {title}", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    width = 0.4
-    xs = np.arange(len(labels))
-    axes[3].bar(xs - width / 2, [sanity["methods"][m]["classes"]["top_vs_second"]["spearman_abs"] for m in labels],
-                width, label="top vs 2nd class: Spearman |relevance|")
-    axes[3].bar(xs + width / 2, [sanity["methods"][m]["classes"]["across"]["abs_pearson"] for m in labels],
-                width, label=f"across top {sanity['classes']}: mean abs. Pearson")
-    axes[3].set_xticks(xs)
-    axes[3].set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-    axes[3].set_ylim(0, 1.02)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(6, len(labels)), fontsize=7)
+    ys = np.arange(len(labels))[::-1]
+    height = 0.4
+    axes[3].barh(ys + height / 2, [sanity["methods"][m]["classes"]["top_vs_second"]["spearman_abs"] for m in labels],
+                 height, label="top vs 2nd class: Spearman |relevance|")
+    axes[3].barh(ys - height / 2, [sanity["methods"][m]["classes"]["across"]["abs_pearson"] for m in labels],
+                 height, label=f"across top {sanity['classes']}: mean abs. Pearson")
+    axes[3].set_yticks(ys)
+    axes[3].set_yticklabels(labels, fontsize=7)
+    axes[3].set_xlim(0, 1.02)
     axes[3].set_title("class sensitivity (lower: the map depends on the class)", fontsize=9)
-    axes[3].legend(fontsize=7)
+    axes[3].legend(fontsize=7, loc="lower right")
+    axes[3].grid(alpha=0.3, axis="x")
     fig.suptitle(f"sanity checks on {sanity['inputs']} inputs", fontsize=10)
-    fig.tight_layout()
+    legend_rows = -(-len(labels) // min(6, len(labels)))
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows * 4.8 / rows, 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
