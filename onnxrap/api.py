@@ -65,6 +65,9 @@ class Explainer:
         both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
         captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``."""
         self.graph = Graph(model, input_name, output_name)
+        problems = self.graph.problems()  # the same checks inspect reports
+        if problems:
+            raise ModelError(f"{self.graph.label}: {problems[0]}")
         self.device = resolve_device(device)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
@@ -206,20 +209,25 @@ class Explainer:
         return bk.to_numpy(relevance)
 
     def _class_vector(self, logits):
-        if logits.ndim < 2 or any(d != 1 for d in logits.shape[2:]) or logits.shape[1] < 2:
-            raise ModelError(f"{self.graph.label}: output {self.graph.logits_name} has shape "
-                             f"{tuple(logits.shape)}, not a vector of class scores per sample")
+        problem = self.graph.class_scores_problem(logits.shape)
+        if problem:
+            raise ModelError(f"{self.graph.label}: {problem}")
         if not np.all(np.isfinite(logits)):
             raise ModelError(f"{self.graph.label}: the model's output contains NaN or Inf for this input")
         return logits.reshape(logits.shape[0], -1).astype(np.float64)
 
     @staticmethod
-    def _targets(target, logits):
+    def check_target(target, classes):
+        """``target`` (an int or one per sample) as an array; fails if a class is out of range."""
+        t = np.asarray(target, dtype=np.int64)
+        bad = t[(t < 0) | (t >= classes)]
+        if bad.size:
+            raise InputError(f"target {int(bad.flat[0])} is out of range: the model has {classes} classes "
+                             f"(0..{classes - 1})")
+        return t
+
+    def _targets(self, target, logits):
         n, classes = logits.shape
         if target is None:
             return logits.argmax(axis=1)
-        t = np.broadcast_to(np.asarray(target, dtype=np.int64), (n,)).copy()
-        bad = t[(t < 0) | (t >= classes)]
-        if bad.size:
-            raise InputError(f"target {int(bad[0])} is out of range: the model has {classes} classes (0..{classes - 1})")
-        return t
+        return np.broadcast_to(self.check_target(target, classes), (n,)).copy()

@@ -16,6 +16,7 @@ import numpy as np
 from . import __version__, methods
 from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
 from .errors import InputError, OnnxrapError
+from .inputs import DEFAULT_RESIZE, RESIZE_POLICIES
 
 EXIT_USAGE = 2
 MASS_WARNING = 1e3  # sum |R| / |logit| beyond which a heatmap mostly shows cancelling mass
@@ -60,6 +61,10 @@ def _image_options(p):
                                      "default: the model's onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
     p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE,
+                   help="an image whose aspect ratio differs from the model's input: center-crop (shorter side "
+                        "to fit, the centre kept: the ImageNet convention), pad (fitted whole, padded with the "
+                        "mean) or stretch (default: %(default)s)")
 
 
 class _Renamed(argparse.Action):
@@ -129,6 +134,7 @@ def build_parser():
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
     _device_option(e)
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=cmd_explain)
 
     v = sub.add_parser("evaluate", help="faithfulness by region perturbation (paper section V.B): "
@@ -208,10 +214,14 @@ def main(argv=None):
         return 1
 
 
+def note(text):
+    """Information for the user (not results): stderr, so that stdout stays the results."""
+    print(text, file=sys.stderr)
+
+
 def cmd_explain(args):
     from .api import Explainer
-    from .inputs import load_input, preprocess_factory, read_labels
-    from .viz import atomic_write, save_explanation_figure
+    from .inputs import read_labels
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
@@ -221,47 +231,69 @@ def cmd_explain(args):
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
                           device=args.device)
-    print(f"device: {explainer.device.note}")
-    labels = read_labels(args.labels) if args.labels else explainer.labels
+    classes = explainer.graph.classes
+    labels = read_labels(args.labels, classes) if args.labels else explainer.labels
+    if args.target is not None and classes is not None:
+        explainer.check_target(args.target, classes)
+    contrast = _contrast(args.contrast, labels)
+    with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
+        lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels, contrast)
+    for line in lines:  # once every file is in place
+        print(line)
+    return 0
+
+
+def _explain_into(out, explainer, args, chosen, per_method, classes, labels, contrast):
+    """Read, explain and write every input into ``out``; return the line to print per input."""
+    from tqdm import tqdm
+
+    from .inputs import load_input, preprocess_factory, read_labels
+
     layout = args.layout or explainer.layout
     if args.layout:
         explainer.layout = args.layout
-    make_preprocess = preprocess_factory(explainer, layout, print, size=args.size, preset=args.preset,
-                                         mean=args.mean, std=args.std)
-    contrast = _contrast(args.contrast, labels)
+    notes = [f"device: {explainer.device.note}"]
+    make_preprocess = preprocess_factory(explainer, layout, notes.append, size=args.size, preset=args.preset,
+                                         mean=args.mean, std=args.std, resize=args.resize)
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
-    loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis) for path in args.inputs]
+    loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis, notes.append) for path in args.inputs]
 
     # Inputs of one shape are explained together, a batch at a time.
     results = [dict() for _ in loaded]
     groups = {}
     for i, (x, _) in enumerate(loaded):
         groups.setdefault(x.shape, []).append(i)
-    for members in groups.values():
-        for start in range(0, len(members), args.batch_size):
-            batch = members[start:start + args.batch_size]
-            xs = np.concatenate([loaded[i][0] for i in batch])
-            for m in chosen:
-                exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast, **per_method[m])
-                for k, i in enumerate(batch):
-                    results[i][m] = (exp, k)
+    with tqdm(total=len(loaded) * len(chosen), unit="explanation", delay=1.0, file=sys.stderr,
+              disable=True if args.quiet else None) as progress:  # None: shown on a terminal only
+        for members in groups.values():
+            for start in range(0, len(members), args.batch_size):
+                batch = members[start:start + args.batch_size]
+                xs = np.concatenate([loaded[i][0] for i in batch])
+                for m in chosen:
+                    exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
+                                            **per_method[m])
+                    for text in notes:  # once a batch went through: a bad input is still a one-line error
+                        progress.write(text, file=sys.stderr)
+                    notes.clear()
+                    for k, i in enumerate(batch):
+                        results[i][m] = (exp, k)
+                    progress.update(len(batch))
+    if args.labels and classes is None:  # a dynamic output: its size is known now
+        read_labels(args.labels, results[0][chosen[0]][0].logits.shape[1])
 
-    out_dir = Path(args.out_dir)
-    written, report = [], []
-    try:
-        for path, (x, display), per_method in zip(args.inputs, loaded, results):
-            report.append(_write_one(Path(path), display, per_method, chosen, labels, out_dir, args,
-                                     written, save_explanation_figure, atomic_write, contrast))
-        summary = out_dir / "summary.json"
-        atomic_write(summary, lambda tmp: Path(tmp).write_text(json.dumps(
-            {"model": str(args.model), "methods": chosen, "inputs": report}, indent=2)))
-        written.append(summary)
-    except BaseException:
-        for f in written:  # all or nothing
-            Path(f).unlink(missing_ok=True)
-        raise
-    return 0
+    stems = input_stems([Path(p) for p in args.inputs])
+    preprocess = make_preprocess.built[0] if make_preprocess.built else None
+    entries, lines = zip(*(_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args,
+                                  contrast)
+                           for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results,
+                                                                                   stems)))
+    out.write_text("summary.json", json.dumps(
+        {"model": str(args.model), "methods": chosen, "method_options": per_method, "dtype": args.dtype,
+         "device": explainer.device.note, "preprocessing": _preprocessing_record(preprocess),
+         "inputs": list(entries)}, indent=2))
+    out.commit()
+    return lines
 
 
 def cmd_evaluate(args):
@@ -276,7 +308,7 @@ def cmd_evaluate(args):
         seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
         batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
-        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std),
+        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize),
         contrasts=tuple(None if c == "none" else c for c in args.contrast), sanity=args.sanity,
         sanity_steps=args.sanity_steps, sanity_classes=args.sanity_classes))
 
@@ -309,12 +341,23 @@ def cmd_inspect(args):
     folded = collections.Counter(n.op_type for n in graph.folded_nodes)
     if folded:
         print("folded to constants: " + ", ".join(f"{t} {n}" for t, n in sorted(folded.items())))
+    problems = graph.problems()  # the checks explain runs before any work
     if graph.unsupported:
         print(f"cannot explain: {len(graph.unsupported)} node(s) stop it:")
         for name, op_type, why in graph.unsupported:
             print(f"  {name} ({op_type}){': ' + why if why else ': no rule for this op type'}")
+    if graph.unsupported or problems:
+        reasons = problems + ([f"{len(graph.unsupported)} unsupported node(s)"] if graph.unsupported else [])
+        print(f"explainable: no ({'; '.join(reasons)})")
         return EXIT_USAGE
-    print(f"explainable: yes ({len(graph.ops)} ops after canonicalisation; methods: {', '.join(methods.FACTORIES)})")
+    usable = []
+    for name in methods.FACTORIES:
+        try:
+            methods.get(name).check(graph)
+            usable.append(name)
+        except OnnxrapError:
+            pass
+    print(f"explainable: yes ({len(graph.ops)} ops after canonicalisation; methods: {', '.join(usable)})")
     return 0
 
 
@@ -331,23 +374,177 @@ def _contrast(text, labels):
                      + ("" if labels else " (the model has no labels; give --labels)"))
 
 
+def _preprocessing_record(preprocess):
+    """What summary.json says of image preprocessing (None where only arrays were given)."""
+    if preprocess is None:
+        return None
+    return {"size": list(preprocess.size) if preprocess.size else None, "resize": preprocess.resize,
+            "channels": preprocess.channels, "layout": preprocess.layout, "preset": preprocess.preset,
+            "mean": list(preprocess.mean), "std": list(preprocess.std)}
+
+
+# Longest file name written (bytes): below every common file system's limit of 255, with room for
+# the temporary name's prefix and suffix.
+MAX_NAME_BYTES = 180
+
+
+def fitted_name(name, extension):
+    """``name + extension``; a name too long for the file system is cut and ends in a hash of the
+    whole, so that it stays unique and predictable."""
+    import hashlib
+
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = name.encode()[:MAX_NAME_BYTES - 11].decode(errors="ignore") + "-" + digest
+    return name + extension
+
+
+def input_stems(paths):
+    """One unique, predictable name per input, for its output files.
+
+    The file's stem; where stems collide (``cat/001.jpg``, ``dog/001.jpg``), each input takes the
+    fewest parent folders that no other input shares (``cat_001``, ``dog_001``); inputs that differ
+    only in their extension add it (``002_png``, ``002_jpg``); the same file given twice gets
+    ``-2``, ``-3``.
+    """
+    resolved = [p.resolve() for p in paths]
+    names = [p.stem for p in resolved]
+    for stem in {n for n in names if names.count(n) > 1}:
+        members = [resolved[i] for i, n in enumerate(names) if n == stem]
+        for i, n in enumerate(names):
+            if n == stem:
+                names[i] = _distinct(resolved[i], members)
+    seen = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n}-{seen[n]}"
+    return names
+
+
+def _distinct(path, others):
+    """The shortest ``parent_..._stem`` (then with the extension) that no other path in ``others`` shares."""
+    def key(p, depth, ext):
+        return (*p.parent.parts[1:][len(p.parent.parts) - 1 - depth:], p.stem + (f"_{p.suffix[1:]}" if ext else ""))
+
+    for ext in (False, True):
+        for depth in range(len(path.parent.parts)):
+            mine = key(path, depth, ext)
+            if all(key(o, depth, ext) != mine for o in others if o != path):
+                return "_".join(mine)
+    return "_".join(key(path, 0, bool(path.suffix)))  # the same file twice: numbered by the caller
+
+
+def _exists(path):
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: making it says so
+        return False
+
+
+class OutputFolder:
+    """Where explain writes, all or nothing, as a context manager.
+
+    Entering makes the folder and any missing parents and writes a probe file there, so that
+    every path error (a file in the way, no permission, a name too long) is one line before any
+    work.  Files go to temporary names beside their final ones and are renamed only by
+    ``commit``; leaving on an error removes the temporary files and the folders made here.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.staged = []  # (temporary, final)
+        self.created = []  # folders made here, deepest first
+
+    def __enter__(self):
+        from .viz import temporary_beside
+
+        chain = [self.folder, *self.folder.parents]
+        missing = chain[:next(i for i, d in enumerate(chain) if _exists(d))]
+        existing = chain[len(missing)]
+        if not existing.is_dir():
+            raise InputError(f"{existing}: exists and is not a folder (-o names where the results go)")
+        try:
+            for d in reversed(missing):
+                d.mkdir()
+                self.created.insert(0, d)
+            Path(temporary_beside(self.folder / "probe")).unlink()
+        except OSError as exc:
+            self.abandon()
+            raise InputError(f"{self.folder}: cannot write there ({exc.strerror or exc})") from None
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            self.abandon()
+
+    def path(self, name):
+        return self.folder / name
+
+    def _stage(self, name, write):
+        from .viz import temporary_beside
+
+        final = self.folder / name
+        try:
+            tmp = temporary_beside(final)
+            self.staged.append((tmp, final))
+            write(tmp)
+        except OSError as exc:
+            raise InputError(f"{final}: cannot write ({exc.strerror or exc})") from None
+        return final
+
+    def write_text(self, name, text):
+        return self._stage(name, lambda tmp: Path(tmp).write_text(text))
+
+    def save_npy(self, name, array):
+        return self._stage(name, lambda tmp: np.save(tmp, array, allow_pickle=False))
+
+    def save_figure(self, name, *args, **kw):
+        from .viz import save_explanation_figure
+
+        return self._stage(name, lambda tmp: save_explanation_figure(tmp, *args, **kw))
+
+    def commit(self):
+        """Every staged file to its final name; on failure none of them stays."""
+        done = []
+        try:
+            for tmp, final in self.staged:
+                os.replace(tmp, final)
+                done.append(final)
+        except OSError as exc:
+            for final in done:
+                final.unlink(missing_ok=True)
+            raise InputError(f"{self.folder}: cannot write ({exc.strerror or exc})") from None
+        self.staged = []
+
+    def abandon(self):
+        """Remove the staged files and the folders this run created."""
+        for tmp, _ in self.staged:
+            Path(tmp).unlink(missing_ok=True)
+        self.staged = []
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # not empty, or never made
+
+
 def _name(labels, k):
     if labels and k < len(labels) and labels[k] != str(k):
         return f"{k} ({labels[k]})"
     return str(k)
 
 
-def _write_one(path, display, per_method, chosen, labels, out_dir, args, written, save_figure, atomic_write,
-               contrast):
+def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast):
+    """Stage one input's figure (and .npy files) in ``out``; return its summary entry and its line of results."""
     from .api import softmax
 
     first, k = per_method[chosen[0]]
     logits = first.logits[k]
     probs = softmax(logits)
     predicted, target = int(first.predicted[k]), int(first.target[k])
-    stem = path.stem
     versus = "" if contrast is None else f"_vs-{contrast}"
-    figure = out_dir / f"{stem}_{'+'.join(chosen)}{versus}.png"
+    figure = out.path(fitted_name(f"{stem}_{'+'.join(chosen)}{versus}", ".png"))
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
              "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
@@ -356,30 +553,29 @@ def _write_one(path, display, per_method, chosen, labels, out_dir, args, written
         exp, _ = per_method[m]
         relevance, heatmap = exp.relevance[k], exp.heatmap[k]
         mass = float(np.abs(relevance).sum()) / max(abs(float(logits[target])), 1e-30)
+        recomputed = k in exp.recomputed
         entry["methods"][m] = {"relevance_sum": float(relevance.sum()),
                                "positive_sum": float(relevance[relevance > 0].sum()),
                                "negative_sum": float(relevance[relevance < 0].sum()),
-                               "mass_over_logit": mass, "float64": k in exp.recomputed}
-        if k in exp.recomputed:
-            print(f"{path}: {m}: recomputed in float64: float32 rounding broke conservation")
+                               "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
+                               "recomputed_in_float64": recomputed}
+        if recomputed:
+            note(f"{path}: {m}: recomputed in float64: float32 rounding broke conservation")
         if mass > MASS_WARNING:
-            print(f"{path}: {m}: note: the relevance is large and cancels (|R| sums to {mass:.3g} times the logit); "
-                  "its heatmap shows that mass more than the logit's make-up")
+            note(f"{path}: {m}: note: the relevance is large and cancels (|R| sums to {mass:.3g} times the logit); "
+                 "its heatmap shows that mass more than the logit's make-up")
         panels.append((f"{m}  (sum {relevance.sum():.4g})", heatmap))
         if args.save_npy:
-            npy = out_dir / f"{stem}_{m}{versus}.npy"
-            atomic_write(npy, lambda tmp, r=relevance: np.save(open(tmp, "wb"), r))
-            written.append(npy)
+            npy = out.save_npy(fitted_name(f"{stem}_{m}{versus}", ".npy"), relevance)
             entry["methods"][m]["npy"] = str(npy)
     explained = _name(labels, target) + ("" if contrast is None else " rather than " + (
         "the others" if contrast == "others" else _name(labels, contrast)))
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
                f"p={probs[predicted]:.3f}; explained {explained}")
-    save_figure(figure, display, panels, caption, overlay=args.overlay)
-    written.append(figure)
-    print(f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
-          f"explained {explained} with {', '.join(chosen)} -> {figure}")
-    return entry
+    out.save_figure(figure.name, display, panels, caption, overlay=args.overlay)
+    line = (f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
+            f"explained {explained} with {', '.join(chosen)} -> {figure}")
+    return entry, line
 
 
 if __name__ == "__main__":

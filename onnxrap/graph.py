@@ -3,10 +3,10 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; parse each data node into an ``Op``; canonicalise (MatMul or
-Conv + Add of a constant is one linear op with a bias, a zero Pad feeding a
-Conv becomes the Conv's pads); and build a networkx DAG with the position of
+as constants; parse each data node into an ``Op``; canonicalise with the
+named passes of ``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
+The caller's ``ModelProto`` is read, never changed.
 """
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from onnx import numpy_helper
 
 from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
-from .ops.elementwise import ConstantArithmetic
-from .ops.linear import Conv, Linear
-from .ops.structure import Concat, Pad
+from .ops.linear import Linear
+from .ops.structure import Concat
+from .passes import CANONICAL_PASSES, OpIndex, logits_behind_squashers
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
-OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
+FLOAT_INPUTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
@@ -44,6 +44,8 @@ def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
     else:
         path = Path(os.fspath(source))
         label = str(path)
+        if path.is_dir():
+            raise ModelError(f"{label}: is a folder, not a file (give the .onnx file)")
         if not path.is_file():
             raise ModelError(f"{label}: no such model file")
         try:
@@ -112,6 +114,7 @@ class Graph:
                                               for d in t.shape.dim)
         nodes = list(model.graph.node)
         names = _node_names(model.graph)
+        self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
         self.output_name, self.logits_name = self._pick_output(model.graph, nodes, output_name)
 
@@ -153,11 +156,7 @@ class Graph:
         if wanted is not None and wanted not in outputs:
             raise ModelError(f"{self.label}: no output named {wanted!r} (outputs: {', '.join(outputs)})")
         output = wanted or outputs[0]
-        producer = {o: n for n in nodes for o in n.output}
-        logits = output
-        while logits in producer and producer[logits].op_type in OUTPUT_SQUASHERS:
-            logits = producer[logits].input[0]
-        return output, logits
+        return output, logits_behind_squashers(output, nodes, self._node_producer)
 
     # -- data and constants ---------------------------------------------------
     def _data_tensors(self, nodes):
@@ -170,7 +169,7 @@ class Graph:
 
     def _data_ancestors(self, nodes):
         """Indices of the data nodes the logits depend on."""
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        producer = self._node_producer
         keep, todo = set(), [self.logits_name]
         while todo:
             t = todo.pop()
@@ -192,7 +191,7 @@ class Graph:
         from onnx.reference import ReferenceEvaluator
 
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
-        producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+        producer = self._node_producer
         order, todo = set(), list(needed)
         while todo:
             i = producer.get(todo.pop())
@@ -241,8 +240,7 @@ class Graph:
         parsed, unsupported = [], []
         for i in sorted(relevant):
             node = nodes[i]
-            node.name = names[i]
-            view = op_registry.NodeView(node, self)
+            view = op_registry.NodeView(node, self, names[i])
             try:
                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                     raise op_registry.Unsupported("control flow")
@@ -251,52 +249,11 @@ class Graph:
                 unsupported.append((names[i], node.op_type, str(why)))
         return parsed, unsupported
 
-    def consumers(self, tensor):
-        return [op for op in self.ops if tensor in op.inputs]
-
     def _canonicalise(self):
-        for op in list(self.ops):
-            if isinstance(op, Linear):
-                self._absorb_bias(op)
-        for op in list(self.ops):
-            if isinstance(op, Pad):
-                self._fold_pad(op)
-
-    def _absorb_bias(self, op):
-        """A linear op whose only consumer adds a constant per output unit takes it as its bias."""
-        users = self.consumers(op.output)
-        if len(users) != 1 or op.output == self.logits_name:
-            return
-        add = users[0]
-        if not (isinstance(add, ConstantArithmetic) and add.op_type == "Add"):
-            return
-        c = add.constant
-        out_rank = len(self.static_shape(op.output) or ())
-        if op.family == "dense":
-            fits = np.ndim(c) <= 1 or all(d == 1 for d in np.shape(c)[:-1])
-            bias = c.reshape(-1) if np.ndim(c) else c
-        else:
-            squeezed = [d for d in np.shape(c)]
-            fits = out_rank > 0 and (len(squeezed) in (out_rank - 1, out_rank)) and \
-                all(d == 1 for k, d in enumerate(squeezed[::-1]) if k != out_rank - 2)
-            bias = c.reshape(-1)
-        if not fits:
-            return
-        op.absorb_bias(bias.astype(np.float64), add.output)
-        self.ops.remove(add)
-
-    def _fold_pad(self, pad):
-        rank = len(pad.pads) // 2
-        if pad.value != 0 or pad.pads[1] or pad.pads[rank + 1]:
-            return
-        spatial = pad.pads[2:rank] + pad.pads[rank + 2:]
-        folded = False
-        for conv in self.consumers(pad.output):
-            if isinstance(conv, Conv) and conv.auto_pad in ("NOTSET", "VALID") and len(conv.kernel) == rank - 2:
-                conv.absorb_pad(spatial, pad.inputs[0])
-                folded = True
-        if folded and not self.consumers(pad.output) and pad.output != self.logits_name:
-            self.ops.remove(pad)
+        index = OpIndex(self.ops, self.logits_name)
+        for canonical_pass in CANONICAL_PASSES:
+            canonical_pass.apply(index)
+        self.ops = index.ops
 
     def _build_dag(self):
         dag = nx.DiGraph()
@@ -338,6 +295,36 @@ class Graph:
         if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
             return "nhwc"
         return "nchw"
+
+    @property
+    def classes(self):
+        """The number of classes where the logits' shape fixes it, else None."""
+        shape = self._shapes.get(self.logits_name)
+        if shape is None or len(shape) < 2 or None in shape[1:]:
+            return None
+        return int(np.prod(shape[1:]))
+
+    def class_scores_problem(self, shape):
+        """Why logits of ``shape`` (None: an unknown dimension) are not one vector of class scores per
+        sample; None where they are.  One definition for inspect (static shapes) and explain (real ones)."""
+        if shape is None:
+            return None
+        shown = tuple("?" if d is None else d for d in shape)
+        if len(shape) < 2 or any(d not in (1, None) for d in shape[2:]) or (shape[1] is not None and shape[1] < 2):
+            return f"output {self.logits_name} has shape {shown}, not a vector of class scores per sample"
+        return None
+
+    def problems(self) -> list[str]:
+        """Everything that stops an explanation before any run, as one line each (explain raises the
+        first; inspect lists them all).  Unsupported ops are in ``unsupported``."""
+        found = []
+        if self.input_type not in FLOAT_INPUTS:
+            found.append(f"input {self.input_name} is not a float tensor "
+                         f"({onnx.TensorProto.DataType.Name(self.input_type)})")
+        scores = self.class_scores_problem(self._shapes.get(self.logits_name))
+        if scores:
+            found.append(scores)
+        return found
 
     @property
     def input_type(self):

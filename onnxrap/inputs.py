@@ -3,8 +3,11 @@
 Size, channel count and layout come from the model's input shape where it
 fixes them; value scaling comes from a preset (``imagenet``, ``unit``,
 ``raw``, ``signed``), from the model's ``onnxrap.preprocess`` metadata, or
-from ``--mean``/``--std``.  Pixels go ``[0, 255] * scale``, then
-``(v - mean) / std`` per channel.
+from ``--mean``/``--std``.  Pixels are read at their true range on the 8-bit
+scale (16-bit 65535 and float 1.0 are 8-bit's 255), then go
+``[0, 255] * scale``, then ``(v - mean) / std`` per channel.  Every step that
+changes what the model sees (EXIF rotation, colour to grey, a resize that
+crops, pads or stretches) is reported, never silent.
 """
 from __future__ import annotations
 
@@ -25,6 +28,20 @@ PRESETS = {
     "signed": (1 / 255, (0.5,), (0.5,)),  # [-1, 1]
 }
 
+# How an image whose aspect ratio differs from the model's input is brought to its size.
+# center-crop (the default) is the ImageNet convention: the shorter side is resized to fit and
+# the centre is kept, so objects keep the proportions the model was trained with.
+RESIZE_POLICIES = ("center-crop", "pad", "stretch")
+DEFAULT_RESIZE = "center-crop"
+
+# Pillow modes with more than 8 bits per channel (all grey): the value that is 8-bit's 255.
+# "I" is how Pillow reads 16-bit PNGs in some versions; a float image's range is [0, 1].
+HIGH_DEPTH_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def _fits(values, channels):
+    return len(values) in (1, channels)
+
 
 @dataclass
 class Preprocess:
@@ -37,9 +54,10 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scale: float
+    resize: str = DEFAULT_RESIZE
 
     @classmethod
-    def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None):
+    def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None, resize=None):
         if input_shape is None or len(input_shape) != 4:
             shown = "unknown" if input_shape is None else tuple("?" if d is None else d for d in input_shape)
             raise InputError(f"the model's input has shape {shown}; images need a 4-D image input "
@@ -57,35 +75,127 @@ class Preprocess:
         preset = preset or metadata.get("onnxrap.preprocess") or ("imagenet" if c == 3 else "unit")
         if preset not in PRESETS:
             raise InputError(f"unknown preprocessing preset {preset!r} (known: {', '.join(PRESETS)})")
+        resize = resize or DEFAULT_RESIZE
+        if resize not in RESIZE_POLICIES:
+            raise InputError(f"unknown resize policy {resize!r} (known: {', '.join(RESIZE_POLICIES)})")
         scale, p_mean, p_std = PRESETS[preset]
+        for flag, given, default in (("--mean", mean, p_mean), ("--std", std, p_std)):
+            if given and not _fits(given, c):
+                raise InputError(f"{flag} gives {len(given)} values; the model takes {c} channel(s)")
+            if not given and not _fits(default, c):
+                raise InputError(f"the preset {preset} has {len(default)} channels; the model takes {c} "
+                                 f"(choose --preset unit, raw or signed, or give --mean and --std)")
         return cls(size=tuple(size) if size else None, channels=c, layout=layout, preset=preset,
-                   mean=tuple(mean) if mean else p_mean, std=tuple(std) if std else p_std, scale=scale)
+                   mean=tuple(mean) if mean else p_mean, std=tuple(std) if std else p_std, scale=scale,
+                   resize=resize)
 
     def describe(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "image size"
         return (f"{size}, {self.channels} channel(s), {self.layout}, preset {self.preset} "
-                f"(mean {list(self.mean)}, std {list(self.std)})")
+                f"(mean {list(self.mean)}, std {list(self.std)}), resize {self.resize}")
 
     def __call__(self, image):
         """A PIL image -> (model input of batch 1, display image in [0, 1] as H x W (x 3))."""
-        from PIL import Image
+        x, display, _ = self.prepare(image)
+        return x, display
 
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.channels]
-        if image.mode in ("RGBA", "LA", "P") and self.channels != 4:
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba)  # transparency shows as white, not black
-        image = image.convert(mode)
-        if self.size is not None and image.size != (self.size[1], self.size[0]):
-            image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float64).reshape(image.size[1], image.size[0], self.channels)
+    def prepare(self, image):
+        """Like calling it, and also the list of what was done to the image, for the user."""
+        from PIL import ImageOps
+
+        notes = []
+        orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: 1 is upright
+        if orientation not in (None, 1):
+            image = ImageOps.exif_transpose(image)
+            notes.append(f"rotated/flipped upright as its EXIF orientation ({orientation}) says")
+        if image.mode in HIGH_DEPTH_WHITE:
+            image, repeat = self._high_depth(image, notes), self.channels
+        else:
+            image, repeat = self._eight_bit(image, notes), 1
+        original = (image.size[1], image.size[0])
+        if self.size is not None and original != tuple(self.size):
+            image = self._resize(image)
+            notes.append(self._resize_note(original))
+        pixels = np.asarray(image, dtype=np.float64).reshape(image.size[1], image.size[0], -1)
+        pixels = np.repeat(pixels, repeat, axis=2)
+        if self.channels == 4 and repeat > 1:
+            pixels[..., 3] = 255.0  # a grey high-depth image is opaque
         values = (pixels * self.scale - np.asarray(self.mean)) / np.asarray(self.std)
         x = values if self.layout == "nhwc" else values.transpose(2, 0, 1)
         display = pixels[..., :3] / 255.0
-        return x[None].astype(np.float32), (display[..., 0] if self.channels == 1 else display)
+        return x[None].astype(np.float32), (display[..., 0] if self.channels == 1 else display), notes
+
+    def _high_depth(self, image, notes):
+        """A grey image of more than 8 bits as a float image on the 8-bit scale; values outside its range fail."""
+        from PIL import Image
+
+        white = HIGH_DEPTH_WHITE[image.mode]
+        values = np.asarray(image, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise InputError("the image contains NaN or Inf values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > white:
+            kind = "float image's range is [0, 1]" if image.mode == "F" else "16-bit image's range is 0 to 65535"
+            raise InputError(f"its values run from {low:.6g} to {high:.6g}, but a {kind} (rescale it, "
+                             f"or pass the model input as a .npy array)")
+        depth = "float [0, 1]" if image.mode == "F" else "16-bit"
+        notes.append(f"{depth} grey ({image.mode}, values {low:.6g} to {high:.6g}) read at full range: "
+                     f"{white:g} is 8-bit's 255")
+        if self.channels != 1:
+            notes.append(f"grey repeated into {self.channels} channels")
+        return Image.fromarray((values * (255.0 / white)).astype(np.float32), mode="F")
+
+    def _eight_bit(self, image, notes):
+        from PIL import Image
+
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[self.channels]
+        if image.mode in ("RGBA", "LA", "PA", "P") and self.channels != 4:
+            rgba = image.convert("RGBA")
+            if rgba.getextrema()[3][0] < 255:
+                notes.append("transparent pixels shown on white")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba)  # transparency shows as white, not black
+        if self.channels == 1 and image.mode not in ("L", "1"):
+            rgb = np.asarray(image.convert("RGB"))
+            if np.any(rgb != rgb[..., :1]):
+                notes.append("colour dropped to grey (the model takes 1 channel)")
+        elif self.channels != 1 and image.mode in ("L", "1", "LA"):
+            notes.append(f"grey repeated into {self.channels} channels")
+        return image.convert(mode)
+
+    def _fill(self, mode):
+        """Padding: the pixel value the mean maps to, i.e. a model input of 0."""
+        values = [m / self.scale for m in self.mean]
+        if mode == "F":
+            return float(values[0])
+        values = [int(round(min(max(v, 0), 255))) for v in values]
+        return values[0] if len(mode) == 1 else tuple((values * self.channels)[:self.channels])
+
+    def _resize(self, image):
+        from PIL import Image, ImageOps
+
+        target = (self.size[1], self.size[0])  # Pillow: (width, height)
+        if self.resize == "stretch":
+            return image.resize(target, Image.BILINEAR)
+        if self.resize == "center-crop":
+            return ImageOps.fit(image, target, method=Image.BILINEAR)
+        return ImageOps.pad(image, target, method=Image.BILINEAR, color=self._fill(image.mode))
+
+    def _resize_note(self, original):
+        (h, w), (H, W) = original, self.size
+        what = f"{h}x{w} -> {H}x{W} (HxW)"
+        if h * W == w * H:
+            return f"resized {what}"
+        if self.resize == "stretch":
+            return f"resized {what} by stretching: the aspect ratio changes from {w / h:.3g} to {W / H:.3g}"
+        if self.resize == "center-crop":
+            k = max(H / h, W / w)
+            return (f"resized {what}: shorter side to fit, then the centre kept (the central "
+                    f"{min(h, round(H / k))}x{min(w, round(W / k))} of the original)")
+        return f"resized {what}: fitted whole, the rest padded with the mean"
 
 
-def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None):
+def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None, resize=None):
     """A function that builds the model's Preprocess on first use (only images need one) and ``note``s it;
     ``.built`` holds it once built."""
     built = []
@@ -93,7 +203,7 @@ def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=Non
     def make():
         if not built:
             built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
-                                              preset=preset, mean=mean, std=std))
+                                              preset=preset, mean=mean, std=std, resize=resize))
             note(f"preprocessing: {built[0].describe()}")
         return built[0]
 
@@ -122,8 +232,12 @@ def read_array(path: Path, input_rank: int | None):
         raise InputError(f"{path}: no such file") from None
     except Exception as exc:
         raise InputError(f"{path}: cannot read the array ({exc})") from None
-    if not np.issubdtype(x.dtype, np.number):
-        raise InputError(f"{path}: the array holds {x.dtype}, not numbers")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise InputError(f"{path}: the array holds {x.dtype}, not real numbers")
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{path}: the array contains NaN or Inf values")
+    if x.size and np.abs(x).max() > np.finfo(np.float32).max:
+        raise InputError(f"{path}: the array holds values beyond float32's range (the model's input type)")
     if input_rank is not None and x.ndim == input_rank - 1:
         x = x[None]
     if input_rank is not None and x.ndim != input_rank:
@@ -145,8 +259,9 @@ def array_display(x, channel_axis):
     return as_image(scaled)
 
 
-def load_input(path, preprocess_factory, input_rank, channel_axis=1):
-    """Read one input file: ``(model input with batch 1, display image or None)``."""
+def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
+    """Read one input file: ``(model input with batch 1, display image or None)``; ``note(text)``
+    hears what preprocessing did to an image."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
@@ -155,12 +270,26 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1):
     if suffix not in IMAGE_SUFFIXES and path.exists():
         raise InputError(f"{path}: unknown input type {suffix or '(no suffix)'} "
                          f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; arrays: .npy)")
-    return preprocess_factory()(read_image(path))
+    preprocess = preprocess_factory()
+    image = read_image(path)
+    try:
+        x, display, notes = preprocess.prepare(image)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    for text in notes if note else ():
+        note(f"{path}: {text}")
+    return x, display
 
 
-def read_labels(path) -> list[str]:
+def read_labels(path, classes=None) -> list[str]:
+    """Class names, one per non-empty line; with ``classes``, there must be exactly that many."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the labels file ({exc.strerror})") from None
-    return [line.strip() for line in lines if line.strip()]
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the labels file is not text (UTF-8)") from None
+    labels = [line.strip() for line in lines if line.strip()]
+    if classes is not None and len(labels) != classes:
+        raise InputError(f"{path}: {len(labels)} labels, but the model has {classes} classes (one name per line)")
+    return labels

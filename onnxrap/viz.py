@@ -23,17 +23,24 @@ def symmetric_limit(heatmap) -> float:
     return limit if limit > 0 else 1.0
 
 
+def temporary_beside(path) -> str:
+    """A new empty file in ``path``'s folder with a hidden name, to be renamed to ``path`` when complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; outputs are ordinary files
+    return tmp
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` and move the result to ``path`` only if it succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = temporary_beside(path)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; outputs are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -84,15 +91,23 @@ def _show_heatmap(fig, ax, heatmap, title, background=None):
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
 
 
+PANELS_PER_ROW = 4  # more methods wrap into further rows, not one ever wider strip
+
+
 def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
-    """One row: the input, then each ``(title, heatmap)``; with ``overlay`` each heatmap over the input."""
+    """The input, then each ``(title, heatmap)``, in rows of ``PANELS_PER_ROW``; with ``overlay``
+    each heatmap over the input."""
     panels = 1 + len(heatmaps)
-    fig = Figure(figsize=(3.2 * panels, 3.6), dpi=120)
+    cols = min(panels, PANELS_PER_ROW)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows + 0.4), dpi=120)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     _show_input(axes[0], image)
     for ax, (title, heatmap) in zip(axes[1:], heatmaps):
         _show_heatmap(fig, ax, heatmap, title, background=image if overlay else None)
-    fig.suptitle(textwrap.fill(caption, width=48 * panels), fontsize=10)
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    fig.suptitle(textwrap.fill(caption, width=48 * cols), fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

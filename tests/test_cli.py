@@ -71,7 +71,7 @@ def test_image_formats_and_modes(tmp_path, capsys, mode, suffix):
     code, out, err = run(["explain", GOLDEN / "inception_mini" / "model.onnx", path, "-o", tmp_path / "o",
                           "--save-npy"], capsys)
     assert code == 0, err
-    assert "preset imagenet" in out
+    assert "preset imagenet" in err
     assert np.load(tmp_path / "o" / "img_rap.npy").shape == (3, 32, 32)
 
 

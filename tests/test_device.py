@@ -52,7 +52,7 @@ def test_cli_auto_reports_the_device(tmp_path, capsys):
     code = main(["explain", str(DIGITS), str(DIGIT_IMAGES[0]), "-o", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("device: cuda" if HAS_GPU else "device: cpu (no GPU: ")
+    assert err.startswith("device: cuda" if HAS_GPU else "device: cpu (no GPU: ")  # notes go to stderr
     assert "warning" not in err.lower()  # no provider chatter on CPU-only machines
 
 

@@ -277,7 +277,7 @@ def test_cli_explains_png(name, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     layout = "nchw" if name.startswith("torch") else "nhwc"
-    assert f"32x32, 3 channel(s), {layout}" in out
+    assert f"32x32, 3 channel(s), {layout}" in err  # notes go to stderr
     summary = json.loads((out_dir / "summary.json").read_text())
     entry = summary["inputs"][0]
     assert Path(entry["figure"]).is_file()

@@ -1,7 +1,7 @@
 """What each ONNX op computes, as far as relevance rules need to know.
 
 Every supported ONNX op type is registered here by the module of its family
-(``linear``, ``pooling``, ``elementwise``, ``structure``).  A parser turns an
+(``linear``, ``pooling``, ``elementwise``, ``structure``, ``routing``).  A parser turns an
 ONNX node into an ``Op``: its canonical *kind* (what methods map to rules),
 its data inputs, and the forward and adjoint pieces the rules use.  A new op
 type is one ``@register`` entry in one family module.
@@ -50,10 +50,10 @@ class Op:
 class NodeView:
     """What a parser sees of an ONNX node: attributes, constant inputs, data inputs."""
 
-    def __init__(self, node, graph):
-        self.node = node
+    def __init__(self, node, graph, name=None):
+        self.node = node  # the caller's node: read, never changed
         self.graph = graph
-        self.name = node.name
+        self.name = name or node.name  # unnamed nodes get a name for messages from the graph
         self.op_type = node.op_type
         self.attrs = {a.name: _attr_value(a) for a in node.attribute}
 
@@ -117,4 +117,4 @@ def parse(view: NodeView) -> list[Op]:
 
 
 # Import the families so that their ops register.
-from . import elementwise, fused, linear, pooling, structure  # noqa: E402,F401
+from . import elementwise, fused, linear, pooling, routing, structure  # noqa: E402,F401

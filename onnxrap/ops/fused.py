@@ -1,14 +1,15 @@
 """ONNX Runtime's fused contrib ops (com.microsoft), as written by its offline optimiser.
 
 ``FusedConv`` and ``FusedGemm`` are a linear op, an optional residual Add
-(FusedConv's fourth input) and an activation in one node.  They are split
-back into those ops; the tensors between them do not exist in the ONNX
-graph, so they are marked *synthetic* and computed by onnxrap's own forward
-pass from the captured input.
+(FusedConv's fourth input) and an activation in one node.  They parse into a
+``Fused`` op holding those parts, which canonicalisation puts in its place
+(``passes.SplitFusedOps``); the tensors between them do not exist in the
+ONNX graph, so they are marked *synthetic* and computed by onnxrap's own
+forward pass from the captured input.
 """
 from __future__ import annotations
 
-from . import Unsupported, register
+from . import Op, Unsupported, register
 from .elementwise import clip, leaky_relu, relu
 from .linear import parse_conv, parse_gemm
 from .structure import Sum
@@ -26,6 +27,18 @@ def _activation(v, x, y):
     raise Unsupported(f"fused activation {kind} is not piecewise linear")
 
 
+class Fused(Op):
+    """A fused node's parts, in order; never explained as it is (canonicalisation splits it)."""
+
+    kind = "fused"
+
+    def __init__(self, name, op_type, parts):
+        produced = {p.output for p in parts}
+        inputs = [t for p in parts for t in p.inputs if t not in produced]
+        super().__init__(name, op_type, inputs, parts[-1].output)
+        self.parts = parts
+
+
 def _split(v, linear):
     """``linear`` (+ the residual input) + activation, joined by synthetic tensors."""
     out = v.node.output[0]
@@ -38,7 +51,7 @@ def _split(v, linear):
     ops.append(_activation(v, ops[-1].output, out))
     for op in ops[:-1]:
         op.synthetic = True
-    return ops
+    return Fused(v.name, v.op_type, ops)
 
 
 @register("FusedConv")

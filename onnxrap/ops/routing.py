@@ -1,0 +1,106 @@
+"""Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps).
+
+Each output element is a copy of one input element, so such an op is a map
+from output positions to input positions.  The map is ONNX's own semantics
+applied to the positions themselves: onnx's reference evaluator runs the node
+on an array holding 0, 1, 2, ... in the input's shape (negative indices,
+clamped Slice bounds and every attribute default come from onnx, not from a
+second implementation here).  The forward takes those positions; the adjoint
+adds each output's relevance back at its position, summed where an index
+repeats (scatter-add) and zero where nothing was gathered.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import ModelError
+from . import Op, register
+
+
+class IndexRouting(Op):
+    kind = "shape"  # relevance follows the op's adjoint, as for any shape move
+
+    def __init__(self, name, op_type, inputs, output, node, constants, opset, batch_source):
+        super().__init__(name, op_type, inputs, output)
+        self.node = node  # a copy: the ONNX node whose semantics make the map
+        self.constants = constants  # its constant inputs (indices, starts, ...) by name
+        self.opset = opset
+        self.batch_source = batch_source  # the model input: its first axis is the batch
+        self._maps = {}  # (backend, input shape, batch) -> (flat input position per output element, output shape)
+
+    def routes(self, bk, ctx, shape):
+        batch = ctx[self.batch_source].shape[0]
+        key = (bk.name, tuple(shape), batch)
+        if key not in self._maps:
+            source = self._route(tuple(shape))
+            self._check_samples_apart(source, int(np.prod(shape)), batch)
+            self._maps[key] = (bk.asarray(source.reshape(-1)), source.shape)
+        return self._maps[key]
+
+    def _route(self, shape):
+        from onnx.reference import ReferenceEvaluator
+
+        data = self.node.input[0]
+        graph = onnx.helper.make_graph(
+            [self.node], "route", [onnx.helper.make_tensor_value_info(data, onnx.TensorProto.INT64, shape)],
+            [onnx.helper.make_tensor_value_info(self.output, onnx.TensorProto.INT64, None)],
+            [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in self.constants.items()])
+        model = onnx.helper.make_model(graph, opset_imports=self.opset)
+        try:
+            (out,) = ReferenceEvaluator(model).run(None, {data: np.arange(int(np.prod(shape))).reshape(shape)})
+        except Exception as exc:
+            raise ModelError(f"{self.name} ({self.op_type}): its indices do not fit an input of shape "
+                             f"{shape} ({type(exc).__name__}: {exc})") from None
+        return np.asarray(out, dtype=np.int64)
+
+    def _check_samples_apart(self, source, size, batch):
+        """Each sample's outputs must come from that sample: relevance never crosses samples."""
+        if batch == 1:
+            return
+        if source.size % batch or size % batch or np.any(
+                source.reshape(batch, -1) // (size // batch) != np.arange(batch)[:, None]):
+            raise ModelError(f"{self.name} ({self.op_type}) moves values between the samples of a batch; "
+                             "explain one input at a time (--batch-size 1)")
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        index, shape = self.routes(bk, ctx, x.shape)
+        return x.reshape(-1)[index].reshape(shape)
+
+    def vjp(self, bk, ctx, grad):
+        x = ctx[self.inputs[0]]
+        index, _ = self.routes(bk, ctx, x.shape)
+        summed = bk.xp.bincount(index, weights=grad.reshape(-1), minlength=x.size)  # scatter-add
+        return [summed.reshape(x.shape).astype(grad.dtype)]
+
+
+def _routing(v, index_inputs):
+    """The node with every input but the data a constant (reading them raises Unsupported otherwise)."""
+    constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
+    node = onnx.NodeProto()
+    node.CopyFrom(v.node)
+    node.name = v.name
+    del node.output[1:]
+    return IndexRouting(v.name, v.op_type, [v.node.input[0]], v.node.output[0], node, constants,
+                        list(v.graph.model.opset_import), v.graph.input_name)
+
+
+@register("Gather")
+def _gather(v):
+    return _routing(v, [1])
+
+
+@register("GatherElements")
+def _gather_elements(v):
+    return _routing(v, [1])
+
+
+@register("GatherND")
+def _gather_nd(v):
+    return _routing(v, [1])
+
+
+@register("Slice")
+def _slice(v):
+    return _routing(v, [1, 2, 3, 4])  # starts, ends, axes, steps (attributes before opset 10: kept on the node)

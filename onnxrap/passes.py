@@ -1,0 +1,145 @@
+"""Canonicalisation: small named rewrites that bring every exporter's graph to one form.
+
+Like zennit's canonizers, each pass is one class doing one rewrite, so a
+reader finds each in one place and a new one is one new class.  A pass reads
+and edits an ``OpIndex`` (the parsed ops with producer and consumer indexes,
+kept current by its edit methods) and knows the logits by name.
+``CANONICAL_PASSES`` run in order after parsing; ``logits_behind_squashers``
+is the one step taken on the ONNX nodes, before parsing, because it decides
+which tensor the data path ends at.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ops.elementwise import ConstantArithmetic
+from .ops.fused import Fused
+from .ops.linear import Conv, Linear
+from .ops.structure import Pad
+
+OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
+
+
+def logits_behind_squashers(output, nodes, producer):
+    """The tensor a terminal Softmax/LogSoftmax (or a chain of them) squashes: the logits.
+    ``producer`` maps a tensor to the index of the ONNX node in ``nodes`` writing it."""
+    logits = output
+    while logits in producer and nodes[producer[logits]].op_type in OUTPUT_SQUASHERS:
+        logits = nodes[producer[logits]].input[0]
+    return logits
+
+
+class OpIndex:
+    """Ops in topological order with ``producer[tensor]`` and ``consumers[tensor]``, built once;
+    ``remove``, ``replace`` and ``rewire`` keep them current."""
+
+    def __init__(self, ops, logits_name):
+        self.ops = list(ops)
+        self.logits_name = logits_name
+        self.producer, self.consumers = {}, {}
+        for op in self.ops:
+            self._add(op)
+
+    def _add(self, op):
+        self.producer[op.output] = op
+        for t in dict.fromkeys(op.inputs):
+            self.consumers.setdefault(t, []).append(op)
+
+    def _drop(self, op):
+        if self.producer.get(op.output) is op:
+            del self.producer[op.output]
+        for t in dict.fromkeys(op.inputs):
+            self.consumers[t] = [c for c in self.consumers[t] if c is not op]
+
+    def users(self, tensor):
+        return self.consumers.get(tensor, [])
+
+    def remove(self, op):
+        self._drop(op)
+        self.ops.remove(op)
+
+    def replace(self, op, new_ops):
+        at = self.ops.index(op)
+        self._drop(op)
+        self.ops[at:at + 1] = new_ops
+        for new in new_ops:
+            self._add(new)
+
+    def rewire(self, op, edit):
+        """Run ``edit()``, which changes ``op``'s inputs or output, and update the indexes."""
+        self._drop(op)
+        edit()
+        self._add(op)
+
+
+class Pass:
+    """One rewrite of the canonical graph."""
+
+    def apply(self, index: OpIndex) -> None:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return type(self).__name__
+
+
+class SplitFusedOps(Pass):
+    """ONNX Runtime's FusedConv/FusedGemm become their linear op, residual Add and activation
+    (``ops/fused.py`` parses them into a ``Fused`` op holding those parts)."""
+
+    def apply(self, index):
+        for op in [op for op in index.ops if isinstance(op, Fused)]:
+            index.replace(op, op.parts)
+
+
+class AbsorbBias(Pass):
+    """A linear op whose only consumer adds a constant per output unit takes it as its bias
+    (MatMul + Add is Gemm; Conv + Add of a per-channel constant is a Conv with a bias)."""
+
+    def apply(self, index):
+        for op in [op for op in index.ops if isinstance(op, Linear)]:
+            self._absorb(index, op)
+
+    @staticmethod
+    def _absorb(index, op):
+        users = index.users(op.output)
+        if len(users) != 1 or op.output == index.logits_name:
+            return
+        add = users[0]
+        if not (isinstance(add, ConstantArithmetic) and add.op_type == "Add"):
+            return
+        c = add.constant
+        if op.family == "dense":
+            fits = np.ndim(c) <= 1 or all(d == 1 for d in np.shape(c)[:-1])
+        else:  # one value per channel (axis 1), broadcast over the rest
+            out_rank = len(op.kernel) + 2
+            fits = np.ndim(c) in (out_rank - 1, out_rank) and \
+                all(d == 1 for k, d in enumerate(np.shape(c)[::-1]) if k != out_rank - 2)
+        if not fits:
+            return
+        bias = c.reshape(-1) if np.ndim(c) else c
+        index.remove(add)
+        index.rewire(op, lambda: op.absorb_bias(bias.astype(np.float64), add.output))
+
+
+class FoldPad(Pass):
+    """A zero Pad of the spatial axes feeding Convs becomes their pads; it goes when nothing else reads it."""
+
+    def apply(self, index):
+        for pad in [op for op in index.ops if isinstance(op, Pad)]:
+            self._fold(index, pad)
+
+    @staticmethod
+    def _fold(index, pad):
+        rank = len(pad.pads) // 2
+        if pad.value != 0 or pad.pads[1] or pad.pads[rank + 1]:
+            return
+        spatial = pad.pads[2:rank] + pad.pads[rank + 2:]
+        for conv in list(index.users(pad.output)):
+            if isinstance(conv, Conv) and conv.auto_pad in ("NOTSET", "VALID") and len(conv.kernel) == rank - 2:
+                index.rewire(conv, lambda conv=conv: conv.absorb_pad(spatial, pad.inputs[0]))
+        if not index.users(pad.output) and pad.output != index.logits_name:
+            index.remove(pad)
+
+
+CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), FoldPad())
+
