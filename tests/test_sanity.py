@@ -101,3 +101,26 @@ def test_evaluate_with_sanity_checks(tmp_path, capsys):
 def test_evaluate_bad_sanity_options(tmp_path, capsys, args, message):
     code = main(["evaluate", str(DIGITS), str(DIGITS.parent / "digits_holdout.npz"), "-o", str(tmp_path), *args])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_refused_randomised_model_is_reported(monkeypatch):
+    """A randomised model onnxrap declines to explain is a step marked refused, not a crash."""
+    from onnxrap.errors import ModelError
+    from onnxrap.evaluate.sanity import Sanity, sanity_markdown
+
+    x = np.load(DIGITS.parent / "digits_holdout.npz")["x"][:1]
+    sanity = Sanity(Explainer(DIGITS), x, [0], steps=2, classes=2)
+    real = Sanity._cascade_explainer
+
+    def refuse_the_last(self, depth):
+        if depth == self.depths[-1]:
+            raise ModelError("<model>: the captured forward pass disagrees")
+        return real(self, depth)
+
+    monkeypatch.setattr(Sanity, "_cascade_explainer", refuse_the_last)
+    r = sanity.run_method("gradient")
+    assert r["cascade"][-1]["ssim"] is None and "disagrees" in r["cascade"][-1]["refused"]
+    assert r["cascade"][1]["ssim"] is not None
+    table = sanity_markdown({"inputs": 1, "depths": sanity.depths, "layers": ["a"] * 7, "classes": 2,
+                             "methods": {"gradient": r}})
+    assert "| refused |" in table and "k=7: <model>: the captured forward pass disagrees" in table

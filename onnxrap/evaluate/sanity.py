@@ -17,6 +17,10 @@ Spearman and SSIM are small NumPy implementations (SciPy is not a dependency):
 average ranks for ties, and SSIM with a uniform 7-pixel window, the sample
 covariance and K1 = 0.01, K2 = 0.03 (scikit-image's defaults).
 
+A step whose randomised model onnxrap declines to explain (its checks refuse
+it: random weights can make the forward pass numerically wild) is recorded as
+refused, with the reason, and the others go on.
+
 A randomised model is the original ``ModelProto`` with re-drawn initializers
 (normal, with each tensor's own standard deviation, seeded), loaded through
 ``Graph`` like any model, so the checker and the parser see it.  A bias added
@@ -202,9 +206,14 @@ class Sanity:
         original = self._heat(self.explainer, method, options, self.targets)
         cascade = [{"depth": 0, "layer": "", **{k: 1.0 for k in SIMILARITIES}}]
         for depth in self.depths:
-            heat = self._heat(self._cascade_explainer(depth), method, options, self.targets)
+            step = {"depth": depth, "layer": self.top_down[depth - 1].name}
+            try:
+                heat = self._heat(self._cascade_explainer(depth), method, options, self.targets)
+            except ModelError as refused:  # a randomised model can be numerically wild: say so, go on
+                cascade.append({**step, **{k: None for k in SIMILARITIES}, "refused": str(refused)})
+                continue
             rows = [similarity(h0, h1) for h0, h1 in zip(original, heat)]
-            cascade.append({"depth": depth, "layer": self.top_down[depth - 1].name, **_mean(rows, SIMILARITIES)})
+            cascade.append({**step, **_mean(rows, SIMILARITIES)})
         return {"cascade": cascade, "classes": self._class_sensitivity(method, options)}
 
     def _class_sensitivity(self, method, options):
@@ -251,8 +260,14 @@ def sanity_markdown(sanity):
         lines += [f"### {title}", "", "| method | " + " | ".join(f"k={d}" for d in depths) + " |",
                   "| --- | " + " | ".join("---:" for _ in depths) + " |"]
         for label, r in sanity["methods"].items():
-            lines.append(f"| {label} | " + " | ".join(f"{p[k]:.3f}" for p in r["cascade"]) + " |")
+            lines.append(f"| {label} | " + " | ".join("refused" if p[k] is None else f"{p[k]:.3f}"
+                                                     for p in r["cascade"]) + " |")
         lines.append("")
+    refused = sorted({(p["depth"], p["refused"]) for r in sanity["methods"].values() for p in r["cascade"]
+                      if "refused" in p})
+    if refused:
+        lines += ["\"refused\": onnxrap declined to explain that randomised model: "
+                  + "; ".join(f"k={d}: {why}" for d, why in refused), ""]
     lines += ["Layers, top first: " + ", ".join(f"{i + 1}. `{name}`" for i, name in enumerate(layers)), ""]
     lines += ["### Class sensitivity", "",
               f"The top class's explanation against the second class's, and across the top {sanity['classes']} "
@@ -284,8 +299,8 @@ def save_sanity_plot(path, sanity):
     styles = [(f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]) for i in range(len(labels))]
     for ax, k, title in zip(axes, SIMILARITIES, ("Spearman |relevance|", "|Spearman| signed", "SSIM |relevance|")):
         for label, (colour, style) in zip(labels, styles):
-            ax.plot(range(len(depths)), [p[k] for p in sanity["methods"][label]["cascade"]], color=colour,
-                    linestyle=style, marker="o", markersize=3, label=label)
+            ys = [np.nan if p[k] is None else p[k] for p in sanity["methods"][label]["cascade"]]
+            ax.plot(range(len(depths)), ys, color=colour, linestyle=style, marker="o", markersize=3, label=label)
         ax.set_xticks(range(len(depths)))
         ax.set_xticklabels([str(d) for d in depths], fontsize=8)
         ax.set_xlabel("linear ops randomised, top first", fontsize=8)
