@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -248,7 +249,7 @@ def child_run(args) -> dict:
     import onnxrap
 
     t0 = time.perf_counter()
-    ex = onnxrap.Explainer(args.model)
+    ex = onnxrap.Explainer(args.model, engine=args.engine)
     load = time.perf_counter() - t0
     rss_loaded = rss_now_mb()
     peak_loaded = peak_rss_mb()
@@ -336,10 +337,12 @@ def child_run(args) -> dict:
     return out
 
 
-def run_child(mode: str, model: Path, method: str, shape: str, args, profile: str | None = None) -> dict:
+def run_child(mode: str, model: Path, method: str, shape: str, args, profile: str | None = None,
+              engine: str = "eager", repeat: int | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), f"--_child={mode}", "--_model", str(model),
-           "--_method", method, "--_shape", shape, "--batch", str(args.batch), "--repeat", str(args.repeat),
-           "--input-seed", str(args.input_seed), "--profile-top", str(args.profile_top)]
+           "--_method", method, "--_shape", shape, "--batch", str(args.batch),
+           "--repeat", str(repeat or args.repeat), "--input-seed", str(args.input_seed),
+           "--profile-top", str(args.profile_top), "--_engine", engine]
     if profile:
         cmd += ["--_profile", profile]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=str(ROOT))
@@ -356,14 +359,14 @@ def fmt(v, spec):
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["model", "input", "params (M)", "weights (MB)", "method", "ORT fwd (ms)", "explain (ms)",
+    head = ["model", "input", "params (M)", "weights (MB)", "method", "engine", "ORT fwd (ms)", "explain (ms)",
             "RAP time in fwd passes", "same, min/min", "capture (ms)", "peak RSS (MB)", "RSS after load (MB)",
             "relevance sum", "target logit", "conservation err"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["model"], r["input"], fmt(r["params"] / 1e6, ".1f"), fmt(r["weight_bytes"] / 2**20, ".0f"),
-            r["method"], fmt(r["ort_fwd_s"] * 1e3, ".1f") + f' (min {r["ort_fwd_min_s"] * 1e3:.1f})',
+            r["method"], r["engine"], fmt(r["ort_fwd_s"] * 1e3, ".1f") + f' (min {r["ort_fwd_min_s"] * 1e3:.1f})',
             fmt(r["explain_s"] * 1e3, ".0f") + f' (min {r["explain_min_s"] * 1e3:.0f})',
             fmt(r["fwd_passes"], ".1f"), fmt(r["fwd_passes_min"], ".1f"), fmt(None if r["capture_s"] is None else r["capture_s"] * 1e3, ".0f"),
             fmt(r["peak_rss_mb"], ".0f"), fmt(r["rss_loaded_mb"], ".0f"),
@@ -383,6 +386,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement, after one warm-up (default 3)")
     p.add_argument("--methods", default="rap", help="comma-separated onnxrap methods (default rap)")
+    p.add_argument("--engines", default="eager,onnx",
+                   help="comma-separated: eager (the rules on NumPy), onnx (compiled into the model's graph; "
+                        "compiled once in a child of its own before the measured one) (default eager,onnx)")
     p.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
     p.add_argument("--cache-dir", default=str(ROOT / "bench" / "models"),
                    help="where the built ONNX models are kept (default bench/models, git-ignored)")
@@ -401,6 +407,7 @@ def parse_args(argv=None):
     p.add_argument("--_method", dest="method", help=argparse.SUPPRESS)
     p.add_argument("--_profile", dest="profile_out", help=argparse.SUPPRESS)
     p.add_argument("--_shape", dest="shape", help=argparse.SUPPRESS)
+    p.add_argument("--_engine", dest="engine", default="eager", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeat < 1:
         p.error("--batch and --repeat must be at least 1")
@@ -409,6 +416,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("ONNXRAP_CACHE", str(Path(args.cache_dir) / "compiled"))
     if args._child:
         args.profile = args.profile_out
         sys.path.insert(0, str(ROOT))  # import onnxrap from this checkout
@@ -418,6 +426,7 @@ def main(argv=None) -> int:
 
     models = [canonical(m) for m in args.models.split(",") if m.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     info = machine_info()
     print_machine(info)
     cache = Path(args.cache_dir)
@@ -429,14 +438,18 @@ def main(argv=None) -> int:
         shape = ",".join(str(d) for d in in_shape)
         print(f"{name}: {path} ({'built in %.1f s' % built if built else 'cached'}), "
               f"{params / 1e6:.1f} M parameters, {nbytes / 2**20:.0f} MB of weights", flush=True)
-        for method in methods:
+        for method, engine in itertools.product(methods, engines):
             prof = None
             if args.profile:
-                prof = str(Path(args.profile).resolve() / f"{name}_{method}.prof")
-            r = run_child("run", path, method, shape, args, prof)
-            print(f"  ORT forward: median {r['ort_fwd_s'] * 1e3:.1f} ms of {args.repeat} "
+                prof = str(Path(args.profile).resolve() / f"{name}_{method}_{engine}.prof")
+            if engine == "onnx":  # compile into the cache first: the measured child only loads it
+                t0 = time.perf_counter()
+                run_child("run", path, method, shape, args, engine=engine, repeat=1)
+                print(f"  compiled {method} (and explained once) in {time.perf_counter() - t0:.1f} s", flush=True)
+            r = run_child("run", path, method, shape, args, prof, engine=engine)
+            print(f"  [{engine}] ORT forward: median {r['ort_fwd_s'] * 1e3:.1f} ms of {args.repeat} "
                   f"({', '.join('%.1f' % (t * 1e3) for t in r['ort_fwd_all_s'])} ms)")
-            print(f"  explain({method}): median {r['explain_s'] * 1e3:.0f} ms of {args.repeat} "
+            print(f"  [{engine}] explain({method}): median {r['explain_s'] * 1e3:.0f} ms of {args.repeat} "
                   f"({', '.join('%.0f' % (t * 1e3) for t in r['explain_all_s'])} ms; first call "
                   f"{r['explain_first_s'] * 1e3:.0f} ms; load {r['load_s']:.1f} s) "
                   f"= {r['explain_s'] / r['ort_fwd_s']:.1f} forward passes (min/min "
@@ -444,7 +457,7 @@ def main(argv=None) -> int:
                   f"load average {r['loadavg_during'][0]} -> {r['loadavg_during'][1]}", flush=True)
             rows.append({
                 "model": name, "input": "x".join(str(d) for d in [args.batch] + in_shape),
-                "size": size, "batch": args.batch,
+                "size": size, "batch": args.batch, "engine": engine,
                 "classes": args.classes, "width": args.width, "method": method, "path": str(path),
                 "params": params, "weight_bytes": nbytes, **r,
                 "fwd_passes": r["explain_s"] / r["ort_fwd_s"],

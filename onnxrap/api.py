@@ -60,21 +60,33 @@ class Explainer:
     """
 
     def __init__(self, model, input_name=None, output_name=None, dtype="float32", device="cpu", recompute=None,
-                 verify="once"):
+                 verify="once", tf32=False, engine="eager"):
         """``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU if ONNX Runtime's CUDA provider and CuPy
         both work, else the CPU; ``self.device.note`` says which and why).  ``verify``: check the
-        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``."""
+        captured logits against a plain ONNX Runtime run ``once`` per input shape or ``always``.
+        ``tf32``: let the GPU round float32 matmuls and convolutions to TF32 (faster, about 1e-3
+        relative error; off by default, so float32 is exact float32 everywhere).
+        ``engine``: ``eager`` (the rules on NumPy/CuPy), ``onnx`` (the method compiled into the model's
+        graph, run by ONNX Runtime, cached on disk) or ``auto`` (the faster of the two, measured per
+        method and input shape; ``self.engine_note`` says which)."""
+        if engine not in ("auto", "eager", "onnx"):
+            raise InputError(f"unknown engine {engine!r} (auto, eager or onnx)")
         self.graph = Graph(model, input_name, output_name)
         problems = self.graph.problems()  # the same checks inspect reports
         if problems:
             raise ModelError(f"{self.graph.label}: {problems[0]}")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, tf32)
         self.bk = self.device.backend
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
-        self.capture = Capture(self.graph, self.device.providers, verify)
+        self.capture = Capture(self.graph, self.device, verify)
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
+        self.engine = engine
+        self.engine_note = engine
+        self._engines = {}  # (method label, input shape) -> the engine auto chose
+        self._compiled = {}  # (method label, dtype, input shape) -> CompiledModel, or None: eager only
+        self._model_hash = None
 
     @property
     def input_shape(self):
@@ -125,40 +137,118 @@ class Explainer:
         """
         m = methods.get(method, **options)
         m.check(self.graph)
+        self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
-        captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
-        logits = np.concatenate([self._class_vector(v[self.graph.logits_name]) for _, v in captured])
-        targets = self._targets(target, logits)
-        dual = None if contrast is None else methods.contrast_dual(targets, logits.shape[1], contrast)
         sums = [] if trace else None
-
-        def backprop_in(dtype, sums):
-            def backprop(method_, xs, ts):
-                pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
-                out, start = [], 0
-                for part, values in pieces:
-                    values = values if values is not None else self.capture.run(part)
-                    out.append(self._propagate(method_, values, ts[start:start + len(part)], sums, dtype))
-                    start += len(part)
-                return np.concatenate(out)
-            return backprop
-
-        def attribute(seed_targets, sums):
-            relevance = m.attribute(backprop_in(self.dtype, sums), x, seed_targets)
-            if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
-                return self._keep_conservation(m, relevance, logits, seed_targets, x, backprop_in(np.float64, None))
-            return relevance, []
-
-        relevance, recomputed = attribute(targets, sums)
-        if dual is not None:  # the trace follows the target's walk only
-            dual_relevance, dual_recomputed = attribute(dual, None)
+        if not trace and contrast is None and self._engine_for(m, x, target) == "onnx":
+            relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
+        else:
+            relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
+        recomputed = []
+        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
+            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
+        if contrast is not None:  # the dual's walk, eager (its seed is a weighting of the classes); not traced
+            dual = methods.contrast_dual(targets, logits.shape[1], contrast)
+            dual_relevance = self._attribute_eager(m, x, dual, self.dtype, None)[0]
+            dual_recomputed = []
+            if m.conserves and self.dtype != np.float64:
+                dual_relevance, dual_recomputed = self._keep_conservation(m, dual_relevance, logits, dual, x, True)
             relevance = methods.contrasted(relevance, dual_relevance)
             recomputed = sorted(set(recomputed) | set(dual_recomputed))
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
         return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed)
 
-    def _keep_conservation(self, m, relevance, logits, targets, x, backprop64):
-        """Redo in float64 the samples where float32 rounding broke a conserving method's sum.
+    def _attribute_eager(self, m, x, target, dtype, sums):
+        """Relevance, logits and targets with the rules run on the backend's arrays."""
+        captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
+        # The logits cross to the host once, here: targets, seeds and the conservation check read them there.
+        logits = np.concatenate([self._class_vector(self.bk.to_host(v[self.graph.logits_name])) for _, v in captured])
+        targets = target if np.ndim(target) == 2 else self._targets(target, logits)  # 2-D: a contrast's dual
+
+        def backprop(method_, xs, ts):
+            pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
+            out, start = [], 0
+            for part, values in pieces:
+                values = values if values is not None else self.capture.run(part)
+                out.append(self._propagate(method_, values, ts[start:start + len(part)], sums, dtype))
+                start += len(part)
+            return np.concatenate(out)
+
+        return m.attribute(backprop, x, targets), logits, targets
+
+    def _attribute_compiled(self, m, x, target, dtype):
+        """The same with the method compiled into the model's graph (see compile.py); eager where
+        ONNX Runtime lacks the kernels (CPU convolutions in float64) or the tracer some ops."""
+        compiled = self._compiled_model(m, dtype, x.shape[1:])
+        if compiled is None:
+            return self._attribute_eager(m, x, target, dtype, None)
+
+        def run(xs, ts):
+            parts, start = [], 0
+            for part in self._pieces(xs):
+                self.capture.check_input(part)
+                t = None if ts is None else ts[start:start + len(part)]
+                parts.append(compiled.run(part, t))
+                start += len(part)
+            return (np.concatenate([self._class_vector(lg) for lg, _ in parts]),
+                    np.concatenate([r for _, r in parts]))
+
+        given = None if target is None else np.broadcast_to(np.asarray(target, dtype=np.int64), (len(x),))
+        logits, relevance = run(x, given)
+        targets = self._targets(target, logits)
+        if m.batched:  # the graph is the backward walk; the method calls it on its batches
+            relevance = m.attribute(lambda method_, xs, ts: run(xs, ts)[1], x, targets)
+        return relevance, logits, targets
+
+    def _compiled_model(self, m, dtype, shape):
+        from .compile import (CompiledModel, MissingKernels, NotCompilable, cached_compile, method_key, model_hash,
+                              shared_initializers)
+
+        key = (method_key(m), np.dtype(dtype).str, tuple(shape))
+        if key not in self._compiled:
+            if self._model_hash is None:
+                self._model_hash = model_hash(self.graph)
+            try:
+                path = cached_compile(self.graph, self._model_hash, m, dtype, shape, self.recompute, self.capture)
+            except NotCompilable as exc:  # the eager engine explains these ops
+                self.engine_note = f"eager: {exc}"
+                self._compiled[key] = None
+                return None
+            try:
+                shared = shared_initializers(self.graph, path, np.dtype(dtype))
+                self._compiled[key] = CompiledModel(path, self.device.providers, label=f"{self.graph.label} ({m.label})",
+                                                    shared=shared)
+            except MissingKernels:
+                self._compiled[key] = None
+        return self._compiled[key]
+
+    def _engine_for(self, m, x, target):
+        """``eager`` or ``onnx``; ``auto`` times both once per method and input shape (after a
+        warm-up run each, on at most one batch piece) and keeps the faster."""
+        if self.engine != "auto":
+            return self.engine
+        key = (m.label, x.shape[1:])
+        if key not in self._engines:
+            import time
+
+            sample = self._pieces(x)[0]
+            t = None if target is None else np.broadcast_to(np.asarray(target), (len(x),))[:len(sample)]
+            seconds = {}
+            for engine, attribute in (("eager", self._attribute_eager), ("onnx", self._attribute_compiled)):
+                args = (m, sample, t, self.dtype) + ((None,) if engine == "eager" else ())
+                attribute(*args)
+                start = time.perf_counter()
+                attribute(*args)
+                seconds[engine] = time.perf_counter() - start
+            chosen = min(seconds, key=seconds.get)
+            self._engines[key] = chosen
+            self.engine_note = (f"auto: {chosen} ({m.label}: eager {seconds['eager']:.3g} s, onnx "
+                                f"{seconds['onnx']:.3g} s per {len(sample)} input(s) of shape {tuple(x.shape[1:])})")
+        return self._engines[key]
+
+    def _keep_conservation(self, m, relevance, logits, targets, x, trace):
+        """Redo in float64 the samples where float32 rounding broke a conserving method's sum:
+        compiled where ONNX Runtime has float64 kernels for the graph, else eager.
 
         Relevance that grows large and cancels (deep networks with signed residual
         streams) can leave float32 a sum far from the logit: a wrong number that
@@ -172,11 +262,14 @@ class Explainer:
             return relevance, []
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
+        engine = "eager" if trace else self._engine_for(m, x, targets)
+        attribute = self._attribute_compiled if engine == "onnx" else \
+            lambda *args: self._attribute_eager(*args, None)  # noqa: E731
         fixed = self.graph.fixed_batch
         if fixed and fixed > 1:  # a model exported for a fixed batch takes only whole batches
-            relevance[redo] = m.attribute(backprop64, x, targets)[redo]
+            relevance[redo] = attribute(m, x, targets, np.float64)[0][redo]
         else:
-            relevance[redo] = m.attribute(backprop64, x[redo], targets[redo])
+            relevance[redo] = attribute(m, x[redo], targets[redo], np.float64)[0]
         return relevance, [int(i) for i in redo]
 
     def _pieces(self, x):
@@ -189,7 +282,7 @@ class Explainer:
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
-        ctx = Context(bk, {k: bk.asarray(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
+        ctx = Context(bk, {k: bk.to_device(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
                            for k, v in values.items()}, self.graph.constants)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
@@ -202,11 +295,11 @@ class Explainer:
         seed = method.seed(bk, ctx[self.graph.logits_name], targets)
 
         def record(op, R, R_inputs):
-            total = lambda a: bk.to_numpy(bk.sample_sum(a, keepdims=False))  # noqa: E731
+            total = lambda a: bk.to_host(bk.sample_sum(a, keepdims=False))  # noqa: E731
             sums.append((op.name, op.op_type, total(R), sum(total(r) for r in R_inputs if r is not None)))
 
         relevance = propagate(self.graph, method, ctx, seed, trace=record if sums is not None else None)
-        return bk.to_numpy(relevance)
+        return bk.to_host(relevance)
 
     def _class_vector(self, logits):
         problem = self.graph.class_scores_problem(logits.shape)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DeviceError, first_line
 
 # Columns larger than this are built a few samples at a time so that a batch
 # of large images does not need a multi-GB im2col buffer at once.
@@ -88,13 +88,29 @@ class Backend:
     def __init__(self, xp, name: str):
         self.xp = xp
         self.name = name
+        self._constants = weakref.WeakKeyDictionary()  # owner -> {(key, dtype): arrays}
 
-    # -- transfer -------------------------------------------------------
-    def asarray(self, a, dtype=None):
+    # -- the only way between host and device --------------------------------
+    def to_device(self, a, dtype=None):
+        """A host array (or one of this backend's) as this backend's array in ``dtype``; no copy where
+        it already is one."""
         return self.xp.asarray(a, dtype=dtype)
 
-    def to_numpy(self, a) -> np.ndarray:
-        return a if isinstance(a, np.ndarray) else self.xp.asnumpy(a)
+    def to_host(self, a) -> np.ndarray:
+        """This backend's array as a NumPy array."""
+        return a
+
+    def constant(self, owner, key, dtype, make):
+        """``make()``'s host array (or tuple of arrays) on this backend in ``dtype``, made once per
+        ``owner``, ``key`` and dtype and kept while the owner lives.  Weights, biases, gains and pool
+        divisors cross to the device once, not at every batch inside the backward walk."""
+        cached = self._constants.setdefault(owner, {})
+        slot = (key, np.dtype(dtype).str)
+        if slot not in cached:
+            made = make()
+            cached[slot] = (tuple(self.to_device(a, dtype) for a in made) if isinstance(made, tuple)
+                            else self.to_device(made, dtype))
+        return cached[slot]
 
     # -- elementwise helpers shared by many rules -------------------------
     def sdiv(self, a, b):
@@ -283,29 +299,9 @@ class Backend:
         return self._crop(out, spec)
 
 
-_BACKENDS: dict[str, Backend] = {}
+_NUMPY = Backend(np, "cpu")
 
 
 def numpy_backend() -> Backend:
-    if "cpu" not in _BACKENDS:
-        _BACKENDS["cpu"] = Backend(np, "cpu")
-    return _BACKENDS["cpu"]
-
-
-def cupy_backend() -> Backend:
-    """The CuPy backend, or a DeviceError that says what is missing."""
-    if "cuda" not in _BACKENDS:
-        try:
-            import cupy
-        except ImportError:
-            raise DeviceError("CUDA needs CuPy, which is not installed (pip install 'onnxrap[gpu]')") from None
-        try:
-            count = cupy.cuda.runtime.getDeviceCount()
-        except Exception as exc:  # CUDARuntimeError, or a driver library that fails to load
-            raise DeviceError(f"CUDA: no usable NVIDIA driver or device ({first_line(exc)})") from None
-        if count < 1:
-            raise DeviceError("CUDA: CuPy sees no CUDA device")
-        from .gpu import CupyBackend
-
-        _BACKENDS["cuda"] = CupyBackend()
-    return _BACKENDS["cuda"]
+    """The host backend (the GPU's lives in gpu.py; device.py chooses between them)."""
+    return _NUMPY

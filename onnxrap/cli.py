@@ -108,6 +108,9 @@ def _device_option(p):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="cuda: ONNX Runtime's CUDA provider and CuPy; auto: cuda where it works, else cpu "
                         "(default: %(default)s)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let the GPU round float32 matmuls and convolutions to TF32: faster, about 1e-3 relative "
+                        "error (default: exact float32)")
 
 
 def build_parser():
@@ -133,6 +136,9 @@ def build_parser():
     e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
     _device_option(e)
+    e.add_argument("--engine", choices=["auto", "eager", "onnx"], default="eager",
+                   help="eager: the rules on NumPy/CuPy; onnx: the method compiled into the model's graph and run "
+                        "by ONNX Runtime (cached on disk); auto: the faster, measured (default: %(default)s)")
     e.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(run=cmd_explain)
@@ -186,6 +192,47 @@ def build_parser():
     _image_options(v)
     v.set_defaults(run=cmd_evaluate)
 
+    c = sub.add_parser("compile", help="the method and the model as one ONNX graph: input and target in, "
+                                        "logits and relevance out, for ONNX Runtime anywhere")
+    c.add_argument("model", help="the .onnx classifier")
+    c.add_argument("-o", "--out", required=True, help="the compiled .onnx file (weights over 2 GB go to OUT.data)")
+    c.add_argument("--method", default="rap", help=f"default: %(default)s; known: {', '.join(methods.FACTORIES)}")
+    _method_options(c)
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
+    c.add_argument("--size", type=_size, help="input HEIGHTxWIDTH where the model leaves it free")
+    _model_options(c)
+    c.set_defaults(run=cmd_compile)
+
+    a = sub.add_parser("audit", help="explain a whole dataset into one self-contained HTML report "
+                                     "(REPORT_DIR/index.html); resumable, on local processes or a Ray cluster")
+    a.add_argument("model", help="the .onnx classifier")
+    a.add_argument("data", help="read as evaluate reads it: a folder of images (labels: --labels-csv, class "
+                                "subfolders, or none) or an .npz with x (model inputs) and optionally y (labels)")
+    a.add_argument("-o", "--out-dir", required=True, metavar="REPORT_DIR",
+                   help="index.html, records.jsonl, CSV/JSON, thumbnails; rerunning continues an interrupted audit")
+    a.add_argument("--methods", type=_names, default="rap", help=f"comma-separated (default: %(default)s); known: "
+                                                     f"{', '.join(methods.FACTORIES)}")
+    a.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label")
+    a.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels metadata)")
+    a.add_argument("--limit", type=int, help="audit the first N inputs (a larger N later extends the audit)")
+    a.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (with --device cuda: one per GPU); with --ray: Ray actors "
+                        "(default: 1; with --ray: one per CPU or GPU of the cluster)")
+    a.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster through Ray Data (needs onnxrap[ray]): "
+                                                    "'local' starts one here, else an address for ray.init ('auto', "
+                                                    "'ray://head:10001')")
+    a.add_argument("--faithfulness", type=int, default=32, metavar="N",
+                   help="region perturbation (evaluate's Table I) on N correctly classified inputs; 0: skip "
+                        "(default: %(default)s)")
+    a.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
+    a.add_argument("--restart", action="store_true", help="discard REPORT_DIR's records and start over")
+    a.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
+    _device_option(a)
+    _method_options(a)
+    _model_options(a)
+    _image_options(a)
+    a.set_defaults(run=cmd_audit)
+
     i = sub.add_parser("inspect", help="what the model is and whether it can be explained, before running anything")
     i.add_argument("model", help="the .onnx classifier")
     _model_options(i)
@@ -230,16 +277,20 @@ def cmd_explain(args):
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
-                          device=args.device)
+                          device=args.device, tf32=args.tf32, engine=args.engine)
     classes = explainer.graph.classes
     labels = read_labels(args.labels, classes) if args.labels else explainer.labels
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
     contrast = _contrast(args.contrast, labels)
+    from .viz import OutputFolder
+
     with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
         lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels, contrast)
     for line in lines:  # once every file is in place
         print(line)
+    if args.engine == "auto":
+        print(f"engine: {explainer.engine_note}")
     return 0
 
 
@@ -296,6 +347,29 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels, con
     return lines
 
 
+def cmd_compile(args):
+    from .compile import compile_graph, save
+    from .graph import Graph
+
+    options = method_options(args, [args.method])[args.method]
+    method = methods.get(args.method, **options)
+    if method.batched:
+        raise InputError(f"{args.method} is many calls of the gradient graph on changed inputs: "
+                         "compile --method gradient and average its relevance over them")
+    graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name)
+    shape = None
+    if args.size:
+        declared = graph.input_shape
+        if declared is None or len(declared) != 4:
+            raise InputError(f"{graph.label}: --size needs an image input (N, C, H, W)")
+        shape = (declared[1], *args.size)
+    model = compile_graph(graph, method, args.dtype, shape)
+    path = save(model, args.out)
+    print(f"{path}: {method.label} on {graph.label}; inputs {graph.input_name} and target "
+          "(int64, one class per sample or one for all; default: the top class); outputs logits and relevance")
+    return 0
+
+
 def cmd_evaluate(args):
     from .evaluate import CONTROLS, Grid, Settings, run
 
@@ -306,11 +380,17 @@ def cmd_evaluate(args):
         method_options=method_options(args, [m for m in args.methods if m not in CONTROLS]), grid=grid,
         perturbations=args.perturbations, labels_csv=args.labels_csv, labels=args.labels, limit=args.limit,
         seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
-        batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device,
+        batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device, tf32=args.tf32,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
         preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize),
         contrasts=tuple(None if c == "none" else c for c in args.contrast), sanity=args.sanity,
         sanity_steps=args.sanity_steps, sanity_classes=args.sanity_classes))
+
+
+def cmd_audit(args):
+    from .audit import run
+
+    return run(args, method_options(args, args.methods))
 
 
 def cmd_inspect(args):
@@ -404,8 +484,9 @@ def input_stems(paths):
 
     The file's stem; where stems collide (``cat/001.jpg``, ``dog/001.jpg``), each input takes the
     fewest parent folders that no other input shares (``cat_001``, ``dog_001``); inputs that differ
-    only in their extension add it (``002_png``, ``002_jpg``); the same file given twice gets
-    ``-2``, ``-3``.
+    only in their extension add it (``002_png``, ``002_jpg``); a name already taken (the same file
+    given twice, or one that differs only in case, as file systems that ignore case would merge)
+    gets ``-2``, ``-3``, the first of them still free.
     """
     resolved = [p.resolve() for p in paths]
     names = [p.stem for p in resolved]
@@ -414,12 +495,15 @@ def input_stems(paths):
         for i, n in enumerate(names):
             if n == stem:
                 names[i] = _distinct(resolved[i], members)
-    seen = {}
-    for i, n in enumerate(names):
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[i] = f"{n}-{seen[n]}"
-    return names
+    taken, unique = set(), []
+    for n in names:
+        name, k = n, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{n}-{k}"
+        taken.add(name.casefold())
+        unique.append(name)
+    return unique
 
 
 def _distinct(path, others):
@@ -433,100 +517,6 @@ def _distinct(path, others):
             if all(key(o, depth, ext) != mine for o in others if o != path):
                 return "_".join(mine)
     return "_".join(key(path, 0, bool(path.suffix)))  # the same file twice: numbered by the caller
-
-
-def _exists(path):
-    try:
-        return path.exists()
-    except OSError:  # a name too long for the file system: making it says so
-        return False
-
-
-class OutputFolder:
-    """Where explain writes, all or nothing, as a context manager.
-
-    Entering makes the folder and any missing parents and writes a probe file there, so that
-    every path error (a file in the way, no permission, a name too long) is one line before any
-    work.  Files go to temporary names beside their final ones and are renamed only by
-    ``commit``; leaving on an error removes the temporary files and the folders made here.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.staged = []  # (temporary, final)
-        self.created = []  # folders made here, deepest first
-
-    def __enter__(self):
-        from .viz import temporary_beside
-
-        chain = [self.folder, *self.folder.parents]
-        missing = chain[:next(i for i, d in enumerate(chain) if _exists(d))]
-        existing = chain[len(missing)]
-        if not existing.is_dir():
-            raise InputError(f"{existing}: exists and is not a folder (-o names where the results go)")
-        try:
-            for d in reversed(missing):
-                d.mkdir()
-                self.created.insert(0, d)
-            Path(temporary_beside(self.folder / "probe")).unlink()
-        except OSError as exc:
-            self.abandon()
-            raise InputError(f"{self.folder}: cannot write there ({exc.strerror or exc})") from None
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        if kind is not None:
-            self.abandon()
-
-    def path(self, name):
-        return self.folder / name
-
-    def _stage(self, name, write):
-        from .viz import temporary_beside
-
-        final = self.folder / name
-        try:
-            tmp = temporary_beside(final)
-            self.staged.append((tmp, final))
-            write(tmp)
-        except OSError as exc:
-            raise InputError(f"{final}: cannot write ({exc.strerror or exc})") from None
-        return final
-
-    def write_text(self, name, text):
-        return self._stage(name, lambda tmp: Path(tmp).write_text(text))
-
-    def save_npy(self, name, array):
-        return self._stage(name, lambda tmp: np.save(tmp, array, allow_pickle=False))
-
-    def save_figure(self, name, *args, **kw):
-        from .viz import save_explanation_figure
-
-        return self._stage(name, lambda tmp: save_explanation_figure(tmp, *args, **kw))
-
-    def commit(self):
-        """Every staged file to its final name; on failure none of them stays."""
-        done = []
-        try:
-            for tmp, final in self.staged:
-                os.replace(tmp, final)
-                done.append(final)
-        except OSError as exc:
-            for final in done:
-                final.unlink(missing_ok=True)
-            raise InputError(f"{self.folder}: cannot write ({exc.strerror or exc})") from None
-        self.staged = []
-
-    def abandon(self):
-        """Remove the staged files and the folders this run created."""
-        for tmp, _ in self.staged:
-            Path(tmp).unlink(missing_ok=True)
-        self.staged = []
-        for d in self.created:
-            try:
-                d.rmdir()
-            except OSError:
-                pass  # not empty, or never made
 
 
 def _name(labels, k):

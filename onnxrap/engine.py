@@ -24,8 +24,9 @@ def recompute(graph, ctx):
     for op in graph.ops:
         ctx[op.output] = op.forward(ctx.bk, ctx)
     xp = ctx.bk.xp
-    scale = max(float(xp.abs(captured).max()), 1e-30)
-    return float(xp.abs(ctx[graph.logits_name] - captured).max()) / scale
+    worst = xp.stack([xp.abs(ctx[graph.logits_name] - captured).max(), xp.abs(captured).max()])
+    deviation, scale = ctx.bk.to_host(worst)  # one trip to the host
+    return float(deviation) / max(float(scale), 1e-30)
 
 
 def propagate(graph, method, ctx, seed, trace=None):
@@ -48,3 +49,10 @@ def propagate(graph, method, ctx, seed, trace=None):
     R = relevance.get(graph.input_name)
     return ctx.bk.xp.zeros_like(ctx[graph.input_name]) if R is None else R
 
+
+def one_hot(bk, shape, targets, dtype):
+    """``shape``-sized zeros with 1 at each sample's target (logits may carry trailing 1-axes)."""
+    n = shape[0]
+    flat = np.zeros((n, int(np.prod(shape[1:]))), dtype=dtype)
+    flat[np.arange(n), np.asarray(targets)] = 1
+    return bk.to_device(flat.reshape(shape))

@@ -37,7 +37,7 @@ class CupyBackend(Backend):
     def __init__(self):
         super().__init__(cupy, "cuda")
 
-    def to_numpy(self, a):
+    def to_host(self, a):
         return cupy.asnumpy(a)
 
     def sdiv(self, a, b):

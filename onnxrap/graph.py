@@ -27,7 +27,9 @@ from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
 SHAPE_OR_TYPE_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
-FLOAT_INPUTS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+# The input types onnxrap explains, and the NumPy type an input is fed to ONNX Runtime as.
+FLOAT_INPUTS = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                onnx.TensorProto.FLOAT16: np.float16}
 
 
 def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:

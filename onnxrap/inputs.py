@@ -82,6 +82,11 @@ class Preprocess:
         for flag, given, default in (("--mean", mean, p_mean), ("--std", std, p_std)):
             if given and not _fits(given, c):
                 raise InputError(f"{flag} gives {len(given)} values; the model takes {c} channel(s)")
+            # a zero, negative or non-finite std (or a non-finite mean) would turn every pixel into NaN
+            # or flip its sign: refused here, where the value is given, not found later as a NaN input
+            if given and not all(np.isfinite(v) and (flag == "--mean" or v > 0) for v in given):
+                kind = "finite numbers" if flag == "--mean" else "positive numbers"
+                raise InputError(f"{flag} takes {kind}, got {','.join(f'{v:g}' for v in given)}")
             if not given and not _fits(default, c):
                 raise InputError(f"the preset {preset} has {len(default)} channels; the model takes {c} "
                                  f"(choose --preset unit, raw or signed, or give --mean and --std)")

@@ -1,7 +1,8 @@
 """Attribution methods: compositions of rules, registered by name.
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
-looked up most specific first: ``conv.head``, ``conv.input``, ``conv``, then
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
+(an input that may be negative, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
@@ -25,16 +26,20 @@ import inspect
 
 import numpy as np
 
+from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
 from .rules.joins import AddShare, ConcatSlices
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
+from .rules.signed import AbsShare
 
 
 class Method:
     """A named composite of rules.  ``seed`` is ``"one"`` (1 at the target) or ``"logit"``."""
+
+    batched = False  # attribute() runs inner's backward walk on a batch of changed inputs (compile.py)
 
     def __init__(self, name, rules, seed="one", description="", options=None, default=None, conserves=False):
         self.name = name
@@ -80,13 +85,12 @@ class Method:
     def seed(self, bk, logits, targets):
         """Relevance at the logits.  ``targets``: one class index per sample, or (N, classes) weights
         ``w`` (a contrast's dual, see ``contrast_dual``): the score explained is then ``w . logits``."""
-        n = logits.shape[0]
-        weights = np.asarray(targets, dtype=np.float64)
-        if weights.ndim == 1:
-            weights = np.zeros((n, int(np.prod(logits.shape[1:]))))
-            weights[np.arange(n), np.asarray(targets)] = 1
-        weights = bk.asarray(weights.reshape(logits.shape), dtype=logits.dtype)
-        return weights * logits if self.seed_kind == "logit" else weights
+        weights = np.asarray(targets)
+        if weights.ndim == 2:
+            hot = bk.to_device(weights.reshape(logits.shape).astype(logits.dtype))
+        else:
+            hot = one_hot(bk, logits.shape, targets, logits.dtype)
+        return hot * logits if self.seed_kind == "logit" else hot
 
     def attribute(self, backprop, x, targets):
         """Relevance for the batch ``x``; ``backprop(method, x, targets)`` runs one backward walk."""
@@ -174,7 +178,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed")})
 
 
 class Wrapper(Method):
@@ -210,6 +214,8 @@ class IntegratedGradients(Wrapper):
     model in one batch.
     """
 
+    batched = True
+
     def __init__(self, inner, steps=32, baseline=0.0, name="integrated-gradients", description="", options=None):
         if steps < 1:
             raise InputError(f"integrated-gradients needs steps >= 1, got {steps}")
@@ -229,6 +235,8 @@ class IntegratedGradients(Wrapper):
 class SmoothGrad(Wrapper):
     """The mean of ``inner``'s relevance over ``samples`` noisy copies of x; noise std =
     ``noise`` x (max - min) of each sample, seeded."""
+
+    batched = True
 
     def __init__(self, inner, samples=16, noise=0.15, seed=0, name="smoothgrad", description="", options=None):
         if samples < 1:
@@ -326,18 +334,34 @@ _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input
 # the logit; sharing it by |z| instead gives sum z^2 / sum |z|, which is not.
 _RAP_TAIL = {"tail": Adjoint()}
 
+# rap's rule for linear ops whose input may be negative (residual streams, linear bottlenecks):
+# A2 grows the relevance mass about 2.5x at each of them (issue 14, EVALUATION.md), AbsShare never
+# does.  A dense op reading the model input keeps A2 (the spec's choice, which the mlp golden
+# holds): one layer cannot compound.  Its position "input" comes before "signed", so its key wins.
+_RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(), "dense.input": RapHidden(per_sign=False)}
+
 
 # rap keeps its promise where a rule's own denominator is exactly zero (docs: conservation edge cases).
 _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(conserve=True),
                    "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
                    "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
-                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True)}
+                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True),
+                   "dense.input": RapHidden(per_sign=False, conserve=True)}
 
 
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_CONSERVING}, conserves=True, description=(
-        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap); conserves the logit"))
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_CONSERVING}, conserves=True, description=(
+        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
+        "on signed inputs (docs/rules.md, signed); conserves the logit on every graph (docs/rules.md, "
+        "conservation)"))
+
+
+@register("rap-unbounded")
+def _rap_unbounded():
+    return Method("rap-unbounded", {**_RAP, **_RAP_TAIL}, conserves=True, description=(
+        "rap before issue 14: A2 on signed inputs too, where the relevance mass can grow without bound "
+        "(docs/rules.md, signed)"))
 
 
 @register("rap-reference")
@@ -367,9 +391,16 @@ def _lrp(name, rules, description, options=None):
                   seed="logit", description=description, options=options)
 
 
+def _epsilon(name, epsilon):
+    """A negative epsilon pulls z towards zero instead of away from it: the divisions it guards blow up."""
+    if not epsilon >= 0:  # NaN too
+        raise InputError(f"{name} needs epsilon >= 0, got {epsilon}")
+    return Epsilon(epsilon)
+
+
 @register("lrp-eps")
 def _lrp_eps(epsilon: float = 1e-6):
-    return _lrp("lrp-eps", {"linear": Epsilon(epsilon)}, "LRP-epsilon on every linear op",
+    return _lrp("lrp-eps", {"linear": _epsilon("lrp-eps", epsilon)}, "LRP-epsilon on every linear op",
                 {"epsilon": epsilon})
 
 
@@ -391,13 +422,13 @@ _alpha_beta_preset(2)
 
 @register("lrp-preset-a")
 def _preset_a(epsilon: float = 0.1):
-    return _lrp("lrp-preset-a", {"dense": Epsilon(epsilon), "conv": AlphaBeta(1)},
+    return _lrp("lrp-preset-a", {"dense": _epsilon("lrp-preset-a", epsilon), "conv": AlphaBeta(1)},
                 "iNNvestigate's preset A: epsilon on dense layers, alpha1-beta0 on convolutions", {"epsilon": epsilon})
 
 
 @register("lrp-preset-b")
 def _preset_b(epsilon: float = 0.1):
-    return _lrp("lrp-preset-b", {"dense": Epsilon(epsilon), "conv": AlphaBeta(2)},
+    return _lrp("lrp-preset-b", {"dense": _epsilon("lrp-preset-b", epsilon), "conv": AlphaBeta(2)},
                 "iNNvestigate's preset B: epsilon on dense layers, alpha2-beta1 on convolutions", {"epsilon": epsilon})
 
 

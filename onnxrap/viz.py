@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .errors import InputError
+
 CMAP = "seismic"
 
 
@@ -45,6 +47,100 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _exists(path):
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system: making it says so
+        return False
+
+
+class OutputFolder:
+    """Where explain writes, all or nothing, as a context manager.
+
+    Entering makes the folder and any missing parents and writes a probe file there, so that
+    every path error (a file in the way, no permission, a name too long) is one line before any
+    work.  Files go to temporary names beside their final ones and are renamed only by
+    ``commit``; leaving on an error removes the temporary files and the folders made here.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.staged = []  # (temporary, final)
+        self.created = []  # folders made here, deepest first
+
+    def __enter__(self):
+        chain = [self.folder, *self.folder.parents]
+        missing = chain[:next(i for i, d in enumerate(chain) if _exists(d))]
+        existing = chain[len(missing)]
+        if not existing.is_dir():
+            raise InputError(f"{existing}: exists and is not a folder (-o names where the results go)")
+        try:
+            for d in reversed(missing):
+                d.mkdir()
+                self.created.insert(0, d)
+            Path(temporary_beside(self.folder / "probe")).unlink()
+        except OSError as exc:
+            self.abandon()
+            raise InputError(f"{self.folder}: cannot write there ({exc.strerror or exc})") from None
+        return self
+
+    @classmethod
+    def check(cls, folder):
+        """Raise the one-line error that writing into ``folder`` would meet, and leave nothing behind."""
+        with cls(folder) as out:
+            out.abandon()
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            self.abandon()
+
+    def path(self, name):
+        return self.folder / name
+
+    def _stage(self, name, write):
+        final = self.folder / name
+        try:
+            tmp = temporary_beside(final)
+            self.staged.append((tmp, final))
+            write(tmp)
+        except OSError as exc:
+            raise InputError(f"{final}: cannot write ({exc.strerror or exc})") from None
+        return final
+
+    def write_text(self, name, text):
+        return self._stage(name, lambda tmp: Path(tmp).write_text(text))
+
+    def save_npy(self, name, array):
+        return self._stage(name, lambda tmp: np.save(tmp, array, allow_pickle=False))
+
+    def save_figure(self, name, *args, **kw):
+        return self._stage(name, lambda tmp: save_explanation_figure(tmp, *args, **kw))
+
+    def commit(self):
+        """Every staged file to its final name; on failure none of them stays."""
+        done = []
+        try:
+            for tmp, final in self.staged:
+                os.replace(tmp, final)
+                done.append(final)
+        except OSError as exc:
+            for final in done:
+                final.unlink(missing_ok=True)
+            raise InputError(f"{self.folder}: cannot write ({exc.strerror or exc})") from None
+        self.staged = []
+
+    def abandon(self):
+        """Remove the staged files and the folders this run created."""
+        for tmp, _ in self.staged:
+            Path(tmp).unlink(missing_ok=True)
+        self.staged = []
+        for d in self.created:
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # not empty, or never made
 
 
 def _show_input(ax, image):
@@ -94,7 +190,17 @@ def _show_heatmap(fig, ax, heatmap, title, background=None):
 PANELS_PER_ROW = 4  # more methods wrap into further rows, not one ever wider strip
 
 
+# Caption characters per panel column: a 3.2-inch column holds about 38 characters of 10-point text.
+CAPTION_CHARS_PER_COLUMN = 34
+
+
 def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
+    """``explanation_figure`` written to ``path``."""
+    fig = explanation_figure(image, heatmaps, caption, overlay)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def explanation_figure(image, heatmaps, caption, overlay=False) -> Figure:
     """The input, then each ``(title, heatmap)``, in rows of ``PANELS_PER_ROW``; with ``overlay``
     each heatmap over the input."""
     panels = 1 + len(heatmaps)
@@ -108,6 +214,6 @@ def save_explanation_figure(path, image, heatmaps, caption, overlay=False):
         _show_heatmap(fig, ax, heatmap, title, background=image if overlay else None)
     for ax in axes[panels:]:
         ax.set_axis_off()
-    fig.suptitle(textwrap.fill(caption, width=48 * cols), fontsize=10)
+    fig.suptitle(textwrap.fill(caption, width=CAPTION_CHARS_PER_COLUMN * cols), fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_helpers import const, node, run
+from onnx_helpers import const, make_model, node, run
 from onnxrap import Explainer
 from onnxrap.backend import numpy_backend
+from references import np_conv, relu
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -25,6 +26,24 @@ DIGITS = ROOT / "models" / "digits_cnn.onnx"
 DIGIT_IMAGES = sorted((ROOT / "models" / "images").glob("*.png"))
 
 BK = numpy_backend()
+
+
+def run_cli(args, capsys):
+    """``onnxrap ARGS`` in this process: exit code, stdout, stderr."""
+    from onnxrap.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """What every bad input gives: exit 2 and one line ``onnxrap: error: ...`` holding ``fragments``."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxrap: error: "), err
+    for f in fragments:
+        assert f in lines[0], lines[0]
 
 
 def rel_l2(a, b):
@@ -112,3 +131,22 @@ def conv_node(name, inp, out, w_shape, seed, bias=True, **attrs):
 def head_gemm(inp, n_in, classes, seed):
     """The classifier: a Gemm to ``logits`` with alpha and beta != 1."""
     return gemm_layer(9, inp, "logits", (classes, n_in), seed, alpha=1.25, beta=0.75)
+
+
+def conv_hidden_model():
+    """x -> ConvA (input) -> ConvB (3x3 stride 2: rap.hidden on a conv with signed input) -> Relu -> Flatten
+    -> Gemm."""
+    na, ia, Wa, ba = conv_node("convA", "x", "a", (3, 2, 3, 3), 80, pads=[1, 1, 1, 1])
+    nb, ib, Wb, bb = conv_node("convB", "a", "c", (4, 3, 3, 3), 82, strides=[2, 2], pads=[1, 0, 0, 1])
+    nodes = [na, nb, node("Relu", ["c"], ["r"]), node("Flatten", ["r"], ["f"])]
+    hn, hi, Wh, bh = head_gemm("f", 4 * 3 * 3, 4, 84)
+    model = make_model(nodes + hn, [("x", [None, 2, 6, 6])], [("logits", None)], ia + ib + hi)
+
+    def forward(x):
+        v = {"a": np_conv(x, Wa, (1, 1), (1, 1), (1, 1), (1, 1), 1) + ba[:, None, None]}
+        c = np_conv(v["a"], Wb, (2, 2), (1, 1), (1, 0), (0, 1), 1) + bb[:, None, None]
+        v["f"] = relu(c).reshape(len(x), -1)
+        v["logits"] = v["f"] @ Wh + bh
+        return v
+
+    return model, dict(Wa=Wa, Wb=Wb, Wh=Wh, bh=bh, forward=forward)

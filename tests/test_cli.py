@@ -10,18 +10,11 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from helpers import DIGIT_IMAGES, DIGITS, GOLDEN
-from onnxrap.cli import main
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import DIGIT_IMAGES, DIGITS, GOLDEN, run_cli
 
 
 def test_explain_bundled_model(tmp_path, capsys):
-    code, out, err = run(["explain", DIGITS, *DIGIT_IMAGES[:2], "-o", tmp_path, "--save-npy"], capsys)
+    code, out, err = run_cli(["explain", DIGITS, *DIGIT_IMAGES[:2], "-o", tmp_path, "--save-npy"], capsys)
     assert code == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["inputs"]) == 2
@@ -37,7 +30,7 @@ def test_explain_bundled_model(tmp_path, capsys):
 
 
 def test_side_by_side_methods_and_target(tmp_path, capsys):
-    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path,
+    code, out, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path,
                           "--method", "rap,rap-reference,lrp-a2b1", "--target", "5", "--overlay"], capsys)
     assert code == 0, err
     entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]
@@ -47,7 +40,7 @@ def test_side_by_side_methods_and_target(tmp_path, capsys):
 
 
 def test_method_options_from_the_command_line(tmp_path, capsys):
-    code, out, err = run(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--method",
+    code, out, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--method",
                           "rap,lrp-eps,integrated-gradients,gradient-x-input", "--epsilon", "0.5", "--ig-steps", "8"],
                          capsys)
     assert code == 0, err
@@ -68,7 +61,7 @@ def test_image_formats_and_modes(tmp_path, capsys, mode, suffix):
     pixels = rng.integers(0, 255, size=(48, 40, channels), dtype=np.uint8)
     path = tmp_path / f"img{suffix}"
     Image.fromarray(pixels.squeeze() if channels == 1 else pixels, mode).save(path)
-    code, out, err = run(["explain", GOLDEN / "inception_mini" / "model.onnx", path, "-o", tmp_path / "o",
+    code, out, err = run_cli(["explain", GOLDEN / "inception_mini" / "model.onnx", path, "-o", tmp_path / "o",
                           "--save-npy"], capsys)
     assert code == 0, err
     assert "preset imagenet" in err
@@ -79,7 +72,7 @@ def test_npy_input_and_labels(tmp_path, capsys):
     case = np.load(GOLDEN / "mlp" / "case.npz")
     np.save(tmp_path / "features.npy", case["x"][0])
     (tmp_path / "labels.txt").write_text("\n".join(f"class-{i}" for i in range(10)))
-    code, out, err = run(["explain", GOLDEN / "mlp" / "model.onnx", tmp_path / "features.npy", "-o", tmp_path / "o",
+    code, out, err = run_cli(["explain", GOLDEN / "mlp" / "model.onnx", tmp_path / "features.npy", "-o", tmp_path / "o",
                           "--labels", tmp_path / "labels.txt", "--save-npy"], capsys)
     assert code == 0, err
     assert f"predicted {int(case['target'])} (class-{int(case['target'])})" in out
@@ -109,7 +102,7 @@ def tiny_model(path, nodes, inputs, outputs, inits=()):
 
 def assert_refused(tmp_path, capsys, args, *fragments):
     out_dir = tmp_path / "out"
-    code, out, err = run([*args, "-o", out_dir], capsys)
+    code, out, err = run_cli([*args, "-o", out_dir], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxrap: error: "), err
@@ -203,7 +196,7 @@ def test_failure_on_a_later_image_writes_nothing(tmp_path, capsys):
 
 
 def test_inspect_an_explainable_model(capsys):
-    code, out, err = run(["inspect", DIGITS], capsys)
+    code, out, err = run_cli(["inspect", DIGITS], capsys)
     assert code == 0, err
     assert "input: input float [?, 1, 32, 32] (layout nchw)" in out
     assert "BatchNormalization" in out and "supported" in out
@@ -218,7 +211,7 @@ def test_inspect_lists_every_node_that_stops_an_explanation(tmp_path, capsys):
                         helper.make_node("Softmax", ["c"], ["y"])],
                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    code, out, err = run(["inspect", model], capsys)
+    code, out, err = run_cli(["inspect", model], capsys)
     assert code == 2
     assert "explained through its Softmax: c" in out
     assert "first_sin (Sin)" in out and "last_cos (Cos)" in out
@@ -226,7 +219,7 @@ def test_inspect_lists_every_node_that_stops_an_explanation(tmp_path, capsys):
 
 
 def test_inspect_bad_file(tmp_path, capsys):
-    code, out, err = run(["inspect", tmp_path / "missing.onnx"], capsys)
+    code, out, err = run_cli(["inspect", tmp_path / "missing.onnx"], capsys)
     assert code == 2
     assert err.strip().splitlines() == [f"onnxrap: error: {tmp_path / 'missing.onnx'}: no such model file"]
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import DIGIT_IMAGES, DIGITS, ROOT
+from helpers import DIGIT_IMAGES, DIGITS, ROOT, run_cli
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.capture import batches
@@ -173,12 +173,6 @@ def test_grid_parse_and_pixel_counts():
 def test_aopc_is_the_mean_drop():
     assert aopc([[2.0, 1.0, 0.0]]) == pytest.approx(1.0)
     assert aopc([[1.0, 1.0], [3.0, 1.0]]) == pytest.approx((0 + 0 + 0 + 2) / 4)
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.slow

@@ -148,6 +148,18 @@ def test_a_preset_that_does_not_fit_the_channels():
     assert Preprocess.for_model((1, 3, 8, 8), "nchw", {}, preset="unit").mean == (0.0,)  # one value: every channel
 
 
+@pytest.mark.parametrize("flag, values, message", [
+    ("std", [0.0], r"--std takes positive numbers, got 0$"),
+    ("std", [0.5, -0.5, 0.5], r"--std takes positive numbers, got 0.5,-0.5,0.5$"),
+    ("std", [float("inf")], r"--std takes positive numbers, got inf$"),
+    ("mean", [float("nan")], r"--mean takes finite numbers, got nan$")])
+def test_mean_and_std_that_would_make_nan_or_flip_signs(flag, values, message):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before any division
+        with pytest.raises(InputError, match=message):
+            Preprocess.for_model((1, 3, 8, 8), "nchw", {}, **{flag: values})
+
+
 def test_labels_file_must_match_the_classes(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("cat\ndog\n\n")

@@ -152,3 +152,11 @@ def test_every_method_runs_on_the_bundled_model():
     for name in methods.FACTORIES:
         e = ex.explain(x, method=name)
         assert e.relevance.shape == x.shape and np.all(np.isfinite(e.relevance)), name
+
+
+@pytest.mark.parametrize("name", ["lrp-eps", "lrp-preset-a", "lrp-preset-b"])
+@pytest.mark.parametrize("epsilon", [-1e-3, float("nan")])
+def test_a_negative_epsilon_is_refused(name, epsilon):
+    with pytest.raises(InputError, match=rf"^{name} needs epsilon >= 0, got {epsilon}$"):
+        methods.get(name, epsilon=epsilon)
+    assert methods.get(name, epsilon=0.0).options["epsilon"] == 0.0  # LRP-0 is allowed

@@ -3,7 +3,7 @@ and that skipping the x- part where it is provably absent changes no relevance."
 import numpy as np
 import pytest
 
-from conftest import GOLDEN, GOLDEN_CASES
+from helpers import GOLDEN, GOLDEN_PARAMS
 from onnx_helpers import const, make_model, node
 from onnxrap import Explainer
 from onnxrap.graph import Graph
@@ -88,7 +88,7 @@ def test_concat_with_a_negative_constant_is_signed():
     assert not head(2.0).signed_input and head(-2.0).signed_input
 
 
-@pytest.mark.parametrize("name", GOLDEN_CASES)
+@pytest.mark.parametrize("name", GOLDEN_PARAMS)
 @pytest.mark.parametrize("method", ["rap", "rap-reference", "lrp-a1b0", "lrp-a2b1", "rap-paper"])
 def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
     """Computing the x- part everywhere (all zeros where signs.py says x >= 0) gives the same relevance."""
@@ -102,3 +102,18 @@ def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
         op.signed_input = True
     np.testing.assert_array_equal(skip.explain(case["x"], method=method).relevance,
                                   full.explain(case["x"], method=method).relevance)
+
+
+def test_a_composite_can_map_linear_ops_with_signed_inputs():
+    from onnxrap import methods
+    from onnxrap.rules.linear import AlphaBeta
+
+    signed_rule = AlphaBeta(3)
+    composite = methods.Composite({"dense.signed": signed_rule}, base="lrp-eps", name="signed-test")
+    n1, i1 = _gemm("a", "x", "a")
+    n2, i2 = _gemm("b", "r", "b")
+    n3, i3 = _gemm("head", "b", "y")
+    model = make_model(n1 + [node("Relu", ["a"], "r")] + n2 + n3, [("x", [1, 4])], [("y", [1, 4])], i1 + i2 + i3)
+    chosen = {op.name: composite.rule_for(op) for op in Graph(model).ops if isinstance(op, Linear)}
+    assert chosen["a"] is signed_rule and chosen["head"] is signed_rule  # read x and b: may be negative
+    assert chosen["b"] is not signed_rule  # reads a Relu

@@ -69,7 +69,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     explainer = Explainer(args.model)
-    scorer = Scorer(explainer.graph)
+    scorer = Scorer(explainer)
     prep = Preprocess.for_model(explainer.input_shape, explainer.layout, explainer.metadata)
     names = explainer.labels
     rng = np.random.default_rng(args.seed)

@@ -14,7 +14,7 @@ session.  The modules, in the order the work flows:
 - ``command``: ``Settings`` and ``run``, what ``onnxrap evaluate`` calls.
 """
 from .command import DEFAULT_METHODS, Settings, run
-from .data import Dataset, load_dataset
+from .data import Dataset, list_images, load_dataset
 from .evaluation import Evaluation
 from .metrics import aopc, concentration, concentration_grid
 from .perturbation import (CONTROLS, DEFAULT_FRACTIONS, PAPER_STEPS, PERTURBATIONS, REMOVALS, Grid, channels_first,
@@ -23,4 +23,5 @@ from .scoring import Scorer
 
 __all__ = ["CONTROLS", "DEFAULT_FRACTIONS", "DEFAULT_METHODS", "PAPER_STEPS", "PERTURBATIONS", "REMOVALS", "Dataset",
            "Evaluation", "Grid", "Scorer", "Settings", "aopc", "channels_first", "concentration",
-           "concentration_grid", "default_grid", "load_dataset", "perturb", "rank_pixels", "run", "shuffle_rng"]
+           "concentration_grid", "default_grid", "list_images", "load_dataset", "perturb", "rank_pixels", "run",
+           "shuffle_rng"]

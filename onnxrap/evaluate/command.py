@@ -44,6 +44,7 @@ class Settings:
     batch_size: int = 16
     score_batch_size: int = 64
     device: str = "auto"
+    tf32: bool = False  # let the GPU round float32 matmuls to TF32
     input_name: str | None = None
     output_name: str | None = None
     layout: str | None = None
@@ -81,20 +82,25 @@ def run(settings: Settings):
     """Evaluates every method of ``settings`` and writes the report into ``settings.out_dir``; returns 0."""
     from ..api import Explainer
     from ..inputs import preprocess_factory, read_labels
+    from ..viz import OutputFolder
 
     settings.check()
+    OutputFolder.check(Path(settings.out_dir))  # -o's path errors: one line, before any work
     note = (lambda text: None) if settings.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
 
     explainer = Explainer(settings.model, input_name=settings.input_name, output_name=settings.output_name,
-                          device=settings.device)
+                          device=settings.device, tf32=settings.tf32)
     note(f"device: {explainer.device.note}")
     if settings.layout:
         explainer.layout = settings.layout
-    class_names = read_labels(settings.labels) if settings.labels else explainer.labels
+    classes = explainer.graph.classes
+    class_names = read_labels(settings.labels, classes) if settings.labels else explainer.labels
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, **settings.preprocessing)
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(settings.data, make_preprocess, rank, settings.labels_csv, class_names)
     scorer = Scorer(explainer, settings.score_batch_size)
+    if settings.labels and classes is None and len(data.x):  # a dynamic output: one input tells its size
+        read_labels(settings.labels, scorer.logits(data.x[:1]).shape[1])
     labels, correct = correctly_classified(data, scorer, settings.data)
     keep = correct[:settings.limit] if settings.limit else correct
     x, targets = data.x[keep], labels[keep]

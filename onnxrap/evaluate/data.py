@@ -37,6 +37,34 @@ def _class_index(text, class_names, where):
         raise InputError(f"{where}: label {text!r} is neither a class index nor a class name{hint}") from None
 
 
+def list_images(path, labels_csv=None, class_names=None):
+    """A folder of images -> (files, labels or None, where the labels come from), without reading any image."""
+    from ..inputs import IMAGE_SUFFIXES
+
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    labels = None
+    if labels_csv:
+        files, labels = _read_labels_csv(labels_csv, path, class_names)
+        source = f"{labels_csv}"
+    elif not files:
+        raise InputError(f"{path}: no images (PNG, JPEG, BMP, TIFF) in the folder")
+    else:
+        depth = {len(p.relative_to(path).parts) for p in files}
+        if depth == {1}:
+            source = "prediction"
+        elif depth == {2}:
+            labels = [_class_index(p.parent.name, class_names, p.parent) for p in files]
+            source = "folder names"
+        else:
+            raise InputError(f"{path}: images must all sit in the folder itself (labels: the model's prediction "
+                             "or --labels-csv) or all in one level of class folders")
+    if not files:
+        raise InputError(f"{labels_csv}: lists no images")
+    return files, labels, source
+
+
 def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_names=None):
     """A folder of images or an ``.npz`` (``x``, optional ``y``) -> Dataset (unfiltered).
 
@@ -45,7 +73,7 @@ def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_
     ``input_rank``: the model's input rank, checked against an ``.npz``'s ``x``.
     ``class_names`` map label names (class folders, the CSV) to indices.
     """
-    from ..inputs import IMAGE_SUFFIXES, read_image
+    from ..inputs import read_image
 
     path = Path(path)
     if not path.exists():
@@ -76,26 +104,7 @@ def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_
         return Dataset(x.astype(np.float32), None if y is None else y.astype(np.int64),
                        [f"{path.name}[{i}]" for i in range(len(x))], "y in the .npz" if y is not None else "prediction")
 
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    labels = None
-    if labels_csv:
-        files, labels = _read_labels_csv(labels_csv, path, class_names)
-        source = f"{labels_csv}"
-    elif not files:
-        raise InputError(f"{path}: no images (PNG, JPEG, BMP, TIFF) in the folder")
-    else:
-        depth = {len(p.relative_to(path).parts) for p in files}
-        if depth == {1}:
-            source = "prediction"
-        elif depth == {2}:
-            labels = [_class_index(p.parent.name, class_names, p.parent) for p in files]
-            source = "folder names"
-        else:
-            raise InputError(f"{path}: images must all sit in the folder itself (labels: the model's prediction "
-                             "or --labels-csv) or all in one level of class folders")
-    if not files:
-        raise InputError(f"{labels_csv}: lists no images")
+    files, labels, source = list_images(path, labels_csv, class_names)
     preprocess = make_preprocess()
     xs = []
     for p in files:

@@ -70,15 +70,16 @@ class BatchNorm(Op):
         self.gain_values = gain  # g = scale / sqrt(var + eps)
         self.shift_values = shift
 
-    def _per_channel(self, bk, values, x):
-        return bk.asarray(values.reshape((-1,) + (1,) * (x.ndim - 2)), dtype=x.dtype)
+    def _per_channel(self, bk, name, x):
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        return bk.constant(self, (name, shape), x.dtype, lambda: getattr(self, name).reshape(shape))
 
     def gain(self, bk, x):
-        return self._per_channel(bk, self.gain_values, x)
+        return self._per_channel(bk, "gain_values", x)
 
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
-        return x * self.gain(bk, x) + self._per_channel(bk, self.shift_values, x)
+        return x * self.gain(bk, x) + self._per_channel(bk, "shift_values", x)
 
     def vjp(self, bk, ctx, grad):
         return [grad * self.gain(bk, grad)]
@@ -105,7 +106,7 @@ class ConstantArithmetic(Op):
 
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
-        c = bk.asarray(self.constant, dtype=x.dtype)
+        c = bk.constant(self, "constant", x.dtype, lambda: self.constant)
         if self.op_type == "Mul":
             return x * c
         if self.op_type == "Div":
@@ -124,7 +125,7 @@ class ConstantArithmetic(Op):
 
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]
-        return [bk.unbroadcast(grad * bk.asarray(self.factor(), dtype=grad.dtype), x.shape)]
+        return [bk.unbroadcast(grad * bk.constant(self, "factor", grad.dtype, self.factor), x.shape)]
 
 
 @register("Add", "Sub", "Mul", "Div", "Sum")

@@ -34,18 +34,13 @@ class Linear(Op):
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)
         weight = np.asarray(weight)
-        # Kept in the model's own float type; other dtypes and devices are cached copies.
+        # Kept in the model's own float type; other dtypes and devices are the backend's cached copies.
         self.master = Weights(np.maximum(weight, 0), np.minimum(weight, 0))
         self.bias_values = bias  # NumPy float64, or None
-        self._cache = {}
 
     def weights(self, bk, dtype) -> Weights:
-        """W+ and W- on the backend in ``dtype``, cached (no copy where they already are)."""
-        key = (bk.name, np.dtype(dtype).str)
-        if key not in self._cache:
-            self._cache[key] = Weights(bk.asarray(self.master.pos, dtype=dtype),
-                                       bk.asarray(self.master.neg, dtype=dtype))
-        return self._cache[key]
+        """W+ and W- on the backend in ``dtype`` (no copy where they already are)."""
+        return Weights(*bk.constant(self, "weights", dtype, lambda: (self.master.pos, self.master.neg)))
 
     def absorb_bias(self, bias, output):
         """Fold a following Add of a constant into this op (MatMul + Add = Gemm)."""
@@ -94,7 +89,7 @@ class Dense(Linear):
 
     def bias(self, bk, dtype, out_shape):
         # Gemm's C and an absorbed Add broadcast against the output as they are.
-        return None if self.bias_values is None else bk.asarray(self.bias_values, dtype=dtype)
+        return None if self.bias_values is None else bk.constant(self, "bias", dtype, lambda: self.bias_values)
 
 
 def _float(a):
@@ -102,13 +97,19 @@ def _float(a):
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float32)
 
 
-@register("Gemm")
-def parse_gemm(v):
+def _weight_matrix(v):
+    """Input 1 of a Gemm or MatMul whose input 0 is the data: a constant matrix, in its float type."""
     if not v.is_data(0) or v.is_data(1):
         raise Unsupported("only data @ constant weight is supported")
-    b = _float(v.const(1))
-    if b.ndim != 2:
+    w = _float(v.const(1))
+    if w.ndim != 2:
         raise Unsupported("weight must be a matrix")
+    return w
+
+
+@register("Gemm")
+def parse_gemm(v):
+    b = _weight_matrix(v)
     alpha = v.attr("alpha", 1.0)
     w = b.T if v.attr("transB", 0) else b
     w = w if alpha == 1.0 else alpha * w.astype(np.float64)  # exact, for the float64 checks
@@ -121,12 +122,7 @@ def parse_gemm(v):
 
 @register("MatMul")
 def _matmul(v):
-    if not v.is_data(0) or v.is_data(1):
-        raise Unsupported("only data @ constant weight is supported")
-    w = _float(v.const(1))
-    if w.ndim != 2:
-        raise Unsupported("weight must be a matrix")
-    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], w, None)
+    return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], _weight_matrix(v), None)
 
 
 class Conv(Linear):
@@ -167,8 +163,8 @@ class Conv(Linear):
     def bias(self, bk, dtype, out_shape):
         if self.bias_values is None:
             return None
-        b = np.asarray(self.bias_values).reshape((-1,) + (1,) * (len(out_shape) - 2))
-        return bk.asarray(b, dtype=dtype)
+        shape = (-1,) + (1,) * (len(out_shape) - 2)
+        return bk.constant(self, ("bias", shape), dtype, lambda: np.reshape(self.bias_values, shape))
 
 
 @register("Conv")

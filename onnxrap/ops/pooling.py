@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..backend import window_spec
+from ..backend import numpy_backend, window_spec
 from . import Op, Unsupported, register
 
 
@@ -114,6 +114,10 @@ class AveragePool(_Mean, _Windowed):
 
     def divisor(self, bk, x_shape, dtype):
         """Elements each window averages over, as ONNX defines it (ceil_mode overhang never counts)."""
+        return bk.constant(self, ("divisor", tuple(x_shape[2:])), dtype, lambda: self._divisor(x_shape))
+
+    def _divisor(self, x_shape):
+        host = numpy_backend()
         spec = self.spec(x_shape)
         counted = np.zeros(spec.padded_shape)
         if self.count_include_pad:
@@ -123,8 +127,7 @@ class AveragePool(_Mean, _Windowed):
             counted[tuple(slice(b, b + i) for b, i in zip(spec.pads_begin, spec.in_shape))] = 1
         flat = dataclasses.replace(spec, pads_begin=(0,) * len(spec.kernel),
                                    pads_end=(0,) * len(spec.kernel), in_shape=spec.padded_shape)
-        win = bk.windows(bk.asarray(counted[None, None], dtype=dtype), flat)
-        return win.sum(axis=tuple(range(2, 2 + len(spec.kernel))))
+        return host.windows(counted[None, None], flat).sum(axis=tuple(range(2, 2 + len(spec.kernel))))
 
 
 

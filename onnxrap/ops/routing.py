@@ -27,16 +27,17 @@ class IndexRouting(Op):
         self.constants = constants  # its constant inputs (indices, starts, ...) by name
         self.opset = opset
         self.batch_source = batch_source  # the model input: its first axis is the batch
-        self._maps = {}  # (backend, input shape, batch) -> (flat input position per output element, output shape)
+        self._maps = {}  # (input shape, batch) -> input position per output element, on the host
 
     def routes(self, bk, ctx, shape):
-        batch = ctx[self.batch_source].shape[0]
-        key = (bk.name, tuple(shape), batch)
+        """The flat input position of every output element, on ``bk`` (copied there once), and the output shape."""
+        key = (tuple(shape), ctx[self.batch_source].shape[0])
         if key not in self._maps:
-            source = self._route(tuple(shape))
-            self._check_samples_apart(source, int(np.prod(shape)), batch)
-            self._maps[key] = (bk.asarray(source.reshape(-1)), source.shape)
-        return self._maps[key]
+            source = self._route(key[0])
+            self._check_samples_apart(source, int(np.prod(shape)), key[1])
+            self._maps[key] = source
+        source = self._maps[key]
+        return bk.constant(self, ("routes",) + key, np.int64, lambda: source.reshape(-1)), source.shape
 
     def _route(self, shape):
         from onnx.reference import ReferenceEvaluator

@@ -42,7 +42,8 @@ class Concat(Op):
         return out
 
     def forward(self, bk, ctx):
-        parts = [ctx[name] if is_data else bk.asarray(ctx.constants[name], dtype=ctx[self.inputs[0]].dtype)
+        dtype = ctx[self.inputs[0]].dtype
+        parts = [ctx[name] if is_data else bk.constant(self, name, dtype, lambda name=name: ctx.constants[name])
                  for name, is_data in self.parts]
         return bk.xp.concatenate(parts, axis=self.axis)
 
