@@ -103,9 +103,9 @@ class RapHidden(_LinearRule):
         if op.signed_input:  # the x- part is exactly zero otherwise (signs.py)
             parts.append(self._part(bk, R, mask, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
         if self.per_sign:
-            out = sum(self._shift(bk, p, R) for p in parts)
+            out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
-            out = self._shift(bk, sum(parts), R)
+            out = self._shift(bk, sum(parts), R, self.conserve)
         return [op.give(out)]
 
     @staticmethod
@@ -117,12 +117,14 @@ class RapHidden(_LinearRule):
         ta, tb = bk.rap_shares(R, za, zb, conv)
         return x1 * adj((sa * ta, wa), (sb * tb, wb))
 
-    def _shift(self, bk, C, R):
-        """Move every nonzero entry by the same amount so that C sums to S(R)."""
+    @staticmethod
+    def _shift(bk, C, R, conserve=False):
+        """Move every nonzero entry by the same amount so that C sums to S(R); with ``conserve``,
+        every entry where C is zero everywhere."""
         excess = bk.sample_sum(C) - bk.sample_sum(R)
         count = bk.sample_sum(C != 0).astype(C.dtype)
         out = bk.shift(C, bk.sdiv(excess, count))
-        return out - _spread(bk, excess * (count == 0), C) if self.conserve else out
+        return out - _spread(bk, excess * (count == 0), C) if conserve else out
 
 
 class ZBox(_LinearRule):
@@ -155,7 +157,7 @@ class ZBox(_LinearRule):
         if self.conserve:
             square = wp * wp + wn * wn
             stuck = R * (z == 0)
-            reach = fwd(bk.xp.ones_like(x), square)  # sum of w^2 over the taps that read a pixel
+            reach = fwd(x * 0 + 1, square)  # sum of w^2 over the taps that read a pixel (x * 0 + 1: ones, traceable)
             out = out + adj((bk.sdiv(stuck, reach), square)) + _spread(bk, bk.sample_sum(stuck * (reach == 0)), x)
         return [op.give(out)]
 
