@@ -83,7 +83,8 @@ def test_rap_parts_sum_to_the_logits(digits):
         np.testing.assert_allclose(plain.relevance[i].sum(), z[t[i]], rtol=1e-5)
         np.testing.assert_allclose(against.sum(), z[c], rtol=1e-5)
         got = ex.explain(x[i:i + 1], contrast=c).relevance[0]
-        np.testing.assert_allclose(got, plain.relevance[i] - against * z[t[i]] / z[c], rtol=0, atol=1e-3 * np.abs(got).max())
+        expected = plain.relevance[i] - against * z[t[i]] / z[c]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3 * np.abs(got).max())
 
 
 @pytest.mark.parametrize("method, options", [("gradient-x-input", {}),
