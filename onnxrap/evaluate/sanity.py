@@ -164,7 +164,7 @@ def cascade_depths(n_linear, steps):
 # -- the checks ---------------------------------------------------------------------------------------------------
 
 class Sanity:
-    """Both checks for one set of inputs; the randomised models are built once and shared by all methods."""
+    """Both checks for one set of inputs; a randomised model is built again for each method that needs it."""
 
     def __init__(self, explainer, x, targets, steps=8, classes=10, seed=0, batch_size=16):
         self.explainer = explainer
@@ -182,6 +182,10 @@ class Sanity:
     def _cascade_explainer(self, depth):
         if depth not in self._models:
             from ..api import Explainer
+
+            # One randomised model at a time: each holds its weights and ONNX Runtime sessions, and six
+            # of EfficientNet-Lite1's together used 24 GB.
+            self._models.clear()
 
             base = self.explainer
             model = randomised(base.graph, self.top_down[:depth], self.seed)
