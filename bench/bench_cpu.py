@@ -217,18 +217,32 @@ def cpu_s() -> float:
 
 
 # ------------------------------------------------------------ child modes
-def rss_now_mb() -> float:
+def _status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def rss_now_mb() -> float:
+    value = _status_mb("VmRSS")
+    return float("nan") if value is None else value
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS.
+
+    VmHWM belongs to the process's address space, which exec replaces; Linux's ru_maxrss
+    survives exec, so a child started by a parent that had just built VGG-16 would report
+    the parent's memory as its own peak.
+    """
+    value = _status_mb("VmHWM")
+    if value is not None:
+        return value
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
 

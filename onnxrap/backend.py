@@ -85,6 +85,8 @@ def window_spec(in_shape, kernel, strides=None, dilations=None, pads=None,
 class Backend:
     """One array module (``xp``) and the primitives the rules need."""
 
+    free_batch = False  # arrays' batch size is real (a tracer's may be a placeholder for any size)
+
     def __init__(self, xp, name: str):
         self.xp = xp
         self.name = name
@@ -152,6 +154,20 @@ class Backend:
         axes = tuple(range(lead)) + tuple(
             lead + i for i, n in enumerate(shape) if n == 1 and a.shape[lead + i] != 1)
         return a.sum(axis=axes, keepdims=True).reshape(shape)
+
+    # -- index routing (ops/routing.py) -----------------------------------------
+    def take(self, x, index):
+        """``x (N, S)`` read at ``index (N or 1, K)``, positions within each row: ``(N, K)``."""
+        if index.shape[0] == 1:
+            return x[:, index[0]]
+        return self.xp.take_along_axis(x, index, axis=1)
+
+    def scatter_add(self, values, index, size):
+        """Adjoint of ``take``: ``values (N, K)`` added at ``index`` into ``(N, size)``, zero elsewhere."""
+        n = values.shape[0]
+        flat = (index + self.xp.arange(n)[:, None] * size).reshape(-1)
+        summed = self.xp.bincount(flat, weights=values.reshape(-1), minlength=n * size)
+        return summed.reshape(n, size).astype(values.dtype)
 
     def sample_sum(self, a, keepdims=True):
         """Sum over every non-batch axis (S in docs/rules.md, notation)."""

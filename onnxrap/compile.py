@@ -76,10 +76,6 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     if problems:
         raise ModelError(f"{graph.label}: {problems[0]}")
     method.check(graph)
-    routed = [(op.name, op.op_type, "compile does not trace index routing yet (the eager engine explains it)")
-              for op in graph.ops if isinstance(op, IndexRouting)]
-    if routed:
-        raise NotCompilable(routed)
     opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < _MIN_OPSET:
         raise ModelError(f"{graph.label}: opset {opset}: compile needs opset {_MIN_OPSET} or newer")
@@ -89,12 +85,20 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     # One capture run on zeros gives every tensor's shape and type (shape inference may not).
     capture = capture or Capture(graph, resolve_device("cpu"))
     probe = capture.run(np.zeros((fixed or 1,) + dims, dtype=_input_dtype(graph)))
-    bk = TraceBackend()
+    if fixed is None:  # a graph for any batch size holds one sample's index map
+        why = "routes along the batch axis, which a graph for any batch size cannot hold (the eager engine explains it)"
+        routed = [(op.name, op.op_type, why) for op in graph.ops
+                  if isinstance(op, IndexRouting) and op.each_sample(probe[op.inputs[0]].shape[1:]) is None]
+        if routed:
+            raise NotCompilable(routed)
+    bk = TraceBackend(free_batch=fixed is None)
     with Tracer(batch, fixed is None, opset) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)
         tr.take_batch_size_from(x)
+        # The probe ran at a fixed batch as it is; a free batch is the first axis (a tensor that moves
+        # it, as Reshape(-1), cannot be traced for any batch size, and tracing its reshape says so).
         raw = {name: x if name == graph.input_name else
-               tr.input(name, (batch,) + v.shape[1:], v.dtype) for name, v in probe.items()}
+               tr.input(name, v.shape if fixed else (batch,) + v.shape[1:], v.dtype) for name, v in probe.items()}
         values = {name: s.astype(dtype) if np.issubdtype(s.dtype, np.floating) else s for name, s in raw.items()}
         ctx = Context(bk, values, graph.constants)
         try:

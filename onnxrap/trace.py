@@ -10,7 +10,8 @@ parameter transforms (W+, W-, BatchNormalization gains) become initializers.
 ``TraceBackend`` overrides the backend primitives that NumPy does with
 strided views: convolutions become Conv, their adjoints Conv with the kernel
 flipped (stride 1) or ConvTranspose, window gathers strided Slices and their
-scatter a ConvTranspose with a one-hot kernel.
+scatter a ConvTranspose with a one-hot kernel; index routing's ``take`` a
+Gather and its ``scatter_add`` a ScatterElements that adds.
 """
 from __future__ import annotations
 
@@ -501,8 +502,10 @@ class Tracer:
 class TraceBackend(Backend):
     """The rules' backend for tracing: array operations become ONNX nodes."""
 
-    def __init__(self):
+    def __init__(self, free_batch=False):
         super().__init__(TraceNumpy(), "trace")
+        self.free_batch = free_batch  # the batch size in shapes is Tracer.batch's placeholder
+
 
     def to_device(self, a, dtype=None):
         if isinstance(a, Sym):
@@ -511,6 +514,50 @@ class TraceBackend(Backend):
 
     def to_host(self, a):
         raise TraceError("a traced tensor has no value")
+
+    # -- index routing -------------------------------------------------------------------
+    def take(self, x, index):
+        """A Gather along the sample axis; a map per sample (fixed batch only) gathers from the batch as one row."""
+        if index.shape[0] > 1:
+            return self.take(x.reshape(1, -1), self._one_row(index, x.shape[1])).reshape(index.shape)
+        tr = _tracer(x)
+        return tr.node("Gather", [x, index.reshape(-1)], x.shape[:1] + index.shape[1:], x.dtype, axis=1)
+
+    def scatter_add(self, values, index, size):
+        """A ScatterElements adding into zeros (opset 16 on); before it, one ScatterElements per
+        repetition of an index, each writing distinct positions, summed."""
+        n, k = values.shape
+        if index.shape[0] > 1:
+            return self.scatter_add(values.reshape(1, -1), self._one_row(index, size), n * size).reshape(n, size)
+        tr = _tracer(values)
+        zeros = tr.node("Expand", [Sym.constant(np.zeros((1, 1), values.dtype)), tr.shape_tensor((n, size))],
+                        (n, size), values.dtype)
+        if tr.opset >= 16:
+            return tr.node("ScatterElements", [zeros, self._rows(tr, index, n), values], (n, size), values.dtype,
+                           axis=1, reduction="add")
+        flat = index.const.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        repeat = np.empty_like(order)
+        repeat[order] = np.arange(k) - np.searchsorted(flat[order], flat[order])  # earlier reads of the same index
+        out = 0
+        for r in range(int(repeat.max(initial=-1)) + 1):
+            picked = np.flatnonzero(repeat == r)
+            part = values if len(picked) == k else self.take(values, Sym.constant(picked.reshape(1, -1)))
+            out = out + tr.node("ScatterElements", [zeros, self._rows(tr, Sym.constant(flat[picked].reshape(1, -1)), n),
+                                                    part], (n, size), values.dtype, axis=1)
+        return out
+
+    @staticmethod
+    def _one_row(index, size):
+        """A map per sample ``(N, K)`` as one row over the whole batch."""
+        rows = index.const + size * np.arange(index.shape[0])[:, None]
+        return Sym.constant(rows.reshape(1, -1))
+
+    @staticmethod
+    def _rows(tr, index, n):
+        """``index (1, K)`` for each of the ``n`` samples: ScatterElements wants indices shaped as its updates."""
+        return index if n == 1 else tr.node("Expand", [index, tr.shape_tensor((n, index.shape[1]))],
+                                           (n, index.shape[1]), index.dtype)
 
     # -- sliding windows -------------------------------------------------------------
     def windows(self, x, spec, value=0.0):

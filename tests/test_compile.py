@@ -206,31 +206,6 @@ def test_cli_compile_and_explain_engine(tmp_path, monkeypatch, capsys):
     assert "engine: auto: " in capsys.readouterr().out
 
 
-def test_index_routing_is_listed_and_explained_eagerly(tmp_path, monkeypatch, capsys):
-    from onnx import TensorProto, helper, numpy_helper
-
-    from onnxrap.cli import main
-
-    monkeypatch.setenv("ONNXRAP_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
-    inits = [numpy_helper.from_array(np.array([0, 2, 5], dtype=np.int64), "idx"),
-             numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "w")]
-    nodes = [helper.make_node("Gather", ["x", "idx"], ["g"], name="pick", axis=1),
-             helper.make_node("Gemm", ["g", "w"], ["y"], name="dense")]
-    path = tmp_path / "gather.onnx"
-    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), ir_version=8,
-                                opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    assert main(["compile", str(path), "-o", str(tmp_path / "out.onnx")]) == 2
-    assert "pick (Gather: compile does not trace index routing" in capsys.readouterr().err
-    xs = rng.standard_normal((2, 6)).astype(np.float32)
-    ex = Explainer(path, engine="onnx")
-    e = ex.explain(xs, method="gradient")
-    assert ex.engine_note.startswith("eager: ") and "pick" in ex.engine_note
-    np.testing.assert_allclose(e.relevance, Explainer(path).explain(xs, method="gradient").relevance)
-
-
 def test_external_weights_file(tmp_path, case):
     """Past the size limit (2 GB; here forced to 0) the weights go to OUT.data, which ORT reads."""
     from onnxrap.compile import save

@@ -5,9 +5,11 @@ from output positions to input positions.  The map is ONNX's own semantics
 applied to the positions themselves: onnx's reference evaluator runs the node
 on an array holding 0, 1, 2, ... in the input's shape (negative indices,
 clamped Slice bounds and every attribute default come from onnx, not from a
-second implementation here).  The forward takes those positions; the adjoint
-adds each output's relevance back at its position, summed where an index
-repeats (scatter-add) and zero where nothing was gathered.
+second implementation here).  The forward takes those positions (the backend's
+``take``); the adjoint adds each output's relevance back at its position,
+summed where an index repeats and zero where nothing was gathered (its
+``scatter_add``).  Positions are kept per sample, so a traced graph gathers
+with a free batch axis.
 """
 from __future__ import annotations
 
@@ -27,17 +29,43 @@ class IndexRouting(Op):
         self.constants = constants  # its constant inputs (indices, starts, ...) by name
         self.opset = opset
         self.batch_source = batch_source  # the model input: its first axis is the batch
-        self._maps = {}  # (input shape, batch) -> input position per output element, on the host
+        self._maps = {}  # (input shape, batch) -> (input positions per sample, output shape), on the host
 
     def routes(self, bk, ctx, shape):
-        """The flat input position of every output element, on ``bk`` (copied there once), and the output shape."""
+        """Each sample's input positions (within the sample) of its output elements, on ``bk`` (copied
+        there once): ``(N, K)``, or ``(1, K)`` for every sample alike; and the output shape."""
         key = (tuple(shape), ctx[self.batch_source].shape[0])
         if key not in self._maps:
-            source = self._route(key[0])
-            self._check_samples_apart(source, int(np.prod(shape)), key[1])
-            self._maps[key] = source
-        source = self._maps[key]
-        return bk.constant(self, ("routes",) + key, np.int64, lambda: source.reshape(-1)), source.shape
+            self._maps[key] = self._sample_routes(*key, bk.free_batch)
+        rows, out_shape = self._maps[key]
+        return bk.constant(self, ("routes",) + key, np.int64, lambda: rows), out_shape
+
+    def _sample_routes(self, shape, batch, free):
+        if free:  # the batch size is a placeholder: one sample's map (compile checked it is every sample's)
+            rows, sample_shape = self.each_sample(tuple(shape[1:]))
+            return rows, (batch,) + sample_shape
+        size = int(np.prod(shape))
+        source = self._route(shape)
+        self._check_samples_apart(source, size, batch)
+        return source.reshape(batch, -1) % (size // batch), source.shape
+
+    def each_sample(self, sample_shape):
+        """``(positions (1, K), output shape less the batch)`` where every sample of a batch of any size
+        reads the same positions in its own sample (checked at 1, 2 and 3 samples); else None."""
+        try:
+            one = self._route((1,) + sample_shape)
+            if one.shape[0] == 1 and all(self._tiles(one, sample_shape, n) for n in (2, 3)):
+                return one.reshape(1, -1), one.shape[1:]
+        except ModelError:  # indices that fit one batch size only
+            pass
+        return None
+
+    def _tiles(self, one, sample_shape, n):
+        """Whether ``n`` samples each read ``one``'s positions in their own sample."""
+        routed = self._route((n,) + sample_shape)
+        sample = int(np.prod(sample_shape))
+        return routed.shape == (n,) + one.shape[1:] and np.array_equal(
+            routed.reshape(n, -1), one.reshape(1, -1) + sample * np.arange(n)[:, None])
 
     def _route(self, shape):
         from onnx.reference import ReferenceEvaluator
@@ -67,13 +95,13 @@ class IndexRouting(Op):
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
         index, shape = self.routes(bk, ctx, x.shape)
-        return x.reshape(-1)[index].reshape(shape)
+        return bk.take(x.reshape(ctx[self.batch_source].shape[0], -1), index).reshape(shape)
 
     def vjp(self, bk, ctx, grad):
         x = ctx[self.inputs[0]]
         index, _ = self.routes(bk, ctx, x.shape)
-        summed = bk.xp.bincount(index, weights=grad.reshape(-1), minlength=x.size)  # scatter-add
-        return [summed.reshape(x.shape).astype(grad.dtype)]
+        n = ctx[self.batch_source].shape[0]
+        return [bk.scatter_add(grad.reshape(n, -1), index, x.size // n).reshape(x.shape)]
 
 
 def _routing(v, index_inputs):
