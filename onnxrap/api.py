@@ -123,10 +123,14 @@ class Explainer:
     def channel_axis(self):
         return {"features": None, "nchw": 1, "nhwc": -1}[self.layout]
 
-    def explain(self, x, target=None, method="rap", trace=False, **options) -> Explanation:
+    def explain(self, x, target=None, method="rap", trace=False, contrast=None, **options) -> Explanation:
         """Relevance of ``x`` (a batch shaped like the model input) for ``target``.
 
         ``target``: None (each sample's top class), an int, or one int per sample.
+        ``contrast``: None (why the target), a class index c (why the target rather than c) or
+        ``"others"`` (rather than the other classes): the method runs once more for the dual (c, or
+        the other classes equally weighted) and the dual's relevance, rescaled to the same sum, is
+        subtracted (``methods.contrasted``); the result sums to 0.
         ``method``: a registered name or a ``methods.Method`` (e.g. a ``methods.Composite``).
         ``options``: a registered method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
@@ -136,21 +140,30 @@ class Explainer:
         self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         sums = [] if trace else None
-        if not trace and self._engine_for(m, x, target) == "onnx":
+        if not trace and contrast is None and self._engine_for(m, x, target) == "onnx":
             relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
         else:
             relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
         recomputed = []
         if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
             relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
-        return Explanation(relevance, logits, targets, m.label, self.channel_axis, sums or [], recomputed)
+        if contrast is not None:  # the dual's walk, eager (its seed is a weighting of the classes); not traced
+            dual = methods.contrast_dual(targets, logits.shape[1], contrast)
+            dual_relevance = self._attribute_eager(m, x, dual, self.dtype, None)[0]
+            dual_recomputed = []
+            if m.conserves and self.dtype != np.float64:
+                dual_relevance, dual_recomputed = self._keep_conservation(m, dual_relevance, logits, dual, x, True)
+            relevance = methods.contrasted(relevance, dual_relevance)
+            recomputed = sorted(set(recomputed) | set(dual_recomputed))
+        label = m.label if contrast is None else f"{m.label} contrast={contrast}"
+        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed)
 
     def _attribute_eager(self, m, x, target, dtype, sums):
         """Relevance, logits and targets with the rules run on the backend's arrays."""
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
         # The logits cross to the host once, here: targets, seeds and the conservation check read them there.
         logits = np.concatenate([self._class_vector(self.bk.to_host(v[self.graph.logits_name])) for _, v in captured])
-        targets = self._targets(target, logits)
+        targets = target if np.ndim(target) == 2 else self._targets(target, logits)  # 2-D: a contrast's dual
 
         def backprop(method_, xs, ts):
             pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
@@ -242,7 +255,7 @@ class Explainer:
         would otherwise be silent.
         """
         axes = tuple(range(1, relevance.ndim))
-        logit = logits[np.arange(len(targets)), targets]
+        logit = (targets * logits).sum(axis=1) if targets.ndim == 2 else logits[np.arange(len(targets)), targets]
         sums = relevance.sum(axis=axes, dtype=np.float64)
         bad = np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
         if not bad.any():

@@ -126,6 +126,9 @@ def build_parser():
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
     _method_options(e)
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
+    e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
+                   help="explain the target rather than CLASS (an index or a label name) or rather than the "
+                        "others; the map then sums to 0 (default: none, why the target)")
     _model_options(e)
     _image_options(e)
     e.add_argument("--labels", help="class names, one per line")
@@ -167,6 +170,16 @@ def build_parser():
     v.add_argument("--seed", type=int, default=0, help="seed of the shuffle perturbation (default: %(default)s)")
     v.add_argument("--concentration-max", type=int, default=10000,
                    help="largest K of the concentration D_K (default: %(default)s, capped at the pixel count)")
+    v.add_argument("--contrast", type=_names, default="none",
+                   help="none and/or others, comma-separated: evaluate each method plain and/or explaining the "
+                        "target rather than the other classes (default: %(default)s)")
+    v.add_argument("--sanity", type=int, default=0, metavar="N",
+                   help="also run the sanity checks (Adebayo et al. 2018: cascading randomisation of the weights, "
+                        "class sensitivity) on the first N evaluated inputs (default: 0, none)")
+    v.add_argument("--sanity-steps", type=int, default=8,
+                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
+    v.add_argument("--sanity-classes", type=int, default=10,
+                   help="class sensitivity across the top N classes (default: %(default)s)")
     v.add_argument("--resume", action="store_true",
                    help="reuse results of methods already in OUT/methods/ made with the same model, data and settings")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -269,10 +282,11 @@ def cmd_explain(args):
     labels = read_labels(args.labels, classes) if args.labels else explainer.labels
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
+    contrast = _contrast(args.contrast, labels)
     from .viz import OutputFolder
 
     with OutputFolder(Path(args.out_dir)) as out:  # made and probed now; removed again if anything fails
-        lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels)
+        lines = _explain_into(out, explainer, args, chosen, per_method, classes, labels, contrast)
     for line in lines:  # once every file is in place
         print(line)
     if args.engine == "auto":
@@ -280,7 +294,7 @@ def cmd_explain(args):
     return 0
 
 
-def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
+def _explain_into(out, explainer, args, chosen, per_method, classes, labels, contrast):
     """Read, explain and write every input into ``out``; return the line to print per input."""
     from tqdm import tqdm
 
@@ -308,7 +322,8 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
                 batch = members[start:start + args.batch_size]
                 xs = np.concatenate([loaded[i][0] for i in batch])
                 for m in chosen:
-                    exp = explainer.explain(xs, target=args.target, method=m, **per_method[m])
+                    exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
+                                            **per_method[m])
                     for text in notes:  # once a batch went through: a bad input is still a one-line error
                         progress.write(text, file=sys.stderr)
                     notes.clear()
@@ -320,7 +335,8 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels):
 
     stems = input_stems([Path(p) for p in args.inputs])
     preprocess = make_preprocess.built[0] if make_preprocess.built else None
-    entries, lines = zip(*(_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args)
+    entries, lines = zip(*(_entry(Path(path), display, per_method_results, chosen, labels, out, stem, args,
+                                  contrast)
                            for path, (_, display), per_method_results, stem in zip(args.inputs, loaded, results,
                                                                                    stems)))
     out.write_text("summary.json", json.dumps(
@@ -366,7 +382,9 @@ def cmd_evaluate(args):
         seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
         batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device, tf32=args.tf32,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
-        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize)))
+        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize),
+        contrasts=tuple(None if c == "none" else c for c in args.contrast), sanity=args.sanity,
+        sanity_steps=args.sanity_steps, sanity_classes=args.sanity_classes))
 
 
 def cmd_audit(args):
@@ -421,6 +439,19 @@ def cmd_inspect(args):
             pass
     print(f"explainable: yes ({len(graph.ops)} ops after canonicalisation; methods: {', '.join(usable)})")
     return 0
+
+
+def _contrast(text, labels):
+    """``--contrast``: none, others, a class index, or a label name -> the API's ``contrast``."""
+    text = text.strip()
+    if text.lower() in ("none", "others"):
+        return None if text.lower() == "none" else "others"
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if labels and text in labels:
+        return labels.index(text)
+    raise InputError(f"--contrast {text!r} is neither none, others, a class index nor a label name"
+                     + ("" if labels else " (the model has no labels; give --labels)"))
 
 
 def _preprocessing_record(preprocess):
@@ -494,7 +525,7 @@ def _name(labels, k):
     return str(k)
 
 
-def _entry(path, display, per_method, chosen, labels, out, stem, args):
+def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast):
     """Stage one input's figure (and .npy files) in ``out``; return its summary entry and its line of results."""
     from .api import softmax
 
@@ -502,10 +533,11 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args):
     logits = first.logits[k]
     probs = softmax(logits)
     predicted, target = int(first.predicted[k]), int(first.target[k])
-    figure = out.path(fitted_name(f"{stem}_{'+'.join(chosen)}", ".png"))
+    versus = "" if contrast is None else f"_vs-{contrast}"
+    figure = out.path(fitted_name(f"{stem}_{'+'.join(chosen)}{versus}", ".png"))
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
-             "target_logit": float(logits[target]), "figure": str(figure), "methods": {}}
+             "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
     panels = []
     for m in chosen:
         exp, _ = per_method[m]
@@ -524,13 +556,15 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args):
                  "its heatmap shows that mass more than the logit's make-up")
         panels.append((f"{m}  (sum {relevance.sum():.4g})", heatmap))
         if args.save_npy:
-            npy = out.save_npy(fitted_name(f"{stem}_{m}", ".npy"), relevance)
+            npy = out.save_npy(fitted_name(f"{stem}_{m}{versus}", ".npy"), relevance)
             entry["methods"][m]["npy"] = str(npy)
+    explained = _name(labels, target) + ("" if contrast is None else " rather than " + (
+        "the others" if contrast == "others" else _name(labels, contrast)))
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
-               f"p={probs[predicted]:.3f}; explained {_name(labels, target)}")
+               f"p={probs[predicted]:.3f}; explained {explained}")
     out.save_figure(figure.name, display, panels, caption, overlay=args.overlay)
     line = (f"{path}: predicted {_name(labels, predicted)} (logit {logits[predicted]:.4g}, p={probs[predicted]:.3f}); "
-            f"explained {_name(labels, target)} with {', '.join(chosen)} -> {figure}")
+            f"explained {explained} with {', '.join(chosen)} -> {figure}")
     return entry, line
 
 

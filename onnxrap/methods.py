@@ -83,12 +83,57 @@ class Method:
             raise UnsupportedOpsError(missing)
 
     def seed(self, bk, logits, targets):
-        hot = one_hot(bk, logits.shape, targets, logits.dtype)
+        """Relevance at the logits.  ``targets``: one class index per sample, or (N, classes) weights
+        ``w`` (a contrast's dual, see ``contrast_dual``): the score explained is then ``w . logits``."""
+        weights = np.asarray(targets)
+        if weights.ndim == 2:
+            hot = bk.to_device(weights.reshape(logits.shape).astype(logits.dtype))
+        else:
+            hot = one_hot(bk, logits.shape, targets, logits.dtype)
         return hot * logits if self.seed_kind == "logit" else hot
 
     def attribute(self, backprop, x, targets):
         """Relevance for the batch ``x``; ``backprop(method, x, targets)`` runs one backward walk."""
         return backprop(self, x, targets)
+
+
+def contrast_dual(targets, classes, contrast):
+    """The dual of a contrastive explanation (Gu et al. 2018, CLRP): per sample, weights over classes.
+
+    ``contrast`` is a class index c (the dual is c: "the target rather than c") or ``"others"``
+    (the dual is every class but the target, equally weighted).
+    """
+    n = len(targets)
+    targets = np.asarray(targets)
+    if isinstance(contrast, str):
+        if contrast != "others":
+            raise InputError(f"contrast is none, others or a class index, not {contrast!r}")
+        dual = np.ones((n, classes))
+        dual[np.arange(n), targets] = 0
+        return dual / (classes - 1)
+    c = int(contrast)
+    if not 0 <= c < classes:
+        raise InputError(f"contrast class {c} is out of range: the model has {classes} classes (0..{classes - 1})")
+    same = np.flatnonzero(targets == c)
+    if same.size:
+        raise InputError(f"contrast class {c} is the target of input {int(same[0])}: explain it against another class")
+    dual = np.zeros((n, classes))
+    dual[:, c] = 1
+    return dual
+
+
+def contrasted(target_relevance, dual_relevance):
+    """The target's relevance minus the dual's, rescaled per sample to the same sum, so it sums to 0.
+
+    For rap both sums are logits (z_t and the dual's), so this is ``z_t * (R_t / z_t - R_d / z_d)``:
+    where the target's logit draws on the input more than the dual's does.  A dual whose relevance
+    sums to exactly 0 cannot be rescaled and is left out.
+    """
+    axes = tuple(range(1, target_relevance.ndim))
+    total = target_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
+    dual_total = dual_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
+    scale = np.divide(total, dual_total, out=np.zeros_like(total), where=dual_total != 0)
+    return (target_relevance - dual_relevance * scale).astype(target_relevance.dtype)
 
 
 SEEDS = ("one", "logit")
@@ -183,7 +228,7 @@ class IntegratedGradients(Wrapper):
         alphas = (np.arange(steps) + 0.5) / steps
         shape = (len(x) * steps,) + x.shape[1:]
         path = (base[:, None] + alphas.reshape((1, steps) + (1,) * (x.ndim - 1)) * (x - base)[:, None])
-        along = self.inner.attribute(backprop, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps))
+        along = self.inner.attribute(backprop, path.reshape(shape).astype(x.dtype), np.repeat(targets, steps, axis=0))
         return along.reshape((len(x), steps) + x.shape[1:]).mean(axis=1) * (x - base)
 
 
@@ -207,7 +252,7 @@ class SmoothGrad(Wrapper):
         spread = (flat.max(axis=1) - flat.min(axis=1)) * self.noise
         jitter = rng.standard_normal((len(x), samples) + x.shape[1:]) * spread.reshape((-1, 1) + (1,) * (x.ndim - 1))
         noisy = (x[:, None] + jitter).reshape((len(x) * samples,) + x.shape[1:]).astype(x.dtype)
-        found = self.inner.attribute(backprop, noisy, np.repeat(targets, samples))
+        found = self.inner.attribute(backprop, noisy, np.repeat(targets, samples, axis=0))
         return found.reshape((len(x), samples) + x.shape[1:]).mean(axis=1)
 
 
@@ -296,11 +341,20 @@ _RAP_TAIL = {"tail": Adjoint()}
 _RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(), "dense.input": RapHidden(per_sign=False)}
 
 
+# rap keeps its promise where a rule's own denominator is exactly zero (docs: conservation edge cases).
+_RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(conserve=True),
+                   "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
+                   "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
+                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True),
+                   "dense.input": RapHidden(per_sign=False, conserve=True)}
+
+
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED}, conserves=True, description=(
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_CONSERVING}, conserves=True, description=(
         "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
-        "on signed inputs (docs/rules.md, signed); conserves the logit"))
+        "on signed inputs (docs/rules.md, signed); conserves the logit on every graph (docs/rules.md, "
+        "conservation)"))
 
 
 @register("rap-unbounded")

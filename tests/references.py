@@ -174,7 +174,16 @@ class ConvMap:
                             self.groups)[0]
 
 
-def ref_rap_first_onehot(x, w_t, b_t):
+def _rap_first_out(C, score, conserve):
+    """|C| rescaled to S(C), or with ``conserve`` (rap, docs/rules.md conservation.head) to ``score``,
+    spread evenly where C is zero everywhere."""
+    magnitude = np.abs(C).sum()
+    if not conserve:
+        return np.abs(C) * sdiv(C.sum(), magnitude)
+    return np.abs(C) * sdiv(score, magnitude) + (score / C.size if magnitude == 0 else 0.0)
+
+
+def ref_rap_first_onehot(x, w_t, b_t, conserve=False):
     """rap.head with a one-hot seed: ``w_t`` is the weight row of the target, ``b_t`` its bias."""
     xp, xn, wp, wn = pos(x), neg(x), pos(w_t), neg(w_t)
     Cpp, Cpn, Cnp, Cnn = xp * wp, xp * wn, xn * wp, xn * wn
@@ -182,10 +191,10 @@ def ref_rap_first_onehot(x, w_t, b_t):
     bp = b_t * sdiv(Pos, Pos + Neg)
     bn = b_t * sdiv(Neg, Pos + Neg)
     C = Cpp + Cpn + Cnp + Cnn + xp * wp * sdiv(bp, Cpp.sum()) + xp * wn * sdiv(bn, Cpn.sum())
-    return np.abs(C) * sdiv(C.sum(), np.abs(C).sum())
+    return _rap_first_out(C, (x * w_t).sum() + b_t, conserve)
 
 
-def ref_rap_first(x, lin, b, R):
+def ref_rap_first(x, lin, b, R, conserve=False):
     """rap.head for an arbitrary arriving R (per output unit j, weighted by R_j)."""
     W = lin.W
     Wp, Wn = pos(W), neg(W)
@@ -199,7 +208,7 @@ def ref_rap_first(x, lin, b, R):
     bias_p = b * R * sdiv(Pos, Pos + Neg)
     bias_n = b * R * sdiv(Neg, Pos + Neg)
     C = Cpp + Cpn + Cnp + Cnn + xp * lin.LT(sdiv(bias_p, Zpp), Wp) + xp * lin.LT(sdiv(bias_n, Zpn), Wn)
-    return np.abs(C) * sdiv(C.sum(), np.abs(C).sum())
+    return _rap_first_out(C, (R * (lin.L(x, W) + b)).sum(), conserve)
 
 
 def ref_rap_hidden(x, lin, R, conv, per_sign):

@@ -66,8 +66,10 @@ def test_conv_relu_maxpool_gemm(method):
         assert_conserves(model, x, targets)
 
 
-def test_maxpool_z_rule_drops_relevance_of_all_zero_windows():
-    """MaxPool z-rule ``x * route(sdiv(R, y))``: a window whose max is 0 passes nothing on.
+@pytest.mark.parametrize("method", ["rap", "rap-reference"])
+def test_maxpool_z_rule_on_all_zero_windows(method):
+    """MaxPool z-rule ``x * route(sdiv(R, y))``: a window whose max is 0 passes nothing on
+    (rap-reference); rap routes that window's R to its arg-max all the same (conservation.pool).
 
     x -> Relu -> MaxPool(2x2, s2) -> Add(constant) -> Flatten -> Gemm; the constant lets R
     reach windows where y = 0, where plain gradient routing of R would give relevance.
@@ -88,16 +90,20 @@ def test_maxpool_z_rule_drops_relevance_of_all_zero_windows():
 
     v = reference_forward(model, x, forward)
     assert (v["m"] == 0).any()
-    got = explain(model, x, targets, "rap").relevance
-    ref, plain = np.zeros(x.shape), np.zeros(x.shape)
+    got = explain(model, x, targets, method).relevance
+    ref, dropped = np.zeros(x.shape), np.zeros(x.shape)
     for n, t in enumerate(targets):
-        Rm = ref_rap_first_onehot(v["f"][n], Wh[:, t], bh[t]).reshape(1, 2, 3, 3)
+        Rm = ref_rap_first_onehot(v["f"][n], Wh[:, t], bh[t], conserve=method == "rap").reshape(1, 2, 3, 3)
         _, routed = naive_max_route(v["r"][n][None], sdiv(Rm, v["m"][n][None]), (3, 3), (2, 2), (2, 2),
                                     (1, 1), (0, 0))
-        ref[n] = v["r"][n] * routed[0]
-        plain[n] = naive_max_route(v["r"][n][None], Rm, (3, 3), (2, 2), (2, 2), (1, 1), (0, 0))[1][0]
+        _, zero_windows = naive_max_route(v["r"][n][None], Rm * (v["m"][n][None] == 0), (3, 3), (2, 2), (2, 2),
+                                          (1, 1), (0, 0))
+        dropped[n] = zero_windows[0]
+        ref[n] = v["r"][n] * routed[0] + (dropped[n] if method == "rap" else 0)
     assert_close(got, ref)
-    assert np.abs(plain - ref).max() > 1e-3 * np.abs(ref).max()
+    assert np.abs(dropped).max() > 1e-3 * np.abs(ref).max()
+    if method == "rap":
+        assert_conserves(model, x, targets)
 
 
 def residual_model():
@@ -177,11 +183,12 @@ def concat_model(shift):
 
 
 @pytest.mark.parametrize("shift", [False, True], ids=["concat", "concat-then-add-constant"])
-def test_concat_slices_masked_by_nonzero_input(shift):
-    """Concat: each input gets its slice of R times [x != 0]; a tensor read twice sums its relevances.
+def test_concat_slices(shift):
+    """Concat: each input gets its slice of R (the spec: times [x != 0]; rap keeps R on zero entries,
+    conservation.joins); a tensor read twice sums its relevances.
 
     With a constant added after the Concat, R reaches zero entries of the Concat's
-    inputs, so the mask changes the result (checked against the unmasked reference).
+    inputs, so the mask would change the result (checked against the masked reference).
     """
     model, p = concat_model(shift)
     x = rnd((4, 6), 55)
@@ -193,7 +200,7 @@ def test_concat_slices_masked_by_nonzero_input(shift):
     def reference(mask):
         out = np.zeros(x.shape)
         for n, t in enumerate(targets):
-            Rc = ref_rap_first_onehot(v[p["feed"]][n], p["Wh"][:, t], p["bh"][t])
+            Rc = ref_rap_first_onehot(v[p["feed"]][n], p["Wh"][:, t], p["bh"][t], conserve=True)
             Ra, Rb = Rc[:4], Rc[4:]
             if mask:
                 Ra, Rb = Ra * (v["ra"][n] != 0), Rb * (v["rb"][n] != 0)
@@ -202,12 +209,11 @@ def test_concat_slices_masked_by_nonzero_input(shift):
                       + ref_rap_hidden(xn, DenseMap(p["Wb"]), Rb, conv=False, per_sign=False))
         return out
 
-    ref = reference(mask=True)
+    ref = reference(mask=False)
     assert_close(got, ref)
     if shift:
-        assert np.abs(reference(mask=False) - ref).max() > 1e-3 * np.abs(ref).max()
-    else:
-        assert_conserves(model, x, targets)
+        assert np.abs(reference(mask=True) - ref).max() > 1e-3 * np.abs(ref).max()
+    assert_conserves(model, x, targets)
 
 
 def pad_models():
@@ -277,9 +283,8 @@ def test_conv_head_behind_global_pool(method):
 
     rap-reference shares the seed through the pool by y (the released behaviour): rap.head then sums
     to sum_j R_j y_j, which is not the logit. rap sends the seed through the ops after the head
-    as the logit's gradient (R_j = 1/(w h)), so rap.head sums to the logit, up to rap.head's bias shares
-    that have no contributions to go to, frequent with 3 input channels (test_architectures
-    checks conservation on a wider head).
+    as the logit's gradient (R_j = 1/(w h)), so rap.head sums to the logit, its bias shares without
+    contributions of their own included (conservation.head; frequent with 3 input channels).
     """
     model, p = conv_head_gap_model()
     x = rnd((2, 2, 5, 5), 73)
@@ -298,9 +303,11 @@ def test_conv_head_behind_global_pool(method):
             Ry = np.broadcast_to(Rg / y[0].size, y.shape)
         else:
             Ry = y * sdiv(Rg, y.sum(axis=(1, 2), keepdims=True))
-        Ra = ref_rap_first(v["a"][n], convB, p["bb"][:, None, None], Ry)
+        Ra = ref_rap_first(v["a"][n], convB, p["bb"][:, None, None], Ry, conserve=method == "rap")
         ref[n] = ref_zbox(x[n].astype(float), convA, Ra)
     assert_close(got, ref)
+    if method == "rap":
+        assert_conserves(model, x, targets)
 
 
 def test_conv_plus_constant_add_is_its_bias():

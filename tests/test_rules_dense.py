@@ -64,7 +64,7 @@ def ref_mlp(model, layers, x, targets, method, x_rows=None):
                     R[t] = vals["logits"][n, t]
                 R = ref_alpha_beta(a, DenseMap(W), R, alpha=int(method[5]))
             elif R is None:
-                R = ref_rap_first_onehot(a, W[:, t], b[t])
+                R = ref_rap_first_onehot(a, W[:, t], b[t], conserve=method == "rap")
             else:
                 R = ref_rap_hidden(a, DenseMap(W), R, conv=False, per_sign=method == "rap-reference")
             # the Relu in front of this layer passes R unchanged
@@ -94,15 +94,17 @@ def test_rap_first_by_hand():
         np.testing.assert_allclose(e.target_logit, [1.0])
 
 
-def test_rap_first_zero_denominator_drops_bias_share():
-    """rap.head edge: S(Cpn) = 0 but Neg != 0, so bn has nowhere to go ("each term is zero where its
-    own denominator is zero"): x = (2, -1), W[t] = (1, 1), b[t] = 0.5 gives C = (3, -1),
-    out = (1.5, 0.5), summing to 2, not to the logit 1.5."""
+def test_rap_first_zero_denominator_bias_share():
+    """rap.head edge: S(Cpn) = 0 but Neg != 0, so bn has no carrier of its own: x = (2, -1),
+    W[t] = (1, 1), b[t] = 0.5 give C = (3, -1) with bp = 1 on x+ W+ and bn = -0.5 nowhere.
+    rap-reference (as released) drops bn: out = |C| * 2 / 4 = (1.5, 0.5), summing to 2, not to
+    the logit 1.5.  rap (conservation.head) rescales |C| to the logit: (1.125, 0.375)."""
     model = single_gemm([[1, 1], [1, -1]], [0.5, 0.0])
     x = np.array([[2, -1]], dtype=np.float32)
-    e = explain(model, x, 0, "rap")
+    e = explain(model, x, 0, "rap-reference")
     np.testing.assert_allclose(e.relevance, [[1.5, 0.5]], rtol=1e-12)
     np.testing.assert_allclose(e.target_logit, [1.5])
+    np.testing.assert_allclose(explain(model, x, 0, "rap").relevance, [[1.125, 0.375]], rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["rap", "rap-reference", "lrp-a1b0", "lrp-a2b1"])

@@ -16,6 +16,7 @@ from .data import load_dataset
 from .evaluation import Evaluation
 from .perturbation import CONTROLS, PERTURBATIONS, Grid
 from .report import summary_lines, write_outputs
+from .sanity import Sanity
 from .scoring import Scorer
 
 DEFAULT_METHODS = ("rap", "rap-reference", "lrp-a2b1", "gradient-x-input")
@@ -48,6 +49,10 @@ class Settings:
     output_name: str | None = None
     layout: str | None = None
     preprocessing: dict = field(default_factory=dict)  # keyword arguments of inputs.preprocess_factory
+    contrasts: tuple = (None,)  # each method is evaluated once per contrast: None (plain) and/or "others"
+    sanity: int = 0  # sanity checks (sanity.py) on the first N evaluated inputs; 0: none
+    sanity_steps: int = 8  # cascading randomisation: at most this many steps
+    sanity_classes: int = 10  # class sensitivity across the top N classes
 
     def check(self):
         """Fail on bad settings before any model is loaded."""
@@ -61,7 +66,12 @@ class Settings:
         for m in self.methods:  # unknown names and bad options fail before any work
             if m not in CONTROLS:
                 registry.get(m, **self.method_options.get(m, {}))
-        for name, value in (("--limit", self.limit), ("--batch-size", self.batch_size),
+        bad = [c for c in self.contrasts if c not in (None, "others")]
+        if bad or not self.contrasts:
+            raise InputError(f"evaluate's --contrast is none and/or others, not {bad[0] if bad else ''!r}")
+        if self.sanity < 0 or self.sanity_classes < 2:
+            raise InputError("--sanity must be at least 0 and --sanity-classes at least 2")
+        for name, value in (("--sanity-steps", self.sanity_steps), ("--limit", self.limit), ("--batch-size", self.batch_size),
                             ("--score-batch-size", self.score_batch_size),
                             ("--concentration-max", self.concentration_max)):
             if value is not None and value < 1:
@@ -120,15 +130,38 @@ def run(settings: Settings):
         "methods": {},
     }
     out_dir = Path(settings.out_dir)
-    for number, m in enumerate(settings.methods, start=1):
-        progress = lambda text: note(f"[{number}/{len(settings.methods)}] {m}{text}")  # noqa: E731
-        results["methods"][m] = evaluate_method(evaluation, m, settings.method_options.get(m, {}), settings,
-                                                out_dir / "methods", progress)
+    runs = method_runs(settings)
+    for number, (m, options, label) in enumerate(runs, start=1):
+        progress = lambda text: note(f"[{number}/{len(runs)}] {label}{text}")  # noqa: E731
+        results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
+                                                    progress)
+    if settings.sanity:
+        sanity = Sanity(explainer, x[:settings.sanity], targets[:settings.sanity], settings.sanity_steps,
+                        settings.sanity_classes, settings.seed, settings.batch_size)
+        results["sanity"] = {"inputs": int(min(settings.sanity, len(x))), "depths": sanity.depths,
+                             "layers": [op.name for op in sanity.top_down], "classes": sanity.classes, "methods": {}}
+        for m, options, label in runs:
+            if m not in CONTROLS:
+                note(f"sanity checks: {label}")
+                results["sanity"]["methods"][label] = sanity.run_method(m, options)
     written = write_outputs(out_dir, results)
     for line in summary_lines(results):
         print(line)
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def method_runs(settings):
+    """(method, options, label) per method and contrast; the controls once, without a contrast."""
+    runs = []
+    for m in settings.methods:
+        for contrast in (None,) if m in CONTROLS else settings.contrasts:
+            options = settings.method_options.get(m, {})
+            if contrast is None:
+                runs.append((m, options, m))
+            else:
+                runs.append((m, {**options, "contrast": contrast}, f"{m} contrast={contrast}"))
+    return runs
 
 
 def correctly_classified(data, scorer, where):
@@ -149,13 +182,13 @@ def correctly_classified(data, scorer, where):
     return labels, correct
 
 
-def evaluate_method(evaluation, method, options, settings, method_dir, note):
+def evaluate_method(evaluation, method, options, label, settings, method_dir, note):
     """One method's results, computed and stored in ``method_dir``, or with ``--resume`` read from there
     when they were made from the same model, inputs and settings."""
     from ..viz import atomic_write
 
     key = fingerprint(settings.model, evaluation, method, options)
-    path = method_dir / f"{safe_name(method)}.json"
+    path = method_dir / f"{safe_name(label)}.json"
     if settings.resume and path.exists():
         try:
             stored = json.loads(path.read_text())
@@ -166,7 +199,7 @@ def evaluate_method(evaluation, method, options, settings, method_dir, note):
             return stored["result"]
         note(f": {path} was made with other settings or is damaged; computing again")
     note("")
-    result = evaluation.run_method(method, options, label=method)
+    result = evaluation.run_method(method, options, label=label)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "result": result})))
     note(f": explained in {result['seconds']['explain']:.1f}s, {result['seconds']['perturbed_images']} perturbed "
          f"inputs scored in {result['seconds']['score']:.1f}s -> {path}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .perturbation import REMOVALS
 from .plots import save_plots
+from .sanity import sanity_markdown, sanity_rows, save_sanity_plot
 
 
 def results_rows(results):
@@ -31,13 +32,18 @@ def results_rows(results):
 
 
 def write_csv(path, results):
+    write_rows(path, ["method", "metric", "removal", "perturbation", "step", "pixels", "value", "n_images"],
+               results_rows(results))
+
+
+def write_rows(path, header, rows):
     from ..viz import atomic_write
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["method", "metric", "removal", "perturbation", "step", "pixels", "value", "n_images"])
-            for row in results_rows(results):
+            w.writerow(header)
+            for row in rows:
                 w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in row])
 
     atomic_write(path, write)
@@ -130,9 +136,14 @@ def write_outputs(out_dir, results):
     out_dir = Path(out_dir)
     atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     write_csv(out_dir / "results.csv", results)
-    atomic_write(out_dir / "table.md", lambda tmp: Path(tmp).write_text(table_markdown(results)))
-    plots = save_plots(out_dir, results)
-    return [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md", *plots]
+    table = table_markdown(results) + ("\n" + sanity_markdown(results["sanity"]) if "sanity" in results else "")
+    atomic_write(out_dir / "table.md", lambda tmp: Path(tmp).write_text(table))
+    written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md", *save_plots(out_dir, results)]
+    if "sanity" in results:
+        write_rows(out_dir / "sanity.csv", ["method", "check", "step", "layer", "similarity", "value"],
+                   sanity_rows(results["sanity"]))
+        written += [out_dir / "sanity.csv", save_sanity_plot(out_dir / "sanity.png", results["sanity"])]
+    return written
 
 
 def summary_lines(results):

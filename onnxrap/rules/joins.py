@@ -5,10 +5,14 @@ from . import Rule
 
 
 class AddShare(Rule):
-    """Each summand gets ``R * a / sum``; ``absolute`` shares by ``|a|`` (rap), else by ``a`` (z-rule)."""
+    """Each summand gets ``R * a / sum``; ``absolute`` shares by ``|a|`` (rap), else by ``a`` (z-rule).
 
-    def __init__(self, absolute: bool):
+    ``conserve`` (rap): where the sum is exactly 0 the summands get equal shares.
+    """
+
+    def __init__(self, absolute: bool, conserve: bool = False):
         self.absolute = absolute
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
@@ -18,11 +22,18 @@ class AddShare(Rule):
         for p in parts[1:]:
             total = total + p
         s = bk.sdiv(R, total)
-        return [bk.unbroadcast(p * s, x.shape) for p, x in zip(parts, xs)]
+        even = R * (total == 0) / len(parts) if self.conserve else 0
+        return [bk.unbroadcast(p * s + even, x.shape) for p, x in zip(parts, xs)]
 
 
 class ConcatSlices(Rule):
-    """Each input gets its slice of R, kept only where the input is nonzero."""
+    """Each input gets its slice of R, kept only where the input is nonzero (``conserve``, rap: kept everywhere)."""
+
+    def __init__(self, conserve: bool = False):
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
-        return [R[index] * (ctx[name] != 0) for name, index in op.slices(ctx, ctx.constants)]
+        slices = op.slices(ctx, ctx.constants)
+        if self.conserve:
+            return [R[index] for _, index in slices]
+        return [R[index] * (ctx[name] != 0) for name, index in slices]

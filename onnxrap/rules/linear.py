@@ -8,7 +8,14 @@ branches on array values: whether an input has an ``x-`` part is the op's static
 """
 from __future__ import annotations
 
+import math
+
 from . import Rule
+
+
+def _spread(bk, amount, like):
+    """``amount`` (one number per sample) spread evenly over every entry of an array shaped ``like``."""
+    return bk.xp.broadcast_to(amount / math.prod(like.shape[1:]), like.shape)
 
 
 class _LinearRule(Rule):
@@ -29,7 +36,15 @@ class RapFirst(_LinearRule):
     Per output unit j (weighted by the arriving R_j) contributions are split by
     the signs of input and weight; the bias goes to the positive and negative
     parts in proportion; then relevance is |C| rescaled so it sums as C does.
+
+    ``conserve`` (rap): |C| is rescaled to ``sum_j R_j z_j`` (z with its bias) instead, so
+    a bias share whose own denominator is zero is carried by all contributions in
+    proportion to |C| rather than lost; if C is zero everywhere, that sum is spread
+    evenly over the inputs.
     """
+
+    def __init__(self, conserve: bool = False):
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
@@ -51,8 +66,12 @@ class RapFirst(_LinearRule):
             to_wp = to_wp + bk.sdiv(b * R * bk.sdiv(pos, total), zpp)
             to_wn = to_wn + bk.sdiv(b * R * bk.sdiv(neg, total), zpn)
         C = C + xp * adj((to_wp, wp), (to_wn, wn))
-        out = abs(C) * bk.sdiv(bk.sample_sum(C), bk.sample_sum(abs(C)))
-        return [op.give(out)]
+        magnitude = bk.sample_sum(abs(C))
+        if not self.conserve:
+            return [op.give(abs(C) * bk.sdiv(bk.sample_sum(C), magnitude))]
+        z = pos + neg if b is None else pos + neg + b
+        score = bk.sample_sum(R * z)
+        return [op.give(abs(C) * bk.sdiv(score, magnitude) + _spread(bk, score * (magnitude == 0), C))]
 
 
 class RapHidden(_LinearRule):
@@ -61,10 +80,18 @@ class RapHidden(_LinearRule):
     ``per_sign=False`` (rap) shifts once per layer so the layer keeps the sum
     of R; ``per_sign=True`` (rap-reference) shifts each sign's part to the
     sum of R on its own, as the released code does.
+
+    The shift already carries whatever a unit drops (R- at a convolution unit without
+    inhibitors, R on a unit that sees only its bias) to the other units.  ``conserve``
+    (rap) closes the one case left: where C is zero everywhere (a dead layer; all R
+    negative at a convolution without inhibitors; R only on bias-only units) the
+    shift's carrier is every input entry.  (Sending R- through the promoters per unit
+    instead would change rap on the resnet50_w4 golden, which has such units.)
     """
 
-    def __init__(self, per_sign: bool):
+    def __init__(self, per_sign: bool, conserve: bool = False):
         self.per_sign = per_sign
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
@@ -76,9 +103,9 @@ class RapHidden(_LinearRule):
         if op.signed_input:  # the x- part is exactly zero otherwise (signs.py)
             parts.append(self._part(bk, R, mask, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
         if self.per_sign:
-            out = sum(self._shift(bk, p, R) for p in parts)
+            out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
-            out = self._shift(bk, sum(parts), R)
+            out = self._shift(bk, sum(parts), R, self.conserve)
         return [op.give(out)]
 
     @staticmethod
@@ -91,21 +118,28 @@ class RapHidden(_LinearRule):
         return x1 * adj((sa * ta, wa), (sb * tb, wb))
 
     @staticmethod
-    def _shift(bk, C, R):
-        """Move every nonzero entry by the same amount so that C sums to S(R)."""
+    def _shift(bk, C, R, conserve=False):
+        """Move every nonzero entry by the same amount so that C sums to S(R); with ``conserve``,
+        every entry where C is zero everywhere."""
         excess = bk.sample_sum(C) - bk.sample_sum(R)
-        return bk.shift(C, bk.sdiv(excess, bk.sample_sum(C != 0).astype(C.dtype)))
+        count = bk.sample_sum(C != 0).astype(C.dtype)
+        out = bk.shift(C, bk.sdiv(excess, count))
+        return out - _spread(bk, excess * (count == 0), C) if conserve else out
 
 
 class ZBox(_LinearRule):
     """rap.input / z^B: the linear op that reads the input, bounded by the sample's min and max.
 
     ``stabilizer=None`` divides safely (rap); a number adds it to Z as the
-    released LRP code does (1e-9).
+    released LRP code does (1e-9).  ``conserve`` (rap): a unit whose Z is exactly 0
+    (every tap at the bound its weight's sign points to) shares its R by the w^2
+    rule over the pixels it reads; a unit that reads no pixel at all (all taps in
+    the padding, or zero weights) spreads its R evenly over the input.
     """
 
-    def __init__(self, stabilizer: float | None = None):
+    def __init__(self, stabilizer: float | None = None, conserve: bool = False):
         self.stabilizer = stabilizer
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
@@ -119,7 +153,13 @@ class ZBox(_LinearRule):
         z = fwd(x - low, wp) + fwd(x - high, wn)
         s = bk.sdiv(R, z) if self.stabilizer is None else R / (z + self.stabilizer)
         # x L_W^T(s) - l L_W+^T(s) - h L_W-^T(s), with W = W+ + W-:
-        return [op.give((x - low) * adj((s, wp)) + (x - high) * adj((s, wn)))]
+        out = (x - low) * adj((s, wp)) + (x - high) * adj((s, wn))
+        if self.conserve:
+            square = wp * wp + wn * wn
+            stuck = R * (z == 0)
+            reach = fwd(x * 0 + 1, square)  # sum of w^2 over the taps that read a pixel (x * 0 + 1: ones, traceable)
+            out = out + adj((bk.sdiv(stuck, reach), square)) + _spread(bk, bk.sample_sum(stuck * (reach == 0)), x)
+        return [op.give(out)]
 
 
 class Epsilon(_LinearRule):

@@ -5,21 +5,40 @@ from . import Rule
 
 
 class MaxWinner(Rule):
-    """z-rule ``x * pool^T(R / pool(x))``: each window's relevance goes to its arg-max."""
+    """z-rule ``x * pool^T(R / pool(x))``: each window's relevance goes to its arg-max.
+
+    ``conserve`` (rap): a window whose maximum is exactly 0 gives its R to the arg-max all the same.
+    """
+
+    def __init__(self, conserve: bool = False):
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
+        bk = ctx.bk
         x, y = ctx[op.inputs[0]], ctx[op.output]
-        return [x * op.route(ctx.bk, x, ctx.bk.sdiv(R, y))]
+        out = x * op.route(bk, x, bk.sdiv(R, y))
+        return [out + op.route(bk, x, R * (y == 0)) if self.conserve else out]
 
 
 class WindowShare(Rule):
-    """Average pools: ``a * pool^T(R / pool(a))`` with ``a = |x|`` (rap) or ``x`` (z-rule)."""
+    """Average pools: ``a * pool^T(R / pool(a))`` with ``a = |x|`` (rap) or ``x`` (z-rule).
 
-    def __init__(self, absolute: bool):
+    ``conserve`` (rap): a window whose ``pool(a)`` is exactly 0 shares its R evenly among
+    the input entries it covers (padding excluded).
+    """
+
+    def __init__(self, absolute: bool, conserve: bool = False):
         self.absolute = absolute
+        self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
         x = ctx[op.inputs[0]]
         a = abs(x) if self.absolute else x
-        return [a * op.sum_pool_adjoint(bk, bk.sdiv(R, op.sum_pool(bk, a)), x.shape)]
+        den = op.sum_pool(bk, a)
+        s = bk.sdiv(R, den)
+        out = a * op.sum_pool_adjoint(bk, s, x.shape)
+        if self.conserve:
+            covered = op.sum_pool(bk, x * 0 + 1)  # ones, traceable
+            out = out + op.sum_pool_adjoint(bk, bk.sdiv(R * (den == 0), covered), x.shape)
+        return [out]

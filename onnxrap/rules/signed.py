@@ -24,7 +24,7 @@ class AbsShare(_LinearRule):
     """
 
     def __call__(self, op, ctx, R):
-        return [op.give(RapHidden._shift(ctx.bk, self.share(op, ctx, R), R))]
+        return [op.give(RapHidden._shift(ctx.bk, self.share(op, ctx, R), R, conserve=True))]  # conservation.hidden
 
     def share(self, op, ctx, R):
         bk = ctx.bk
