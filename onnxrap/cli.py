@@ -224,6 +224,13 @@ def build_parser():
     a.add_argument("--faithfulness", type=int, default=32, metavar="N",
                    help="region perturbation (evaluate's Table I) on N correctly classified inputs; 0: skip "
                         "(default: %(default)s)")
+    a.add_argument("--sanity", type=int, default=4, metavar="N",
+                   help="evaluate's sanity checks (cascading randomisation of the weights, class sensitivity) on N "
+                        "correctly classified inputs; 0: skip (default: %(default)s)")
+    a.add_argument("--sanity-steps", type=int, default=3,
+                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
+    a.add_argument("--sanity-classes", type=int, default=10,
+                   help="class sensitivity across the top N classes (default: %(default)s)")
     a.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     a.add_argument("--restart", action="store_true", help="discard REPORT_DIR's records and start over")
     a.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")

@@ -106,6 +106,66 @@ def test_page_and_faithfulness(plain):
     assert (plain / "faithfulness" / "table.md").exists()
 
 
+def test_sanity_checks_equal_evaluate_on_the_same_sample(plain):
+    """The page's sanity section: onnxrap.evaluate.sanity's own numbers for the faithfulness sample's kind of
+    inputs (4 correctly classified ones, evenly spread), with 3 randomisation steps and 10 classes."""
+    from onnxrap.evaluate.sanity import Sanity
+
+    rs = records(plain)
+    right = [r["index"] for r in rs if r["correct"]]
+    picks = [right[p] for p in np.unique(np.round(np.linspace(0, len(right) - 1, 4)).astype(int))]
+    targets = [rs[i]["predicted"] for i in picks]
+    x = np.load(HOLDOUT)["x"][picks]
+    direct = Sanity(Explainer(DIGITS), x, targets, steps=3, classes=10, batch_size=8)
+    expected = direct.run_method("rap")
+
+    sanity = json.loads((plain / "summary.json").read_text())["sanity"]
+    assert sanity["indices"] == picks and sanity["inputs"] == 4 and sanity["depths"] == direct.depths
+    got = sanity["methods"]["rap"]
+    assert [p["depth"] for p in got["cascade"]] == [0] + direct.depths
+    for a, b in zip(got["cascade"], expected["cascade"]):
+        assert a == pytest.approx(b)
+    assert got["classes"]["classes"] == expected["classes"]["classes"] == 10
+    for which in ("top_vs_second", "across"):
+        assert got["classes"][which] == pytest.approx(expected["classes"][which])
+    row = sanity["rows"][0]
+    assert row["randomised"]["ssim"] == pytest.approx(expected["cascade"][-1]["ssim"])
+    assert row["across"] == pytest.approx(expected["classes"]["across"]["abs_pearson"])
+    assert row["randomised"]["ssim"] < 0.9  # randomising the weights changes rap's maps on the digits
+
+    with open(plain / "sanity" / "sanity.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    last = [r for r in csv_rows if r["check"] == "cascade" and r["similarity"] == "spearman_abs"][-1]
+    assert float(last["value"]) == pytest.approx(expected["cascade"][-1]["spearman_abs"], rel=1e-5)
+    assert (plain / "sanity" / "sanity.png").stat().st_size > 0
+    html = (plain / "index.html").read_text()
+    section = html[html.index('<section id="sanity">'):html.index('<section id="files">')]
+    assert "sanity/sanity.png" in section and "Reading:" in section
+    assert f"{row['randomised']['ssim']:.3f}" in section and f"{row['across']:.3f}" in section
+
+
+def test_sanity_results_are_reused_on_a_rerun_and_redone_for_other_settings(tmp_path, monkeypatch):
+    from onnxrap.evaluate.sanity import Sanity
+
+    out = tmp_path / "rerun"
+    assert audit(out, "--faithfulness", "0", "--sanity", "2", "--sanity-steps", "1", limit=8) == 0
+    first = json.loads((out / "sanity" / "results.json").read_text())
+    real_run, calls = Sanity.run_method, []
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(Sanity, "run_method", counted)
+    assert audit(out, "--faithfulness", "0", "--sanity", "2", "--sanity-steps", "1", limit=8) == 0
+    assert calls == [] and json.loads((out / "sanity" / "results.json").read_text()) == first
+    assert audit(out, "--faithfulness", "0", "--sanity", "2", "--sanity-steps", "2", limit=8) == 0
+    assert calls == [1]
+    assert len(json.loads((out / "sanity" / "results.json").read_text())["sanity"]["depths"]) == 2
+    assert audit(out, "--faithfulness", "0", "--sanity", "0", limit=8) == 0
+    assert "Not measured (<code>--sanity 0</code>)" in (out / "index.html").read_text()
+
+
 # -- resumption ----------------------------------------------------------------------------------------------------
 
 def test_interrupted_audit_continues_to_the_same_records(plain, tmp_path, monkeypatch):
@@ -198,9 +258,11 @@ def test_class_folders_give_labels_and_names(tmp_path):
 
 def test_bad_input_is_one_line_and_exit_2(plain, tmp_path, capsys):
     assert audit(tmp_path / "x", "--workers", "0") == 2
+    assert audit(tmp_path / "x", "--sanity-classes", "1") == 2
     assert main(["audit", str(DIGITS), str(HOLDOUT), "-o", str(plain), "--methods", "lrp-eps", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["onnxrap: error: --workers must be at least 1",
+                   "onnxrap: error: --sanity-steps must be at least 1 and --sanity-classes at least 2",
                    f"onnxrap: error: {plain}: holds an audit made with another model, data, methods or "
                    "preprocessing; pass --restart to replace it, or choose another -o"]
     assert audit(tmp_path / "y", "--methods", "nope") == 2

@@ -92,8 +92,10 @@ def run(args, per_method):
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--workers", args.workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
-    if args.faithfulness < 0:
-        raise InputError("--faithfulness must be at least 0")
+    if args.faithfulness < 0 or args.sanity < 0:
+        raise InputError(f"--{'faithfulness' if args.faithfulness < 0 else 'sanity'} must be at least 0")
+    if args.sanity_steps < 1 or args.sanity_classes < 2:
+        raise InputError("--sanity-steps must be at least 1 and --sanity-classes at least 2")
     note = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     report.check_templating()
     OutputFolder.check(Path(args.out_dir))  # -o's path errors: one line, before any work

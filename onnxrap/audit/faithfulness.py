@@ -4,11 +4,13 @@ The sample is ``--faithfulness N`` correctly classified inputs spread evenly
 over the records (in input order), written to ``faithfulness/sample.npz`` and
 given to ``onnxrap evaluate`` itself, with the ``random`` control beside the
 audited methods; its results (``results.json``, ``table.md``, plots) sit in
-``faithfulness/`` and a rerun reuses them (``--resume``).
+``faithfulness/`` and a rerun reuses them (``--resume``).  The sanity checks
+run on ``--sanity N`` inputs chosen the same way, into ``sanity/``.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import sys
@@ -86,16 +88,64 @@ def run(ctx):
 
 
 def sanity(ctx):
-    """Issue 11's sanity checks and class sensitivity for the sample: the hook where they plug in.
+    """``evaluate``'s sanity checks and class sensitivity (``onnxrap.evaluate.sanity``) for ``--sanity N`` inputs
+    of the faithfulness sample's kind; the page's summary, or None with ``--sanity 0``.
 
-    They will live in ``onnxrap.evaluate.sanity``; until that module exists the page says so.
+    The numbers go to ``sanity/`` as ``evaluate --sanity`` writes them (results.json, sanity.csv, table.md,
+    sanity.png); a rerun reuses them while the model, the sample and the settings are the same.
     """
-    try:
-        from ..evaluate import sanity as checks  # noqa: F401
-    except ImportError:
-        return {"available": False,
-                "note": "Sanity checks (model-randomisation test) and class sensitivity are not part of this "
-                        "onnxrap version yet (onnxrap.evaluate.sanity, issue 11); this section fills in once "
-                        "they are."}
-    return {"available": False,
-            "note": "onnxrap.evaluate.sanity exists, but this audit version does not run it yet."}
+    from ..evaluate.report import write_rows
+    from ..evaluate.sanity import Sanity, sanity_markdown, sanity_rows, save_sanity_plot
+
+    a = ctx.args
+    if not a.sanity:
+        return None
+    indices, targets = sample(ctx, a.sanity)
+    if not indices:
+        return {"note": "no correctly classified input to check"}
+    out = Path(a.out_dir) / "sanity"
+    x = load_inputs(ctx, indices)
+    key = sanity_fingerprint(ctx, x, targets)
+    path = out / "results.json"
+    stored = None
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError):
+            stored = json.loads(path.read_text())
+    if stored and stored.get("fingerprint") == key:
+        ctx.note(f"sanity checks: results exist in {path}; reused")
+        results = stored["sanity"]
+    else:
+        ctx.note(f"sanity checks: cascading randomisation and class sensitivity of {len(indices)} correctly "
+                 f"classified inputs -> {out}")
+        checks = Sanity(ctx.explainer, x, targets, a.sanity_steps, a.sanity_classes, batch_size=a.batch_size)
+        results = {"inputs": len(indices), "indices": indices, "depths": checks.depths,
+                   "layers": [op.name for op in checks.top_down], "classes": checks.classes,
+                   "methods": {m: checks.run_method(m, ctx.options.get(m, {})) for m in ctx.methods}}
+        write_rows(out / "sanity.csv", ["method", "check", "step", "layer", "similarity", "value"],
+                   sanity_rows(results))
+        atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(sanity_markdown(results)))
+        save_sanity_plot(out / "sanity.png", results)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "sanity": results},
+                                                                       indent=1)))
+    rows = []
+    for m, r in results["methods"].items():
+        last = r["cascade"][-1]
+        rows.append({"method": m, "randomised": {k: last.get(k) for k in ("spearman_abs", "ssim")},
+                     "refused": sum("refused" in p for p in r["cascade"]),
+                     "top_vs_second": r["classes"]["top_vs_second"]["spearman_abs"],
+                     "across": r["classes"]["across"]["abs_pearson"]})
+    return {**results, "rows": rows, "all_layers": results["depths"][-1] == len(results["layers"]),
+            "files": {"table": "sanity/table.md", "results": "sanity/results.json", "csv": "sanity/sanity.csv",
+                      "plot": "sanity/sanity.png"}}
+
+
+def sanity_fingerprint(ctx, x, targets):
+    """What the sanity results depend on: the model, the sample, the methods and the checks' settings."""
+    a = ctx.args
+    h = hashlib.sha256(Path(a.model).read_bytes())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    h.update(np.asarray(targets, dtype=np.int64).tobytes())
+    h.update(json.dumps([[m, sorted((k, str(v)) for k, v in ctx.options.get(m, {}).items())] for m in ctx.methods]
+                        + [a.sanity_steps, a.sanity_classes, ctx.explainer.device.name, ctx.explainer.layout]
+                        ).encode())
+    return h.hexdigest()
