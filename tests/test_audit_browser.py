@@ -97,7 +97,11 @@ def test_gallery_filters_sorting_images_and_console(report, browser, tmp_path):
 
     images = browser.execute_script(
         "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
-    assert len(images) > 2 * N  # gallery thumbnails, worst cases, class means, faithfulness plot
+    assert len(images) > 2 * N  # gallery thumbnails, worst cases, class means, faithfulness and sanity plots
     assert [src for src, ok in images if not ok] == []
+    assert "sanity/sanity.png" in [src for src, _ in images]
+    sanity_rows = browser.find_elements("css selector", "#sanity table tr")
+    assert [r.find_element("css selector", "td").text for r in sanity_rows[2:]] == ["rap"]
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
     browser.save_screenshot(str(tmp_path / "audit.png"))
+    browser.find_element("id", "sanity").screenshot(str(tmp_path / "sanity.png"))
