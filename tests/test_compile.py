@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import GOLDEN, GOLDEN_CASES, rel_l2
+from helpers import GOLDEN, GOLDEN_CASES, rel_l2
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
 
@@ -16,15 +16,9 @@ PROPAGATION = ["rap", "rap-reference", "rap-paper", "lrp-eps", "lrp-ab", "lrp-a1
 
 
 @pytest.fixture(scope="module")
-def case():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            cache[name] = (Explainer(GOLDEN / name / "model.onnx"), dict(np.load(GOLDEN / name / "case.npz")))
-        return cache[name]
-
-    return get
+def case(golden):
+    """The session's golden explainers and cases (conftest)."""
+    return golden
 
 
 def compiled(ex, method, **kw):

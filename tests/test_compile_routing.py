@@ -8,7 +8,7 @@ import pytest
 from onnx_helpers import const, make_model, node
 from test_gather import dynamo_view_model, int64, routed_linear_model
 
-from conftest import rel_l2
+from helpers import rel_l2
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
 

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import DIGIT_IMAGES, DIGITS
+from helpers import DIGIT_IMAGES, DIGITS
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.errors import InputError

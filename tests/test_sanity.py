@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import DIGITS
+from helpers import DIGITS
 from onnxrap import Explainer
 from onnxrap.cli import main
 from onnxrap.evaluate.sanity import cascade_depths, linear_ops_top_down, randomised, ranks, spearman, ssim
