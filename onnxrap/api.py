@@ -144,15 +144,11 @@ class Explainer:
             relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
         else:
             relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
-        recomputed = []
-        if m.conserves and self.dtype != np.float64:  # the trace keeps the first pass's sums
-            relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
+        relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
         if contrast is not None:  # the dual's walk, eager (its seed is a weighting of the classes); not traced
             dual = methods.contrast_dual(targets, logits.shape[1], contrast)
             dual_relevance = self._attribute_eager(m, x, dual, self.dtype, None)[0]
-            dual_recomputed = []
-            if m.conserves and self.dtype != np.float64:
-                dual_relevance, dual_recomputed = self._keep_conservation(m, dual_relevance, logits, dual, x, True)
+            dual_relevance, dual_recomputed = self._keep_conservation(m, dual_relevance, logits, dual, x, True)
             relevance = methods.contrasted(relevance, dual_relevance)
             recomputed = sorted(set(recomputed) | set(dual_recomputed))
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
@@ -248,12 +244,16 @@ class Explainer:
 
     def _keep_conservation(self, m, relevance, logits, targets, x, trace):
         """Redo in float64 the samples where float32 rounding broke a conserving method's sum:
-        compiled where ONNX Runtime has float64 kernels for the graph, else eager.
+        compiled where ONNX Runtime has float64 kernels for the graph, else eager (always eager with
+        ``trace``, whose sums stay those of the first pass).  Methods that promise no sum, and float64
+        runs, come back as they are.
 
         Relevance that grows large and cancels (deep networks with signed residual
         streams) can leave float32 a sum far from the logit: a wrong number that
         would otherwise be silent.
         """
+        if not m.conserves or self.dtype == np.float64:  # nothing promised, or already float64
+            return relevance, []
         axes = tuple(range(1, relevance.ndim))
         logit = (targets * logits).sum(axis=1) if targets.ndim == 2 else logits[np.arange(len(targets)), targets]
         sums = relevance.sum(axis=axes, dtype=np.float64)

@@ -338,15 +338,15 @@ _RAP_TAIL = {"tail": Adjoint()}
 # A2 grows the relevance mass about 2.5x at each of them (issue 14, EVALUATION.md), AbsShare never
 # does.  A dense op reading the model input keeps A2 (the spec's choice, which the mlp golden
 # holds): one layer cannot compound.  Its position "input" comes before "signed", so its key wins.
-_RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(), "dense.input": RapHidden(per_sign=False)}
+_RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(),
+               "dense.input": RapHidden(per_sign=False, conserve=True)}
 
 
 # rap keeps its promise where a rule's own denominator is exactly zero (docs: conservation edge cases).
 _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(conserve=True),
                    "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
                    "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
-                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True),
-                   "dense.input": RapHidden(per_sign=False, conserve=True)}
+                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True)}
 
 
 @register("rap")
