@@ -104,6 +104,17 @@ def method_options(args, names):
                                  flag=lambda k: "--" + _OPTION_FLAGS.get(k, k))
 
 
+def _sanity_options(p, inputs, steps, which):
+    """The sanity checks' options, shared by evaluate and audit (their defaults differ)."""
+    p.add_argument("--sanity", type=int, default=inputs, metavar="N",
+                   help=f"the sanity checks (Adebayo et al. 2018: cascading randomisation of the weights, class "
+                        f"sensitivity) on {which}; 0: skip (default: %(default)s)")
+    p.add_argument("--sanity-steps", type=int, default=steps,
+                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
+    p.add_argument("--sanity-classes", type=int, default=10,
+                   help="class sensitivity across the top N classes (default: %(default)s)")
+
+
 def _device_option(p):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="cuda: ONNX Runtime's CUDA provider and CuPy; auto: cuda where it works, else cpu "
@@ -173,13 +184,7 @@ def build_parser():
     v.add_argument("--contrast", type=_names, default="none",
                    help="none and/or others, comma-separated: evaluate each method plain and/or explaining the "
                         "target rather than the other classes (default: %(default)s)")
-    v.add_argument("--sanity", type=int, default=0, metavar="N",
-                   help="also run the sanity checks (Adebayo et al. 2018: cascading randomisation of the weights, "
-                        "class sensitivity) on the first N evaluated inputs (default: 0, none)")
-    v.add_argument("--sanity-steps", type=int, default=8,
-                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
-    v.add_argument("--sanity-classes", type=int, default=10,
-                   help="class sensitivity across the top N classes (default: %(default)s)")
+    _sanity_options(v, inputs=0, steps=8, which="the first N evaluated inputs")
     v.add_argument("--resume", action="store_true",
                    help="reuse results of methods already in OUT/methods/ made with the same model, data and settings")
     v.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -224,13 +229,7 @@ def build_parser():
     a.add_argument("--faithfulness", type=int, default=32, metavar="N",
                    help="region perturbation (evaluate's Table I) on N correctly classified inputs; 0: skip "
                         "(default: %(default)s)")
-    a.add_argument("--sanity", type=int, default=4, metavar="N",
-                   help="evaluate's sanity checks (cascading randomisation of the weights, class sensitivity) on N "
-                        "correctly classified inputs; 0: skip (default: %(default)s)")
-    a.add_argument("--sanity-steps", type=int, default=3,
-                   help="cascading randomisation: at most this many steps, top layer first (default: %(default)s)")
-    a.add_argument("--sanity-classes", type=int, default=10,
-                   help="class sensitivity across the top N classes (default: %(default)s)")
+    _sanity_options(a, inputs=4, steps=3, which="N correctly classified inputs, spread over the data")
     a.add_argument("--batch-size", type=int, default=16, help="inputs explained together (default: %(default)s)")
     a.add_argument("--restart", action="store_true", help="discard REPORT_DIR's records and start over")
     a.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr")
