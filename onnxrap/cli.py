@@ -544,6 +544,8 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
              "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
+    if contrast is not None:  # what a conserving method's relevance sums to: the target's logit minus the dual's
+        entry["contrast_score"] = float(methods.contrast_seed([target], len(logits), contrast)[0] @ logits)
     panels = []
     for m in chosen:
         exp, _ = per_method[m]

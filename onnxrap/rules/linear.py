@@ -41,6 +41,11 @@ class RapFirst(_LinearRule):
     a bias share whose own denominator is zero is carried by all contributions in
     proportion to |C| rather than lost; if C is zero everywhere, that sum is spread
     evenly over the inputs.
+
+    A seed with negative entries is a contrast's (docs/rules.md, contrast): the score is a
+    difference of logits, and C keeps its signs, since |C| would count a feature's
+    evidence for the dual class as evidence for the target.  Only what C misses of the
+    score is shared by |C|.
     """
 
     def __init__(self, conserve: bool = False):
@@ -67,11 +72,13 @@ class RapFirst(_LinearRule):
             to_wn = to_wn + bk.sdiv(b * R * bk.sdiv(neg, total), zpn)
         C = C + xp * adj((to_wp, wp), (to_wn, wn))
         magnitude = bk.sample_sum(abs(C))
+        signed = C * (bk.sample_sum(bk.neg(R)) < 0)  # a contrast's seed: C as it is; else 0
         if not self.conserve:
-            return [op.give(abs(C) * bk.sdiv(bk.sample_sum(C), magnitude))]
+            return [op.give(abs(C) * bk.sdiv(bk.sample_sum(C - signed), magnitude) + signed)]
         z = pos + neg if b is None else pos + neg + b
         score = bk.sample_sum(R * z)
-        return [op.give(abs(C) * bk.sdiv(score, magnitude) + _spread(bk, score * (magnitude == 0), C))]
+        return [op.give(abs(C) * bk.sdiv(score - bk.sample_sum(signed), magnitude) + signed
+                        + _spread(bk, score * (magnitude == 0), C))]
 
 
 class RapHidden(_LinearRule):
