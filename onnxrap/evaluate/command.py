@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import methods as registry
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from .data import load_dataset
-from .evaluation import Evaluation
+from .evaluation import Evaluation, NonFiniteRelevance
 from .perturbation import CONTROLS, PERTURBATIONS, Grid
 from .report import summary_lines, write_outputs
 from .sanity import Sanity
@@ -131,19 +131,31 @@ def run(settings: Settings):
     }
     out_dir = Path(settings.out_dir)
     runs = method_runs(settings)
+    failed = results["failed"] = {}  # label -> why: a method with NaN or Inf maps is reported, the others go on
     for number, (m, options, label) in enumerate(runs, start=1):
         progress = lambda text: note(f"[{number}/{len(runs)}] {label}{text}")  # noqa: E731
-        results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
-                                                    progress)
+        try:
+            results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
+                                                        progress)
+        except NonFiniteRelevance as exc:
+            failed[label] = str(exc)
+            progress(f": not evaluated: {exc}")
+    if not results["methods"]:
+        raise ModelError("no method could be evaluated: " + "; ".join(failed.values()))
     if settings.sanity:
         sanity = Sanity(explainer, x[:settings.sanity], targets[:settings.sanity], settings.sanity_steps,
                         settings.sanity_classes, settings.seed, settings.batch_size)
         results["sanity"] = {"inputs": int(min(settings.sanity, len(x))), "depths": sanity.depths,
-                             "layers": [op.name for op in sanity.top_down], "classes": sanity.classes, "methods": {}}
+                             "layers": [op.name for op in sanity.top_down], "classes": sanity.classes, "methods": {},
+                             "failed": {}}
         for m, options, label in runs:
             if m not in CONTROLS:
                 note(f"sanity checks: {label}")
-                results["sanity"]["methods"][label] = sanity.run_method(m, options)
+                try:
+                    results["sanity"]["methods"][label] = sanity.run_method(m, options)
+                except NonFiniteRelevance as exc:
+                    results["sanity"]["failed"][label] = str(exc)
+                    note(f"sanity checks: {label}: not checked: {exc}")
     written = write_outputs(out_dir, results)
     for line in summary_lines(results):
         print(line)
