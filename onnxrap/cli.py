@@ -139,7 +139,8 @@ def build_parser():
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
     e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
                    help="explain the target rather than CLASS (an index or a label name) or rather than the "
-                        "others; the map then sums to 0 (default: none, why the target)")
+                        "others: the target's logit minus CLASS's (or the others' mean), which rap's map sums to "
+                        "(default: none, why the target)")
     _model_options(e)
     _image_options(e)
     e.add_argument("--labels", help="class names, one per line")
