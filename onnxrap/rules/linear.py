@@ -170,7 +170,10 @@ class ZBox(_LinearRule):
 
 
 class Epsilon(_LinearRule):
-    """LRP-epsilon: ``x * L^T(R / (z + e sign(z)))`` with the bias in z and sign(0) = 1."""
+    """LRP-epsilon: ``x * L^T(R / (z + e sign(z)))`` with the bias in z and sign(0) = 1.
+
+    z is the op's output from the forward pass, not recomputed: near z = 0 a recomputation
+    rounds differently and ``R / z`` amplifies that (docs/rules.md, lrp.eps)."""
 
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
@@ -179,10 +182,7 @@ class Epsilon(_LinearRule):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         w = w.full
-        z = fwd(x, w)
-        b = op.bias(bk, x.dtype, z.shape)
-        if b is not None:
-            z = z + b
+        z = ctx[op.output]
         z = z + self.epsilon * bk.xp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
         return [op.give(x * adj((R / z, w)))]
 
