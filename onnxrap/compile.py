@@ -261,7 +261,7 @@ class CompiledModel:
                 source = source.SerializeToString()
             else:
                 source = str(source)
-            options = session_options()
+            options = session_options(spin=True)
             # Pre-packing copies each weight once per node reading it (W+ feeds a MatMul and its adjoint
             # Gemm): VGG-16 would need 3.2 GB instead of 2.3, for no measurable speed.
             options.add_session_config_entry("session.disable_prepacking", "1")
