@@ -286,8 +286,10 @@ class Explainer:
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
+        weights = np.asarray(targets)  # 2-D: a contrast's seed weights, negative at the dual
+        contrast = bk.to_device((weights.min(axis=1) < 0).astype(dtype)) if weights.ndim == 2 else None
         ctx = Context(bk, {k: bk.to_device(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
-                           for k, v in values.items()}, self.graph.constants)
+                           for k, v in values.items()}, self.graph.constants, contrast)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
                 ctx[op.output] = op.forward(bk, ctx)

@@ -48,7 +48,7 @@ class RapFirst(_LinearRule):
     proportion to |C| rather than lost; if C is zero everywhere, that sum is spread
     evenly over the inputs.
 
-    A seed with negative entries is a contrast's (docs/rules.md, contrast): the score is a
+    For a contrast's seed (``ctx.contrast``, docs/rules.md, contrast) the score is a
     difference of logits, and C keeps its signs, since |C| would count a feature's
     evidence for the dual class as evidence for the target.  Only what C misses of the
     score is shared by |C|.
@@ -78,13 +78,21 @@ class RapFirst(_LinearRule):
             to_wn = to_wn + bk.sdiv(b * R * bk.sdiv(neg, total), zpn)
         C = C + xp * adj((to_wp, wp), (to_wn, wn))
         magnitude = bk.sample_sum(abs(C))
-        signed = C * (bk.sample_sum(bk.neg(R)) < 0)  # a contrast's seed: C as it is; else 0
-        if not self.conserve:
-            return [op.give(abs(C) * bk.sdiv(bk.sample_sum(C - signed), magnitude) + signed)]
-        z = pos + neg if b is None else pos + neg + b
-        score = bk.sample_sum(R * z)
-        return [op.give(abs(C) * bk.sdiv(score - bk.sample_sum(signed), magnitude) + signed
-                        + _spread(bk, score * (magnitude == 0), C))]
+        if self.conserve:
+            z = pos + neg if b is None else pos + neg + b
+            score = shared = bk.sample_sum(R * z)
+        else:
+            shared = bk.sample_sum(C)
+        signed = None
+        if ctx.contrast is not None:  # a contrast's samples keep C as it is; |C| shares what C misses
+            signed = C * ctx.contrast.reshape((-1,) + (1,) * (C.ndim - 1))
+            shared = shared - bk.sample_sum(signed)
+        out = abs(C) * bk.sdiv(shared, magnitude)
+        if signed is not None:
+            out = out + signed
+        if self.conserve:
+            out = out + _spread(bk, score * (magnitude == 0), C)
+        return [op.give(out)]
 
 
 class RapHidden(_LinearRule):
