@@ -127,7 +127,7 @@ def main(argv=None):
         writer = csv.writer(f)
         writer.writerow(["filename", "label"])
         writer.writerows(rows)
-    print(f"{len(rows)} images from {len(summary)} photographs -> {args.out}")
+    print(f"{len(rows)} images from {len({r[0].rsplit('_', 1)[0] for r in rows})} photographs -> {args.out}")
 
 
 if __name__ == "__main__":
