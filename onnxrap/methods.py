@@ -2,7 +2,8 @@
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
 looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
-(an input that may be negative, see signs.py), ``conv``, then
+(an input that may be negative, see signs.py), ``conv.projection`` (an output that
+reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
@@ -178,7 +179,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed", "projection")})
 
 
 class Wrapper(Method):

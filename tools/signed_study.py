@@ -1,7 +1,8 @@
 """Issue 14's study: candidate rules for linear ops with signed inputs, side by side.
 
 Registers one method per candidate, ``rap-s-KEY`` (``rap`` with that rule at
-``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself) and two diagnostics,
+``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself), ``rap-p-KEY`` (``rap``
+with that rule at the projections, ``conv.projection`` / ``dense.projection``) and two diagnostics,
 ``rap-s-all-abs`` (the size rule at every hidden linear op) and ``rap-s-depthwise-abs``
 (at depthwise convolutions too), then:
 
@@ -82,8 +83,30 @@ class SignedShare(AbsShare):
         return x * adj((s, w.full)) + size * adj((2 * s * bk.sdiv(inhibit, total), w_abs))
 
 
+class TowardShare(AbsShare):
+    """By the contributions that push a unit the way its net input goes, ``(x_i w_ij sign z_j)+``
+    (alpha1-beta0 for a unit of either sign, bias left out as rap.hidden does); a unit with
+    ``z_j = 0`` shares by ``|x w|``."""
+
+    def share(self, op, ctx, R):
+        bk = ctx.bk
+        x, w, fwd, adj = self._setup(op, ctx)
+        xp, xn = bk.pos(x), bk.neg(x)
+        wp, wn = w.pos, w.neg
+        up = fwd(xp, wp) + fwd(xn, wn)  # >= 0
+        down = fwd(xp, wn) + fwd(xn, wp)  # <= 0
+        z = up + down
+        s_up, s_down = bk.sdiv(R * (z > 0), up), bk.sdiv(R * (z < 0), down)
+        size, w_abs = abs(x), wp - wn
+        rest = bk.sdiv(R * (z == 0), fwd(size, w_abs))
+        return xp * adj((s_up, wp), (s_down, wn)) + xn * adj((s_up, wn), (s_down, wp)) + size * adj((rest, w_abs))
+
+
 CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(square=True),
               "flat": WeightShare(square=False), "split": SignedShare()}
+# Issue 14, second round: rules for the projections (signs.py: a linear op whose output reaches a signed
+# input unrectified), with AbsShare at the signed inputs as in rap.  Registered as rap-p-KEY.
+PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": TowardShare()}
 
 
 def _register(key, rule):
@@ -100,6 +123,22 @@ def _register(key, rule):
 
 for _key, _rule in CANDIDATES.items():
     _register(_key, _rule)
+
+
+def _register_projection(key, rule):
+    name = f"rap-p-{key}"
+
+    def factory():
+        m = methods.get("rap")
+        m.rules.update({"conv.projection": rule, "dense.projection": rule})
+        m.name = name
+        return m
+
+    methods.register(name)(factory)
+
+
+for _key, _rule in PROJECTION_CANDIDATES.items():
+    _register_projection(_key, _rule)
 
 
 class ByGroups:
