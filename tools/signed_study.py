@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxrap import methods  # noqa: E402
-from onnxrap.rules.signed import AbsShare  # noqa: E402
+from onnxrap.rules.signed import AbsShare, NetSignShare  # noqa: E402
 
 
 # The candidates that lost (EVALUATION.md): like AbsShare, each shares a unit's relevance and
@@ -83,30 +83,12 @@ class SignedShare(AbsShare):
         return x * adj((s, w.full)) + size * adj((2 * s * bk.sdiv(inhibit, total), w_abs))
 
 
-class TowardShare(AbsShare):
-    """By the contributions that push a unit the way its net input goes, ``(x_i w_ij sign z_j)+``
-    (alpha1-beta0 for a unit of either sign, bias left out as rap.hidden does); a unit with
-    ``z_j = 0`` shares by ``|x w|``."""
-
-    def share(self, op, ctx, R):
-        bk = ctx.bk
-        x, w, fwd, adj = self._setup(op, ctx)
-        xp, xn = bk.pos(x), bk.neg(x)
-        wp, wn = w.pos, w.neg
-        up = fwd(xp, wp) + fwd(xn, wn)  # >= 0
-        down = fwd(xp, wn) + fwd(xn, wp)  # <= 0
-        z = up + down
-        s_up, s_down = bk.sdiv(R * (z > 0), up), bk.sdiv(R * (z < 0), down)
-        size, w_abs = abs(x), wp - wn
-        rest = bk.sdiv(R * (z == 0), fwd(size, w_abs))
-        return xp * adj((s_up, wp), (s_down, wn)) + xn * adj((s_up, wn), (s_down, wp)) + size * adj((rest, w_abs))
-
-
 CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(square=True),
               "flat": WeightShare(square=False), "split": SignedShare()}
 # Issue 14, second round: rules for the projections (signs.py: a linear op whose output reaches a signed
-# input unrectified), with AbsShare at the signed inputs as in rap.  Registered as rap-p-KEY.
-PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": TowardShare()}
+# input unrectified), with AbsShare at the signed inputs as in rap.  Registered as rap-p-KEY; rap-p-toward
+# is today's rap, rap-a2-projections the rap before it.
+PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": NetSignShare()}
 
 
 def _register(key, rule):
