@@ -90,6 +90,15 @@ def test_net_sign_share_conserves_and_never_grows_the_mass(kind, params, signed)
     assert np.abs(out).sum() <= np.abs(R).sum() * (1 + 1e-12)
 
 
+def test_net_sign_share_keeps_the_sum_where_units_see_only_padding():
+    # A 1x1 convolution with pads 1: its border units see only padding (z = 0, nothing to share by).
+    rng = np.random.default_rng(3)
+    op, shape = one_linear_op("conv", rng, kernel=1, pads=1)
+    op.signed_input = False
+    R, out = apply_rule(NetSignShare(), op, np.abs(rng.standard_normal(shape)))
+    np.testing.assert_allclose(out.sum(), R.sum(), rtol=1e-10)
+
+
 def test_net_sign_share_by_hand():
     # W = [[1, -2], [3, 1]], x = (2, 1): unit 0 gets 2 and 3 (z = 5 > 0: both push it up),
     # unit 1 gets -4 and 1 (z = -3 < 0: only input 0 pushes it the way it goes).

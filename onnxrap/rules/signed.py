@@ -49,7 +49,8 @@ class NetSignShare(AbsShare):
     LRP's z+ rule for a unit of either sign: on a unit that ends positive it is alpha1-beta0, on
     one that ends negative it gives the relevance to the inputs that made it negative.  The
     shares are non-negative and sum to one, so the mass never grows.  A unit with ``z_j = 0``
-    shares by ``|x w|``.
+    (it sees only zeros, or its contributions cancel exactly) has nothing to share by: the shift
+    puts its relevance back, as in AbsShare.
     """
 
     def share(self, op, ctx, R):
@@ -63,9 +64,7 @@ class NetSignShare(AbsShare):
             up, down = up + up_n, down + down_n
         z = up + down
         s_up, s_down = bk.sdiv(R * (z > 0), up), bk.sdiv(R * (z < 0), down)
-        size, w_abs = abs(x), wp - wn
-        even = bk.sdiv(R * (z == 0), fwd(size, w_abs))
-        out = xp * adj((s_up, wp), (s_down, wn)) + size * adj((even, w_abs))
+        out = xp * adj((s_up, wp), (s_down, wn))
         if op.signed_input:
             out = out + xn * adj((s_up, wn), (s_down, wp))
         return out
