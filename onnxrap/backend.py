@@ -129,16 +129,16 @@ class Backend:
 
     def rap_shares(self, R, za, zb, conv):
         """P() of docs/rules.md, rap.hidden: what ``L_wa^T`` and ``L_wb^T`` carry back (one kernel on a GPU)."""
-        total = za + zb
-        one = total != 0
-        share = self.sdiv(zb, total)
-        ta = self.sdiv(self.pos(R) * one, za)
+        # Za, Zb >= 0, so Za + Zb != 0 wherever either is: the factor ``one`` of docs/rules.md is 1
+        # wherever its quotient is kept, and is left out.
+        share = self.sdiv(zb, za + zb)
+        ta = self.sdiv(self.pos(R), za)
         tb = self.sdiv(R * share, zb)  # C2 + C2n: R+ and R- share a denominator and never overlap
         # C1n (docs/rules.md, rap.hidden): the released code sends R- through wa for dense ops, wb for convolutions.
         if conv:
-            tb = tb + self.sdiv(self.neg(R) * one, zb)
+            tb = tb + self.sdiv(self.neg(R), zb)
         else:
-            ta = ta + self.sdiv(self.neg(R) * one, za)
+            ta = ta + self.sdiv(self.neg(R), za)
         return ta, tb
 
     def shift(self, C, delta):

@@ -33,11 +33,13 @@ def _weight_bytes(model):
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
-def session_options():
+def session_options(spin=False):
+    """``spin``: let ORT's threads spin between ops, as they do by default.  Off where NumPy runs next
+    (they would steal its cores); on for a compiled graph, whose thousands of small ops each wait
+    for a sleeping thread otherwise (MobileNetV2: 72 -> 64 ms)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: provider chatter is not for users
-    # ORT's threads spin after a run by default, stealing the cores NumPy needs next.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return so
 
 

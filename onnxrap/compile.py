@@ -261,10 +261,13 @@ class CompiledModel:
                 source = source.SerializeToString()
             else:
                 source = str(source)
-            options = session_options()
+            options = session_options(spin=True)
             # Pre-packing copies each weight once per node reading it (W+ feeds a MatMul and its adjoint
             # Gemm): VGG-16 would need 3.2 GB instead of 2.3, for no measurable speed.
             options.add_session_config_entry("session.disable_prepacking", "1")
+            # The memory plan reserves one block for the thousands of temporaries at once; without it the
+            # arena reuses freed ones: VGG-16 peaks at 2.86 GB instead of 3.05, and runs no slower.
+            options.enable_mem_pattern = False
             self._shared = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in (shared or {}).items()]
             for name, value in self._shared:  # the arrays outlive the session: the ops hold them
                 options.add_initializer(name, value)

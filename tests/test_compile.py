@@ -30,10 +30,12 @@ def assert_agrees(name, x, method, relevance, eager, **options):
     err = rel_l2(relevance, eager.relevance)
     if err <= 1e-5:
         return
-    # lrp-eps (eps 1e-6) and rap-paper (normal minus inversion flow) cancel large terms on some
-    # goldens: there float32 itself is about that far from float64 arithmetic on the same
-    # activations, and two float32 runs summing in different orders differ by as much.  The
-    # compiled run must then be as close to float64 as the eager one, within a factor 4.
+    # rap-paper's map is the sum of two flows that nearly cancel (on vgg16bn_w8 the input rule alone
+    # amplifies a 1.5e-7 difference in its arriving relevance 4400-fold): there float32 itself is
+    # about 1e-3 from float64 arithmetic on the same activations, and two float32 runs summing in
+    # different orders differ by as much.  The compiled run must then be as close to float64 as the
+    # eager one, within a factor 4.  Every other method must agree to 1e-5.
+    assert method == "rap-paper", err
     exact = Explainer(GOLDEN / name / "model.onnx", dtype="float64", recompute=False).explain(x, method=method,
                                                                                               **options)
     own = rel_l2(eager.relevance, exact.relevance)

@@ -14,11 +14,17 @@ from . import Rule
 
 
 def _spread(bk, amount, like):
-    """``amount`` (one number per sample) spread evenly over every entry of an array shaped ``like``."""
-    return bk.xp.broadcast_to(amount / math.prod(like.shape[1:]), like.shape)
+    """``amount`` (one number per sample, batch-shaped) spread evenly over every entry of an array shaped
+    ``like``, as one number per sample that broadcasts against it."""
+    return amount / math.prod(like.shape[1:])
 
 
 class _LinearRule(Rule):
+    @staticmethod
+    def positive_part(bk, op, x):
+        """``x+``: ``x`` itself where signs.py proved it non-negative (a pass over it saved)."""
+        return bk.pos(x) if op.signed_input else x
+
     @staticmethod
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
@@ -50,7 +56,7 @@ class RapFirst(_LinearRule):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
-        xp = bk.pos(x)
+        xp = self.positive_part(bk, op, x)
         zpp, zpn = fwd(xp, wp, wn)
         to_wp, to_wn = R * (zpp != 0), R * (zpn != 0)  # what x+ sends back through W+ and W-
         C = 0
@@ -97,11 +103,10 @@ class RapHidden(_LinearRule):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
-        mask = R != 0
         conv = op.family == "conv"
-        parts = [self._part(bk, R, mask, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
+        parts = [self._part(bk, R, self.positive_part(bk, op, x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
         if op.signed_input:  # the x- part is exactly zero otherwise (signs.py)
-            parts.append(self._part(bk, R, mask, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
+            parts.append(self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
         if self.per_sign:
             out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
@@ -109,13 +114,13 @@ class RapHidden(_LinearRule):
         return [op.give(out)]
 
     @staticmethod
-    def _part(bk, R, mask, x1, wa, sa, wb, sb, conv, fwd, adj):
-        """P(R, Za, Zb, x1, wa, sa, wb, sb) of docs/rules.md, rap.hidden."""
-        za, zb = fwd(x1, wa, wb)
-        za = sa * (za * mask)  # python scalar times a bool mask would make float64
-        zb = sb * (zb * mask)
+    def _part(bk, R, x1, wa, sa, wb, sb, conv, fwd, adj):
+        """P(R, Za, Zb, x1, wa, sa, wb, sb) of docs/rules.md, rap.hidden.
+
+        The mask M of Za and Zb is left out: where R is 0 every share is 0 with or without it."""
+        za, zb = (z if s > 0 else -z for z, s in zip(fwd(x1, wa, wb), (sa, sb)))
         ta, tb = bk.rap_shares(R, za, zb, conv)
-        return x1 * adj((sa * ta, wa), (sb * tb, wb))
+        return x1 * adj((ta if sa > 0 else -ta, wa), (tb if sb > 0 else -tb, wb))
 
     @staticmethod
     def _shift(bk, C, R, conserve=False):
@@ -163,7 +168,10 @@ class ZBox(_LinearRule):
 
 
 class Epsilon(_LinearRule):
-    """LRP-epsilon: ``x * L^T(R / (z + e sign(z)))`` with the bias in z and sign(0) = 1."""
+    """LRP-epsilon: ``x * L^T(R / (z + e sign(z)))`` with the bias in z and sign(0) = 1.
+
+    z is the op's output from the forward pass, not recomputed: near z = 0 a recomputation
+    rounds differently and ``R / z`` amplifies that (docs/rules.md, lrp.eps)."""
 
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
@@ -172,10 +180,7 @@ class Epsilon(_LinearRule):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         w = w.full
-        z = fwd(x, w)
-        b = op.bias(bk, x.dtype, z.shape)
-        if b is not None:
-            z = z + b
+        z = ctx[op.output]
         z = z + self.epsilon * bk.xp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
         return [op.give(x * adj((R / z, w)))]
 
@@ -190,7 +195,7 @@ class AlphaBeta(_LinearRule):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
-        pieces = [(bk.pos(x), wp, wn)]
+        pieces = [(self.positive_part(bk, op, x), wp, wn)]
         if op.signed_input:  # signs.py
             pieces.append((bk.neg(x), wn, wp))
         beta = self.alpha - 1.0
