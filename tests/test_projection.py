@@ -117,3 +117,18 @@ def test_rap_uses_net_sign_share_at_projections_and_a2_projections_keeps_a2():
     op = next(op for op in graph.ops if op.name == "project")
     assert isinstance(methods.get("rap").rule_for(op), NetSignShare)
     assert isinstance(methods.get("rap-a2-projections").rule_for(op), RapHidden)
+
+
+def test_compiled_rap_agrees_with_eager_on_a_linear_bottleneck_network():
+    """The compile tracer runs NetSignShare and AbsShare (the goldens have neither)."""
+    from test_signed_inputs import mobilenet
+
+    from helpers import rel_l2
+    from onnxrap import Explainer
+    from onnxrap.compile import CompiledModel, compile_graph
+
+    ex = Explainer(mobilenet())
+    assert any("projection" in op.positions for op in ex.graph.ops)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(x)
+    assert rel_l2(relevance, ex.explain(x, method="rap").relevance) <= 1e-5
