@@ -210,6 +210,9 @@ def per_image(argv):
         rows = list(csv.DictReader(f))
     x = np.concatenate([prep(read_image(args.photos / r["filename"]))[0] for r in rows])
     y = np.array([int(r["label"]) for r in rows])
+    photos = {}  # source photograph -> its images' indices (make_eval_photos names them PHOTO_TAG.png)
+    for i, r in enumerate(rows):
+        photos.setdefault(r["filename"].rsplit("_", 1)[0], []).append(i)
     for name in args.methods.split(","):
         cached = args.cache / f"{name}.npy" if args.cache else None
         if cached and cached.exists():
@@ -228,9 +231,10 @@ def per_image(argv):
                 order = rank_pixels(heat[i], removal)
                 batch.append(perturb(flat, order, args.k, "min").reshape(x.shape[1:]))
             kept = scorer.logits(np.stack(batch)).argmax(axis=1) == y
-            line.append(f"{removal[:3]} {kept.mean():.2f} " + "".join("x" if k else "." for k in kept))
+            line.append(f"{removal[:3]} {kept.mean():.2f} " + " ".join(
+                "".join("x" if kept[i] else "." for i in members) for members in photos.values()))
         print(f"{name:16s} " + "   ".join(line), flush=True)
-    print("images: " + " ".join(r["filename"].split("_")[0][:4] for r in rows[::4]) + " (4 each)")
+    print("images: " + ", ".join(f"{name} ({len(members)})" for name, members in photos.items()))
 
 
 def figure(argv):
