@@ -104,9 +104,11 @@ class RapHidden(_LinearRule):
         x, w, fwd, adj = self._setup(op, ctx)
         wp, wn = w.pos, w.neg
         conv = op.family == "conv"
-        parts = [self._part(bk, R, self.positive_part(bk, op, x), wp, 1.0, wn, -1.0, conv, fwd, adj)]
-        if op.signed_input:  # the x- part is exactly zero otherwise (signs.py)
-            parts.append(self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj))
+        if op.signed_input:
+            parts = [self._part(bk, R, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj),
+                     self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj)]
+        else:  # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
+            parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self._linear_output(op, ctx))]
         if self.per_sign:
             out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
@@ -114,11 +116,24 @@ class RapHidden(_LinearRule):
         return [op.give(out)]
 
     @staticmethod
-    def _part(bk, R, x1, wa, sa, wb, sb, conv, fwd, adj):
+    def _linear_output(op, ctx):
+        """``L_W(x)``: the op's output from the forward pass, less its bias."""
+        z = ctx[op.output]
+        b = op.bias(ctx.bk, z.dtype, z.shape)
+        return z if b is None else z - b
+
+    @staticmethod
+    def _part(bk, R, x1, wa, sa, wb, sb, conv, fwd, adj, linear=None):
         """P(R, Za, Zb, x1, wa, sa, wb, sb) of docs/rules.md, rap.hidden.
 
-        The mask M of Za and Zb is left out: where R is 0 every share is 0 with or without it."""
-        za, zb = (z if s > 0 else -z for z, s in zip(fwd(x1, wa, wb), (sa, sb)))
+        The mask M of Za and Zb is left out: where R is 0 every share is 0 with or without it.
+        ``linear``: ``L_W(x1)`` from the forward pass (x1 = x >= 0, sa = 1, sb = -1); then
+        ``Zb = -L_wb(x1)`` is ``Za - L_W(x1)`` (clipped at 0 against rounding), one convolution fewer."""
+        if linear is None:
+            za, zb = (z if s > 0 else -z for z, s in zip(fwd(x1, wa, wb), (sa, sb)))
+        else:
+            za = fwd(x1, wa)
+            zb = bk.pos(za - linear)
         ta, tb = bk.rap_shares(R, za, zb, conv)
         return x1 * adj((ta if sa > 0 else -ta, wa), (tb if sb > 0 else -tb, wb))
 
