@@ -3,7 +3,7 @@ and that skipping the x- part where it is provably absent changes no relevance."
 import numpy as np
 import pytest
 
-from helpers import GOLDEN, GOLDEN_PARAMS
+from helpers import GOLDEN, GOLDEN_PARAMS, rel_l2
 from onnx_helpers import const, make_model, node
 from onnxrap import Explainer
 from onnxrap.graph import Graph
@@ -91,7 +91,9 @@ def test_concat_with_a_negative_constant_is_signed():
 @pytest.mark.parametrize("name", GOLDEN_PARAMS)
 @pytest.mark.parametrize("method", ["rap", "rap-reference", "lrp-a1b0", "lrp-a2b1", "rap-paper"])
 def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
-    """Computing the x- part everywhere (all zeros where signs.py says x >= 0) gives the same relevance."""
+    """Computing the x- part everywhere (all zeros where signs.py says x >= 0) gives the same relevance:
+    bit for bit, except that rap.hidden also reads L_W-(x) off the forward pass where x >= 0
+    (docs/rules.md, rap.hidden), which rounds differently."""
     case = np.load(GOLDEN / name / "case.npz")
     skip = Explainer(GOLDEN / name / "model.onnx")
     full = Explainer(GOLDEN / name / "model.onnx")
@@ -100,8 +102,11 @@ def test_skipping_the_absent_x_minus_part_changes_nothing(name, method):
         assert sum(not op.signed_input for op in linear) >= len(linear) // 2
     for op in linear:
         op.signed_input = True
-    np.testing.assert_array_equal(skip.explain(case["x"], method=method).relevance,
-                                  full.explain(case["x"], method=method).relevance)
+    skipped, computed = (e.explain(case["x"], method=method).relevance for e in (skip, full))
+    if method in ("rap", "rap-reference"):
+        assert rel_l2(skipped, computed) < 1e-5  # measured 6e-8 to 1.5e-6
+    else:
+        np.testing.assert_array_equal(skipped, computed)
 
 
 def test_a_composite_can_map_linear_ops_with_signed_inputs():
