@@ -56,13 +56,17 @@ class NetSignShare(AbsShare):
     def share(self, op, ctx, R):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
-        xp, wp, wn = bk.pos(x), w.pos, w.neg
-        up, down = fwd(xp, wp, wn)  # the positive contributions (>= 0) and the negative ones
-        if op.signed_input:  # signs.py: a projection's input is usually >= 0, with no x- part
+        xp, wp, wn = self.positive_part(bk, op, x), w.pos, w.neg
+        if op.signed_input:
+            up, down = fwd(xp, wp, wn)  # the positive contributions (>= 0) and the negative ones
             xn = bk.neg(x)
             up_n, down_n = fwd(xn, wn, wp)
             up, down = up + up_n, down + down_n
-        z = up + down
+            z = up + down
+        else:  # signs.py: a projection's input is usually >= 0; then z is the forward's (rap.hidden)
+            z = self.linear_output(op, ctx)
+            up = fwd(xp, wp)
+            down = bk.neg(z - up)
         s_up, s_down = bk.sdiv(R * (z > 0), up), bk.sdiv(R * (z < 0), down)
         out = xp * adj((s_up, wp), (s_down, wn))
         if op.signed_input:
