@@ -2,7 +2,8 @@
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
 looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
-(an input that may be negative, see signs.py), ``conv``, then
+(an input that may be negative, see signs.py), ``conv.projection`` (an output that
+reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
@@ -33,7 +34,7 @@ from .rules.joins import AddShare, ConcatSlices
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
-from .rules.signed import AbsShare
+from .rules.signed import AbsShare, NetSignShare
 
 
 class Method:
@@ -166,7 +167,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed", "projection")})
 
 
 class Wrapper(Method):
@@ -328,6 +329,9 @@ _RAP_TAIL = {"tail": Adjoint()}
 # holds): one layer cannot compound.  Its position "input" comes before "signed", so its key wins.
 _RAP_SIGNED = {"conv.signed": AbsShare(), "dense.signed": AbsShare(),
                "dense.input": RapHidden(per_sign=False, conserve=True)}
+# ... and at the projections writing into such an input (signs.py), where a unit may end negative:
+# by the contributions that push it the way it goes (EVALUATION.md, issue 14's second round).
+_RAP_PROJECTION = {"conv.projection": NetSignShare(), "dense.projection": NetSignShare()}
 
 
 # rap keeps its promise where a rule's own denominator is exactly zero (docs: conservation edge cases).
@@ -339,10 +343,18 @@ _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(
 
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_CONSERVING}, conserves=True, description=(
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING},
+                  conserves=True, description=(
         "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
-        "on signed inputs (docs/rules.md, signed); conserves the logit on every graph (docs/rules.md, "
-        "conservation)"))
+        "on signed inputs and at the projections into them (docs/rules.md, signed); conserves the logit on "
+        "every graph (docs/rules.md, conservation)"))
+
+
+@register("rap-a2-projections")
+def _rap_a2_projections():
+    return Method("rap-a2-projections", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_CONSERVING}, conserves=True,
+                  description=("rap between issue 14's two rounds: A2 (rap.hidden) at the projections into a "
+                               "signed input (docs/rules.md, signed)"))
 
 
 @register("rap-unbounded")

@@ -10,7 +10,9 @@ A tensor is non-negative when its op guarantees it from the signs of its
 inputs (``NONNEGATIVE`` by op kind); anything else, unknown kinds included,
 may be negative.  Linear ops reading a possibly negative tensor get
 ``signed_input = True`` and the position ``signed`` (so a method may map
-``conv.signed`` / ``dense.signed``).
+``conv.signed`` / ``dense.signed``).  A linear op whose output reaches such an
+input with no rectifier on the way (the projection convolution of a linear
+bottleneck, writing into a residual stream) gets the position ``projection``.
 """
 from __future__ import annotations
 
@@ -54,14 +56,23 @@ NONNEGATIVE = {"activation": _activation, "identity": _moves, "shape": _moves, "
 
 
 def mark_signed_inputs(graph) -> set[str]:
-    """Set ``signed_input`` on every linear op of ``graph``; return the provably non-negative tensors."""
+    """Set ``signed_input`` on every linear op of ``graph`` and mark the positions ``signed`` and
+    ``projection``; return the provably non-negative tensors."""
     nonnegative = set()
+    writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         decide = NONNEGATIVE.get(op.kind)
         if decide is not None and decide(op, [name in nonnegative for name in op.inputs], graph.constants):
             nonnegative.add(op.output)
+        elif isinstance(op, Linear):
+            writers[op.output] = (op,)
+        else:
+            writers[op.output] = tuple({w.name: w for t in op.inputs for w in writers.get(t, ())}.values())
         if isinstance(op, Linear):
             op.signed_input = op.inputs[0] not in nonnegative
             if op.signed_input:
                 op.positions = op.positions + ("signed",)
+                for writer in writers.get(op.inputs[0], ()):
+                    if "projection" not in writer.positions:
+                        writer.positions = writer.positions + ("projection",)
     return nonnegative

@@ -46,6 +46,7 @@ def one_linear_op(kind, rng, channels=4, size=6, groups=1, stride=1, pads=1, ker
 def apply_rule(rule, op, x, R=None):
     """(relevance arriving at the op's output, relevance the rule gives its input), float64."""
     ctx = Context(BK, {op.inputs[0]: x}, {})
+    ctx[op.output] = op.forward(BK, ctx)  # rules may read the forward's output (rules/__init__.py)
     if R is None:
         y = op.apply(BK, op.take(x), op.weights(BK, x.dtype).full)
         R = np.random.default_rng(1).standard_normal(y.shape)

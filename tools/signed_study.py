@@ -1,7 +1,8 @@
 """Issue 14's study: candidate rules for linear ops with signed inputs, side by side.
 
 Registers one method per candidate, ``rap-s-KEY`` (``rap`` with that rule at
-``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself) and two diagnostics,
+``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself), ``rap-p-KEY`` (``rap``
+with that rule at the projections, ``conv.projection`` / ``dense.projection``) and two diagnostics,
 ``rap-s-all-abs`` (the size rule at every hidden linear op) and ``rap-s-depthwise-abs``
 (at depthwise convolutions too), then:
 
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxrap import methods  # noqa: E402
-from onnxrap.rules.signed import AbsShare  # noqa: E402
+from onnxrap.rules.signed import AbsShare, NetSignShare  # noqa: E402
 
 
 # The candidates that lost (EVALUATION.md): like AbsShare, each shares a unit's relevance and
@@ -84,6 +85,10 @@ class SignedShare(AbsShare):
 
 CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(square=True),
               "flat": WeightShare(square=False), "split": SignedShare()}
+# Issue 14, second round: rules for the projections (signs.py: a linear op whose output reaches a signed
+# input unrectified), with AbsShare at the signed inputs as in rap.  Registered as rap-p-KEY; rap-p-toward
+# is today's rap, rap-a2-projections the rap before it.
+PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": NetSignShare()}
 
 
 def _register(key, rule):
@@ -100,6 +105,22 @@ def _register(key, rule):
 
 for _key, _rule in CANDIDATES.items():
     _register(_key, _rule)
+
+
+def _register_projection(key, rule):
+    name = f"rap-p-{key}"
+
+    def factory():
+        m = methods.get("rap")
+        m.rules.update({"conv.projection": rule, "dense.projection": rule})
+        m.name = name
+        return m
+
+    methods.register(name)(factory)
+
+
+for _key, _rule in PROJECTION_CANDIDATES.items():
+    _register_projection(_key, _rule)
 
 
 class ByGroups:
@@ -189,6 +210,9 @@ def per_image(argv):
         rows = list(csv.DictReader(f))
     x = np.concatenate([prep(read_image(args.photos / r["filename"]))[0] for r in rows])
     y = np.array([int(r["label"]) for r in rows])
+    photos = {}  # source photograph -> its images' indices (make_eval_photos names them PHOTO_TAG.png)
+    for i, r in enumerate(rows):
+        photos.setdefault(r["filename"].rsplit("_", 1)[0], []).append(i)
     for name in args.methods.split(","):
         cached = args.cache / f"{name}.npy" if args.cache else None
         if cached and cached.exists():
@@ -207,9 +231,10 @@ def per_image(argv):
                 order = rank_pixels(heat[i], removal)
                 batch.append(perturb(flat, order, args.k, "min").reshape(x.shape[1:]))
             kept = scorer.logits(np.stack(batch)).argmax(axis=1) == y
-            line.append(f"{removal[:3]} {kept.mean():.2f} " + "".join("x" if k else "." for k in kept))
+            line.append(f"{removal[:3]} {kept.mean():.2f} " + " ".join(
+                "".join("x" if kept[i] else "." for i in members) for members in photos.values()))
         print(f"{name:16s} " + "   ".join(line), flush=True)
-    print("images: " + " ".join(r["filename"].split("_")[0][:4] for r in rows[::4]) + " (4 each)")
+    print("images: " + ", ".join(f"{name} ({len(members)})" for name, members in photos.items()))
 
 
 def figure(argv):

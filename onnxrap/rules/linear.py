@@ -26,6 +26,13 @@ class _LinearRule(Rule):
         return bk.pos(x) if op.signed_input else x
 
     @staticmethod
+    def linear_output(op, ctx):
+        """``L_W(x)``: the op's output from the forward pass, less its bias."""
+        z = ctx[op.output]
+        b = op.bias(ctx.bk, z.dtype, z.shape)
+        return z if b is None else z - b
+
+    @staticmethod
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
         w = op.weights(ctx.bk, x.dtype)
@@ -123,19 +130,12 @@ class RapHidden(_LinearRule):
             parts = [self._part(bk, R, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj),
                      self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj)]
         else:  # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
-            parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self._linear_output(op, ctx))]
+            parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self.linear_output(op, ctx))]
         if self.per_sign:
             out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
             out = self._shift(bk, sum(parts), R, self.conserve)
         return [op.give(out)]
-
-    @staticmethod
-    def _linear_output(op, ctx):
-        """``L_W(x)``: the op's output from the forward pass, less its bias."""
-        z = ctx[op.output]
-        b = op.bias(ctx.bk, z.dtype, z.shape)
-        return z if b is None else z - b
 
     @staticmethod
     def _part(bk, R, x1, wa, sa, wb, sb, conv, fwd, adj, linear=None):

@@ -1,4 +1,6 @@
-"""rap's rule for linear ops whose input may be negative (linear bottlenecks, residual streams).
+"""rap's rules where the signs that RAP assumes do not hold: linear ops whose input may be negative
+(the expand convolutions of a linear bottleneck, reading the residual stream) and linear ops whose
+output reaches such an input with no rectifier on the way (the projections writing into it).
 
 RAP's promoter/inhibitor split (A2) conserves each unit's relevance by giving
 its promoters more than the unit holds and its inhibitors the difference with
@@ -7,6 +9,12 @@ layer multiplies the relevance mass (sum |R|) by about 2.5: 10^7 to 10^8 times
 the logit after the expand convolutions of EfficientNet-Lite1, more than
 float32 can cancel.  Issue 14 and EVALUATION.md give the measurements that
 chose this rule over the flat, w^2, alpha1-beta0 and a bounded sign split.
+
+At a projection the input is non-negative but the output is not rectified: a
+unit may end negative, where RAP's promoters (the positive contributions) are
+the ones working against the unit's value.  ``NetSignShare`` shares by the
+contributions that push the unit the way it goes (EVALUATION.md: it keeps
+fewer predictions than A2 after the most positive pixels are removed).
 """
 from __future__ import annotations
 
@@ -32,3 +40,35 @@ class AbsShare(_LinearRule):
         size = abs(x)
         w_abs = w.pos - w.neg
         return size * adj((bk.sdiv(R, fwd(size, w_abs)), w_abs))
+
+
+class NetSignShare(AbsShare):
+    """Shares by the contributions with the sign of the unit's net input ``z_j = sum_i x_i w_ij``
+    (no bias, as rap.hidden): ``R_i = sum_j (x_i w_ij sign z_j)+ / sum_i' (x_i' w_i'j sign z_j)+ * R_j``.
+
+    LRP's z+ rule for a unit of either sign: on a unit that ends positive it is alpha1-beta0, on
+    one that ends negative it gives the relevance to the inputs that made it negative.  The
+    shares are non-negative and sum to one, so the mass never grows.  A unit with ``z_j = 0``
+    (it sees only zeros, or its contributions cancel exactly) has nothing to share by: the shift
+    puts its relevance back, as in AbsShare.
+    """
+
+    def share(self, op, ctx, R):
+        bk = ctx.bk
+        x, w, fwd, adj = self._setup(op, ctx)
+        xp, wp, wn = self.positive_part(bk, op, x), w.pos, w.neg
+        if op.signed_input:
+            up, down = fwd(xp, wp, wn)  # the positive contributions (>= 0) and the negative ones
+            xn = bk.neg(x)
+            up_n, down_n = fwd(xn, wn, wp)
+            up, down = up + up_n, down + down_n
+            z = up + down
+        else:  # signs.py: a projection's input is usually >= 0; then z is the forward's (rap.hidden)
+            z = self.linear_output(op, ctx)
+            up = fwd(xp, wp)
+            down = bk.neg(z - up)
+        s_up, s_down = bk.sdiv(R * (z > 0), up), bk.sdiv(R * (z < 0), down)
+        out = xp * adj((s_up, wp), (s_down, wn))
+        if op.signed_input:
+            out = out + xn * adj((s_up, wn), (s_down, wp))
+        return out
