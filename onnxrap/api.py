@@ -128,9 +128,9 @@ class Explainer:
 
         ``target``: None (each sample's top class), an int, or one int per sample.
         ``contrast``: None (why the target), a class index c (why the target rather than c) or
-        ``"others"`` (rather than the other classes): the method runs once more for the dual (c, or
-        the other classes equally weighted) and the dual's relevance, rescaled to the same sum, is
-        subtracted (``methods.contrasted``); the result sums to 0.
+        ``"others"`` (rather than the other classes on average): the seed explains the target's
+        logit minus the dual's (``methods.contrast_seed``), and a conserving method's relevance
+        sums to that difference.  Runs on the eager engine (the compiled graph takes a class index).
         ``method``: a registered name or a ``methods.Method`` (e.g. a ``methods.Composite``).
         ``options``: a registered method's own (``epsilon``, ``alpha``, ``steps``, ``baseline``, ...).
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
@@ -140,26 +140,30 @@ class Explainer:
         self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         sums = [] if trace else None
-        if not trace and contrast is None and self._engine_for(m, x, target) == "onnx":
+        if contrast is not None:  # a seed weighing the classes: eager (the compiled graph seeds a class index)
+            if self.engine == "onnx":
+                self.engine_note = "eager: a contrast's seed weighs the classes; the compiled graph takes a class index"
+            relevance, logits, seeds = self._attribute_eager(m, x, target, self.dtype, sums, contrast)
+            targets = seeds.argmax(axis=1)
+        elif not trace and self._engine_for(m, x, target) == "onnx":
             relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
+            seeds = targets
         else:
             relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
-        relevance, recomputed = self._keep_conservation(m, relevance, logits, targets, x, trace)
-        if contrast is not None:  # the dual's walk, eager (its seed is a weighting of the classes); not traced
-            dual = methods.contrast_dual(targets, logits.shape[1], contrast)
-            dual_relevance = self._attribute_eager(m, x, dual, self.dtype, None)[0]
-            dual_relevance, dual_recomputed = self._keep_conservation(m, dual_relevance, logits, dual, x, True)
-            relevance = methods.contrasted(relevance, dual_relevance)
-            recomputed = sorted(set(recomputed) | set(dual_recomputed))
+            seeds = targets
+        relevance, recomputed = self._keep_conservation(m, relevance, logits, seeds, x, trace)
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
         return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed)
 
-    def _attribute_eager(self, m, x, target, dtype, sums):
-        """Relevance, logits and targets with the rules run on the backend's arrays."""
+    def _attribute_eager(self, m, x, target, dtype, sums, contrast=None):
+        """Relevance, logits and targets with the rules run on the backend's arrays; with a
+        ``contrast``, its seed weights (N, classes) in place of the targets."""
         captured = [(part, self.capture.run(part)) for part in self._pieces(x)]
         # The logits cross to the host once, here: targets, seeds and the conservation check read them there.
         logits = np.concatenate([self._class_vector(self.bk.to_host(v[self.graph.logits_name])) for _, v in captured])
-        targets = target if np.ndim(target) == 2 else self._targets(target, logits)  # 2-D: a contrast's dual
+        targets = target if np.ndim(target) == 2 else self._targets(target, logits)  # 2-D: a float64 redo's weights
+        if contrast is not None:
+            targets = methods.contrast_seed(targets, logits.shape[1], contrast)
 
         def backprop(method_, xs, ts):
             pieces = captured if xs is x else ((part, None) for part in self._pieces(xs))
@@ -262,7 +266,7 @@ class Explainer:
             return relevance, []
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
-        engine = "eager" if trace else self._engine_for(m, x, targets)
+        engine = "eager" if trace or targets.ndim == 2 else self._engine_for(m, x, targets)  # 2-D: a contrast's
         attribute = self._attribute_compiled if engine == "onnx" else \
             lambda *args: self._attribute_eager(*args, None)  # noqa: E731
         fixed = self.graph.fixed_batch
@@ -282,8 +286,10 @@ class Explainer:
 
     def _propagate(self, method, values, targets, sums, dtype):
         bk = self.bk
+        weights = np.asarray(targets)  # 2-D: a contrast's seed weights, negative at the dual
+        contrast = bk.to_device((weights.min(axis=1) < 0).astype(dtype)) if weights.ndim == 2 else None
         ctx = Context(bk, {k: bk.to_device(v, dtype=dtype if np.issubdtype(v.dtype, np.floating) else v.dtype)
-                           for k, v in values.items()}, self.graph.constants)
+                           for k, v in values.items()}, self.graph.constants, contrast)
         for op in self.graph.ops:  # tensors inside fused nodes: not in the graph, so computed here
             if op.synthetic:
                 ctx[op.output] = op.forward(bk, ctx)

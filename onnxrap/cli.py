@@ -139,7 +139,8 @@ def build_parser():
     e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
     e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
                    help="explain the target rather than CLASS (an index or a label name) or rather than the "
-                        "others; the map then sums to 0 (default: none, why the target)")
+                        "others: the target's logit minus CLASS's (or the others' mean), which rap's map sums to "
+                        "(default: none, why the target)")
     _model_options(e)
     _image_options(e)
     e.add_argument("--labels", help="class names, one per line")
@@ -544,6 +545,8 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
              "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
+    if contrast is not None:  # what a conserving method's relevance sums to: the target's logit minus the dual's
+        entry["contrast_score"] = float(methods.contrast_seed([target], len(logits), contrast)[0] @ logits)
     panels = []
     for m in chosen:
         exp, _ = per_method[m]

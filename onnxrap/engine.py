@@ -5,12 +5,16 @@ import numpy as np
 
 
 class Context(dict):
-    """Captured tensors by name, on the backend, plus what rules need besides."""
+    """Captured tensors by name, on the backend, plus what rules need besides.
 
-    def __init__(self, bk, values, constants):
+    ``contrast``: None, or per sample 1 where the seed is a contrast's (docs/rules.md, contrast), else 0.
+    """
+
+    def __init__(self, bk, values, constants, contrast=None):
         super().__init__(values)
         self.bk = bk
         self.constants = constants
+        self.contrast = contrast
         self.shapes = {name: tuple(v.shape) for name, v in values.items()}
 
 

@@ -85,7 +85,7 @@ class Method:
 
     def seed(self, bk, logits, targets):
         """Relevance at the logits.  ``targets``: one class index per sample, or (N, classes) weights
-        ``w`` (a contrast's dual, see ``contrast_dual``): the score explained is then ``w . logits``."""
+        ``w`` (a contrast's, see ``contrast_seed``): the score explained is then ``w . logits``."""
         weights = np.asarray(targets)
         if weights.ndim == 2:
             hot = bk.to_device(weights.reshape(logits.shape).astype(logits.dtype))
@@ -98,43 +98,31 @@ class Method:
         return backprop(self, x, targets)
 
 
-def contrast_dual(targets, classes, contrast):
-    """The dual of a contrastive explanation (Gu et al. 2018, CLRP): per sample, weights over classes.
+def contrast_seed(targets, classes, contrast):
+    """A contrast's seed weights over the classes, per sample: ``e_t - w`` (docs/rules.md, contrast).
 
-    ``contrast`` is a class index c (the dual is c: "the target rather than c") or ``"others"``
-    (the dual is every class but the target, equally weighted).
+    The score explained is ``(e_t - w) . z``, the target's logit minus the dual's: ``contrast``
+    is a class index c (``w = e_c``: "the target rather than c") or ``"others"`` (``w`` is
+    every class but the target, equally weighted: "rather than the others on average").
     """
     n = len(targets)
     targets = np.asarray(targets)
     if isinstance(contrast, str):
         if contrast != "others":
             raise InputError(f"contrast is none, others or a class index, not {contrast!r}")
-        dual = np.ones((n, classes))
-        dual[np.arange(n), targets] = 0
-        return dual / (classes - 1)
-    c = int(contrast)
-    if not 0 <= c < classes:
-        raise InputError(f"contrast class {c} is out of range: the model has {classes} classes (0..{classes - 1})")
-    same = np.flatnonzero(targets == c)
-    if same.size:
-        raise InputError(f"contrast class {c} is the target of input {int(same[0])}: explain it against another class")
-    dual = np.zeros((n, classes))
-    dual[:, c] = 1
-    return dual
-
-
-def contrasted(target_relevance, dual_relevance):
-    """The target's relevance minus the dual's, rescaled per sample to the same sum, so it sums to 0.
-
-    For rap both sums are logits (z_t and the dual's), so this is ``z_t * (R_t / z_t - R_d / z_d)``:
-    where the target's logit draws on the input more than the dual's does.  A dual whose relevance
-    sums to exactly 0 cannot be rescaled and is left out.
-    """
-    axes = tuple(range(1, target_relevance.ndim))
-    total = target_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
-    dual_total = dual_relevance.sum(axis=axes, keepdims=True, dtype=np.float64)
-    scale = np.divide(total, dual_total, out=np.zeros_like(total), where=dual_total != 0)
-    return (target_relevance - dual_relevance * scale).astype(target_relevance.dtype)
+        dual = np.ones((n, classes)) / (classes - 1)
+    else:
+        c = int(contrast)
+        if not 0 <= c < classes:
+            raise InputError(f"contrast class {c} is out of range: the model has {classes} classes (0..{classes - 1})")
+        same = np.flatnonzero(targets == c)
+        if same.size:
+            raise InputError(f"contrast class {c} is the target of input {int(same[0])}: explain it against another class")
+        dual = np.zeros((n, classes))
+        dual[:, c] = 1
+    weights = -dual
+    weights[np.arange(n), targets] = 1
+    return weights
 
 
 SEEDS = ("one", "logit")

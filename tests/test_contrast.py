@@ -1,8 +1,9 @@
-"""Class-contrastive relevance (``contrast=``): the target's relevance minus its dual's, rescaled.
+"""Class-contrastive relevance (``contrast=``): the seed explains the target's logit minus the dual's.
 
-What is conserved: the target's walk sums to logit_t and the dual's walk to
-``w . logits`` (rap: exactly); the dual's relevance is rescaled to the target's
-sum, so a contrastive map sums to 0.
+What is conserved: a conserving method (rap) sums to the contrastive score ``z_t - w . z``
+(``w = e_c``, or the other classes equally weighted for ``others``).  Methods linear in the
+seed (LRP-epsilon, alpha-beta, the gradients) give exactly the target's map minus the dual's.
+rap keeps the signs of the head's contributions to that score (docs/rules.md, contrast).
 """
 import json
 
@@ -44,62 +45,76 @@ def gemm_model(w):
 def test_rap_by_hand():
     """x = (1, 2); class rows (1, 1), (2, -1), (0, 1): logits 3, 0, 2.
 
-    rap (A1, one Gemm): target 0 gives C = x * w_0 = (1, 2); class 2 gives (0, 2).
-    ``contrast=2``: (1, 2) - 3/2 (0, 2) = (1, -1).  ``contrast="others"``: the dual's seed is
-    (0, 1/2, 1/2), so C = x * (1, 0) = (1, 0), summing to 1 = (0 + 2) / 2, rescaled to 3:
-    (1, 2) - 3 (1, 0) = (-2, 2).
+    rap (one Gemm): target 0 gives C = x * w_0 = (1, 2).  ``contrast=1`` explains z_0 - z_1 = 3
+    with the row w_0 - w_1 = (-1, 2): C = (-1, 4), kept signed (|C| rescaled would give
+    (0.6, 2.4): input 0 speaks for class 1, not for class 0).  ``contrast=2``: w_0 - w_2 = (1, 0),
+    C = (1, 0).  ``contrast="others"``: w_0 - (w_1 + w_2) / 2 = (0, 1), C = (0, 2) = 3 - (0 + 2) / 2.
     """
     ex = Explainer(gemm_model([[1, 1], [2, -1], [0, 1]]), dtype="float64")
     x = np.array([[1.0, 2.0]], np.float32)
     np.testing.assert_allclose(ex.explain(x, target=0).relevance, [[1, 2]])
-    np.testing.assert_allclose(ex.explain(x, target=0, contrast=2).relevance, [[1, -1]])
-    np.testing.assert_allclose(ex.explain(x, target=0, contrast="others").relevance, [[-2, 2]])
+    np.testing.assert_allclose(ex.explain(x, target=0, contrast=1).relevance, [[-1, 4]])
+    np.testing.assert_allclose(ex.explain(x, target=0, contrast=2).relevance, [[1, 0]])
+    np.testing.assert_allclose(ex.explain(x, target=0, contrast="others").relevance, [[0, 2]])
+    for method in ("rap-reference", "gradient-x-input"):  # one Gemm: both are x * (w_0 - w_1)
+        np.testing.assert_allclose(ex.explain(x, target=0, contrast=1, method=method).relevance, [[-1, 4]],
+                                   atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["rap", "rap-reference", "rap-paper", "lrp-a2b1", "lrp-eps"])
-def test_contrast_class_is_target_minus_rescaled_class(digits, method):
+@pytest.mark.parametrize("contrast", [1, "others"])
+def test_rap_conserves_the_contrastive_score(digits, contrast):
+    """rap sums to z_t - w . z on every digit and target (float64 rules; ONNX Runtime's float32 logits)."""
     ex, x = digits
-    plain = ex.explain(x, method=method)
-    t = plain.target
-    c = (t + 3) % 10
-    against = ex.explain(x, target=c, method=method)
-    for i in range(len(x)):
-        one = ex.explain(x[i:i + 1], target=int(t[i]), method=method, contrast=int(c[i])).relevance[0]
-        expected = plain.relevance[i] - against.relevance[i] * plain.relevance[i].sum() / against.relevance[i].sum()
-        np.testing.assert_allclose(one, expected, rtol=1e-9, atol=1e-12)
-        assert abs(one.sum()) <= 1e-9 * np.abs(one).sum()
+    batch = np.repeat(x, 10, axis=0)
+    targets = np.tile(np.arange(10), len(x))
+    if contrast == 1:
+        batch, targets = batch[targets != 1], targets[targets != 1]
+    got = ex.explain(batch, target=targets, contrast=contrast)
+    z = got.logits
+    rows = np.arange(len(targets))
+    dual = z[:, 1] if contrast == 1 else (z.sum(axis=1) - z[rows, targets]) / 9
+    np.testing.assert_allclose(sums(got.relevance), z[rows, targets] - dual, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.target, targets)
 
 
-def test_rap_parts_sum_to_the_logits(digits):
-    """rap: contrast c is z_t (R_t / z_t - R_c / z_c), each part summing to its own logit."""
-    ex, x = digits
-    plain = ex.explain(x)
-    t = plain.target
-    for i in range(len(x)):
-        c = (int(t[i]) + 5) % 10
-        z = plain.logits[i]
-        against = ex.explain(x[i:i + 1], target=c).relevance[0]
-        # the logits are ONNX Runtime's (float32); the rules run in float64
-        np.testing.assert_allclose(plain.relevance[i].sum(), z[t[i]], rtol=1e-5)
-        np.testing.assert_allclose(against.sum(), z[c], rtol=1e-5)
-        got = ex.explain(x[i:i + 1], contrast=c).relevance[0]
-        expected = plain.relevance[i] - against * z[t[i]] / z[c]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3 * np.abs(got).max())
-
-
-@pytest.mark.parametrize("method, options", [("gradient-x-input", {}),
-                                             ("integrated-gradients", {"steps": 4})])
-def test_others_is_the_mean_of_the_other_classes(digits, method, options):
-    """Gradient methods are linear in the seed: the dual of ``others`` is the mean over the other classes."""
+@pytest.mark.parametrize("method, options", [("lrp-eps", {}), ("lrp-a2b1", {}), ("gradient", {}),
+                                             ("gradient-x-input", {}), ("integrated-gradients", {"steps": 4})])
+def test_linear_methods_give_target_minus_dual(digits, method, options):
+    """Methods linear in the seed: ``contrast=c`` is R_t - R_c, ``others`` is R_t minus the mean of the others'
+    (LRP's seed is weighted by the logits, so its dual's maps enter as they are)."""
     ex, x = digits
     x = x[:2]
     per_class = np.stack([ex.explain(x, target=k, method=method, **options).relevance for k in range(10)])
-    got = ex.explain(x, target=[1, 7], method=method, contrast="others", **options)
-    for i, t in enumerate([1, 7]):
-        dual = np.delete(per_class[:, i], t, axis=0).mean(axis=0)
-        expected = per_class[t, i] - dual * per_class[t, i].sum() / dual.sum()
-        np.testing.assert_allclose(got.relevance[i], expected, rtol=1e-8, atol=1e-10)
-    assert "contrast=others" in got.method
+    t = np.array([1, 7])
+    for contrast in (4, "others"):
+        got = ex.explain(x, target=t, method=method, contrast=contrast, **options)
+        for i in range(len(x)):
+            dual = per_class[4, i] if contrast == 4 else np.delete(per_class[:, i], t[i], axis=0).mean(axis=0)
+            expected = per_class[t[i], i] - dual
+            np.testing.assert_allclose(got.relevance[i], expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+        assert f"contrast={contrast}" in got.method
+
+
+@pytest.mark.parametrize("method", ["rap-paper", "lrp-eps", "lrp-a2b1"])
+def test_logit_seeded_methods_on_one_gemm(method):
+    """Methods seeded with the logit get ``(e_t - w) * z``; on one Gemm each is linear in its seed, so
+    ``contrast=2`` is the map of target 0 minus the map of target 2 (logits 3 and 2, as above)."""
+    ex = Explainer(gemm_model([[1, 1], [2, -1], [0, 1]]), dtype="float64")
+    x = np.array([[1.0, 2.0]], np.float32)
+    plain = [ex.explain(x, target=t, method=method).relevance for t in (0, 2)]
+    got = ex.explain(x, target=0, contrast=2, method=method).relevance
+    np.testing.assert_allclose(got, plain[0] - plain[1], atol=1e-9)
+    assert not np.allclose(got, plain[0])
+
+
+def test_compiled_engine_explains_contrast_eagerly(digits):
+    """The compiled graph seeds a class index: a contrast runs on the eager engine and says so."""
+    _, x = digits
+    eager = Explainer(DIGITS, dtype="float64").explain(x, contrast="others").relevance
+    onnx_engine = Explainer(DIGITS, dtype="float64", engine="onnx")
+    got = onnx_engine.explain(x, contrast="others").relevance
+    np.testing.assert_array_equal(got, eager)
+    assert "contrast" in onnx_engine.engine_note
 
 
 def test_contrast_maps_depend_on_the_target(digits):
@@ -131,7 +146,8 @@ def test_cli_contrast(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "explained 3 rather than 8" in out
     entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]
-    assert entry["contrast"] == 8 and abs(entry["methods"]["rap"]["relevance_sum"]) < 1e-4
+    assert entry["contrast"] == 8 and entry["contrast_score"] != entry["target_logit"]
+    assert abs(entry["methods"]["rap"]["relevance_sum"] - entry["contrast_score"]) < 1e-3 * abs(entry["contrast_score"])
     assert main(["explain", str(DIGITS), str(image), "-o", str(tmp_path), "--contrast", "others"]) == 0
     assert "rather than the others" in capsys.readouterr().out
     assert main(["explain", str(DIGITS), str(image), "-o", str(tmp_path), "--contrast", "eight"]) == 2

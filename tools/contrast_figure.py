@@ -5,7 +5,8 @@
 The two targets are the digit's top class and its runner-up.  Row 1: plain rap
 ("why this class?"); row 2: ``contrast=`` the other target ("why this class
 rather than that one?"); row 3: ``contrast="others"``.  Each map has its own
-symmetric colour scale (red positive, blue negative).
+symmetric colour scale (red positive, blue negative); a contrastive map sums to its
+score, the target's logit minus the other target's (or the others' mean).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxrap import Explainer  # noqa: E402
+from onnxrap import Explainer, methods  # noqa: E402
 
 
 def main(argv=None):
@@ -47,11 +48,13 @@ def main(argv=None):
             (lambda t, u: "others", "why {t} rather than the others?"))
     for r, (contrast, question) in enumerate(rows):
         for c, (t, u) in enumerate(((first, second), (second, first)), start=1):
-            heat = ex.explain(x, target=t, contrast=contrast(t, u)).heatmap[0]
+            against = contrast(t, u)
+            heat = ex.explain(x, target=t, contrast=against).heatmap[0]
+            score = logits[t] if against is None else methods.contrast_seed([t], len(logits), against)[0] @ logits
             scale = float(np.abs(heat).max()) or 1.0
             axes[r, c].imshow(heat, cmap="bwr", vmin=-scale, vmax=scale)
-            axes[r, c].set_title(f"{question.format(t=t, u=u)}\n(logit {logits[t]:.2f}, sum {heat.sum():.2f})",
-                                 fontsize=9)
+            axes[r, c].set_title(f"{question.format(t=t, u=u)}\n({'logit' if against is None else 'score'} "
+                                 f"{score:.2f}, sum {heat.sum():.2f})", fontsize=9)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

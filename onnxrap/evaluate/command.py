@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import methods as registry
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from .data import load_dataset
-from .evaluation import Evaluation
+from .evaluation import Evaluation, NonFiniteRelevance
 from .perturbation import CONTROLS, PERTURBATIONS, Grid
 from .report import summary_lines, write_outputs
 from .sanity import Sanity
@@ -131,19 +131,31 @@ def run(settings: Settings):
     }
     out_dir = Path(settings.out_dir)
     runs = method_runs(settings)
+    failed = results["failed"] = {}  # label -> why: a method with NaN or Inf maps is reported, the others go on
     for number, (m, options, label) in enumerate(runs, start=1):
         progress = lambda text: note(f"[{number}/{len(runs)}] {label}{text}")  # noqa: E731
-        results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
-                                                    progress)
+        try:
+            results["methods"][label] = evaluate_method(evaluation, m, options, label, settings, out_dir / "methods",
+                                                        progress)
+        except NonFiniteRelevance as exc:
+            failed[label] = str(exc)
+            progress(f": not evaluated: {exc}")
+    if not results["methods"]:
+        raise ModelError("no method could be evaluated: " + "; ".join(failed.values()))
     if settings.sanity:
         sanity = Sanity(explainer, x[:settings.sanity], targets[:settings.sanity], settings.sanity_steps,
                         settings.sanity_classes, settings.seed, settings.batch_size)
         results["sanity"] = {"inputs": int(min(settings.sanity, len(x))), "depths": sanity.depths,
-                             "layers": [op.name for op in sanity.top_down], "classes": sanity.classes, "methods": {}}
+                             "layers": [op.name for op in sanity.top_down], "classes": sanity.classes, "methods": {},
+                             "failed": {}}
         for m, options, label in runs:
             if m not in CONTROLS:
-                note(f"sanity checks: {label}")
-                results["sanity"]["methods"][label] = sanity.run_method(m, options)
+                try:
+                    results["sanity"]["methods"][label] = sanity_method(sanity, m, options, label, settings,
+                                                                        out_dir / "sanity_methods", note)
+                except NonFiniteRelevance as exc:
+                    results["sanity"]["failed"][label] = str(exc)
+                    note(f"sanity checks: {label}: not checked: {exc}")
     written = write_outputs(out_dir, results)
     for line in summary_lines(results):
         print(line)
@@ -206,19 +218,46 @@ def evaluate_method(evaluation, method, options, label, settings, method_dir, no
     return result
 
 
+def sanity_method(sanity, method, options, label, settings, method_dir, note):
+    """One method's sanity checks, stored in ``method_dir`` as soon as they are done (a long run that is
+    stopped keeps them), or with ``--resume`` read from there when made from the same model, inputs and
+    settings."""
+    from ..viz import atomic_write
+
+    key = fingerprint(settings.model, sanity, method, options,
+                      [sanity.depths, sanity.classes, [op.name for op in sanity.top_down]])
+    path = method_dir / f"{safe_name(label)}.json"
+    if settings.resume and path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if stored and stored.get("fingerprint") == key:
+            note(f"sanity checks: {label}: results exist in {path}; skipped (--resume)")
+            return stored["result"]
+    note(f"sanity checks: {label}")
+    result = sanity.run_method(method, options)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "result": result})))
+    return result
+
+
 def safe_name(text):
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "method"
 
 
-def fingerprint(model, evaluation, method, options):
-    """What a method's results depend on; --resume reuses a result only when this matches."""
+def fingerprint(model, evaluation, method, options, checks=None):
+    """What a method's results depend on; --resume reuses a result only when this matches.  ``evaluation``:
+    an Evaluation, or with ``checks`` (the cascade's depths, classes, layers) a Sanity."""
     h = hashlib.sha256()
     h.update(Path(model).read_bytes() if isinstance(model, (str, Path)) and Path(model).is_file()
              else str(model).encode())
     h.update(np.ascontiguousarray(evaluation.x, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(evaluation.targets, dtype=np.int64).tobytes())
+    options = sorted((k, str(v)) for k, v in options.items())
+    if checks is not None:
+        h.update(json.dumps([RESULTS_VERSION, "sanity", evaluation.seed, method, options, checks]).encode())
+        return h.hexdigest()
     grid = evaluation.grid
     h.update(json.dumps([RESULTS_VERSION, grid.kind, list(map(str, grid.values)), list(evaluation.perturbations),
-                         evaluation.seed, method, sorted((k, str(v)) for k, v in options.items()),
-                         list(evaluation.ks)]).encode())
+                         evaluation.seed, method, options, list(evaluation.ks)]).encode())
     return h.hexdigest()

@@ -13,6 +13,19 @@ from .perturbation import (CENTRE, PERTURBATIONS, RANDOM, REMOVALS, channels_fir
 from .scoring import Scorer
 
 
+class NonFiniteRelevance(ModelError):
+    """A method gave NaN or Inf relevance: evaluate reports that method as failed and goes on."""
+
+
+def check_finite(heat, method):
+    """``heat`` (N, ...) as it is, or NonFiniteRelevance naming the method and how many inputs failed."""
+    finite = np.isfinite(heat).reshape(len(heat), -1).all(axis=1)
+    if not finite.all():
+        raise NonFiniteRelevance(f"method {method} gave NaN or Inf relevance for {int((~finite).sum())} of "
+                                 f"{len(heat)} inputs")
+    return heat
+
+
 class Evaluation:
     """Explains ``x`` for ``targets`` with a method, perturbs the inputs along ``grid`` and scores them.
 
@@ -67,10 +80,7 @@ class Evaluation:
                 heat[s:s + m] = exp.heatmap.reshape((m,) + tuple(self.spatial_shape))
                 sums[s:s + m] = exp.relevance.reshape(m, -1).sum(axis=1)
                 bar.update(m)
-        if not np.all(np.isfinite(heat)):
-            bad = int(np.sum(~np.isfinite(heat).reshape(n, -1).all(axis=1)))
-            raise ModelError(f"method {method} gave NaN or Inf relevance for {bad} of {n} inputs")
-        return heat, sums
+        return check_finite(heat, label), sums
 
     def run_method(self, method, options=None, label=None):
         """Every number for one method (or control), as a JSON-ready dict."""

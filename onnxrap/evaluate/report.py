@@ -68,6 +68,7 @@ def table_markdown(results):
     lines.append("Accuracy: % of inputs whose top class is still the original target. "
                  "Logit / probability: mean over the set of the original target's logit / softmax probability.")
     lines.append("")
+    lines += failed_lines(results.get("failed"))
 
     def cell(r, removal, metric, j, fmt):
         values = [r["curves"][removal][p][j][metric] for p in perts]
@@ -129,6 +130,11 @@ def table_markdown(results):
     return "\n".join(lines)
 
 
+def failed_lines(failed):
+    """The methods left out of a table, each with why (Markdown lines)."""
+    return [f"**Not evaluated:** {label}: {why}." for label, why in (failed or {}).items()] + ([""] if failed else [])
+
+
 def write_outputs(out_dir, results):
     """Every file of the report into ``out_dir``; returns their paths."""
     from ..viz import atomic_write
@@ -136,10 +142,11 @@ def write_outputs(out_dir, results):
     out_dir = Path(out_dir)
     atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     write_csv(out_dir / "results.csv", results)
+    checked = results.get("sanity", {}).get("methods")  # none where every method failed
     table = table_markdown(results) + ("\n" + sanity_markdown(results["sanity"]) if "sanity" in results else "")
     atomic_write(out_dir / "table.md", lambda tmp: Path(tmp).write_text(table))
     written = [out_dir / "results.json", out_dir / "results.csv", out_dir / "table.md", *save_plots(out_dir, results)]
-    if "sanity" in results:
+    if checked:
         write_rows(out_dir / "sanity.csv", ["method", "check", "step", "layer", "similarity", "value"],
                    sanity_rows(results["sanity"]))
         written += [out_dir / "sanity.csv", save_sanity_plot(out_dir / "sanity.png", results["sanity"])]
@@ -156,4 +163,5 @@ def summary_lines(results):
         pos = " ".join(f"{p['accuracy']:.2f}" for p in r["curves"]["positive"][perts[0]])
         neg = " ".join(f"{p['accuracy']:.2f}" for p in r["curves"]["negative"][perts[0]])
         lines.append(f"  {r['label']:<22} positive removal {pos} | negative removal {neg}")
+    lines += [f"  {label:<22} not evaluated: {why}" for label, why in results.get("failed", {}).items()]
     return lines

@@ -36,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
+from .evaluation import check_finite
 from .scoring import Scorer
 
 WINDOW = 7
@@ -202,10 +203,11 @@ class Sanity:
             e = explainer.explain(x[s:s + self.batch_size], target=targets[s:s + self.batch_size], method=method,
                                   **options)
             out.append(e.heatmap.astype(np.float64))
-        return np.concatenate(out)
+        return check_finite(np.concatenate(out), method)
 
     def run_method(self, method, options=None):
-        """Both checks for one method, as a JSON-ready dict."""
+        """Both checks for one method, as a JSON-ready dict.  NonFiniteRelevance where the method's maps
+        of the model as it is are NaN or Inf; a randomised model's are a refused step."""
         options = dict(options or {})
         original = self._heat(self.explainer, method, options, self.targets)
         cascade = [{"depth": 0, "layer": "", **{k: 1.0 for k in SIMILARITIES}}]
@@ -272,6 +274,7 @@ def sanity_markdown(sanity):
     if refused:
         lines += ["\"refused\": onnxrap declined to explain that randomised model: "
                   + "; ".join(f"k={d}: {why}" for d, why in refused), ""]
+    lines += [f"**Not checked:** {label}: {why}." for label, why in sanity.get("failed", {}).items()]
     lines += ["Layers, top first: " + ", ".join(f"{i + 1}. `{name}`" for i, name in enumerate(layers)), ""]
     lines += ["### Class sensitivity", "",
               f"The top class's explanation against the second class's, and across the top {sanity['classes']} "

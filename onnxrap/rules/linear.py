@@ -54,6 +54,11 @@ class RapFirst(_LinearRule):
     a bias share whose own denominator is zero is carried by all contributions in
     proportion to |C| rather than lost; if C is zero everywhere, that sum is spread
     evenly over the inputs.
+
+    For a contrast's seed (``ctx.contrast``, docs/rules.md, contrast) the score is a
+    difference of logits, and C keeps its signs, since |C| would count a feature's
+    evidence for the dual class as evidence for the target.  Only what C misses of the
+    score is shared by |C|.
     """
 
     def __init__(self, conserve: bool = False):
@@ -80,11 +85,21 @@ class RapFirst(_LinearRule):
             to_wn = to_wn + bk.sdiv(b * R * bk.sdiv(neg, total), zpn)
         C = C + xp * adj((to_wp, wp), (to_wn, wn))
         magnitude = bk.sample_sum(abs(C))
-        if not self.conserve:
-            return [op.give(abs(C) * bk.sdiv(bk.sample_sum(C), magnitude))]
-        z = pos + neg if b is None else pos + neg + b
-        score = bk.sample_sum(R * z)
-        return [op.give(abs(C) * bk.sdiv(score, magnitude) + _spread(bk, score * (magnitude == 0), C))]
+        if self.conserve:
+            z = pos + neg if b is None else pos + neg + b
+            score = shared = bk.sample_sum(R * z)
+        else:
+            shared = bk.sample_sum(C)
+        signed = None
+        if ctx.contrast is not None:  # a contrast's samples keep C as it is; |C| shares what C misses
+            signed = C * ctx.contrast.reshape((-1,) + (1,) * (C.ndim - 1))
+            shared = shared - bk.sample_sum(signed)
+        out = abs(C) * bk.sdiv(shared, magnitude)
+        if signed is not None:
+            out = out + signed
+        if self.conserve:
+            out = out + _spread(bk, score * (magnitude == 0), C)
+        return [op.give(out)]
 
 
 class RapHidden(_LinearRule):
