@@ -30,6 +30,7 @@ from .errors import InputError, ModelError, UnsupportedOpsError, first_line
 from .methods import Method
 from .ops.linear import Linear
 from .ops.routing import IndexRouting
+from .provenance import code_hash
 from .trace import FREE_BATCH, TraceBackend, TraceError, Tracer
 
 TARGET = "target"
@@ -305,15 +306,6 @@ def cache_dir() -> Path:
     return Path(base) / "onnxrap"
 
 
-def _code_hash():
-    """The rules' source: a cached graph is stale once onnxrap's code changes."""
-    h = hashlib.sha256(__version__.encode())
-    root = Path(__file__).parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def model_hash(graph):
     h = hashlib.sha256()
     if graph.path is not None and graph.owns_model:
@@ -340,7 +332,7 @@ def method_key(method):
 
 
 def cache_key(graph_hash, method, dtype, shape, recompute, input_name, output_name):
-    text = "|".join([graph_hash, _code_hash(), method_key(method), str(np.dtype(dtype)),
+    text = "|".join([graph_hash, code_hash(), method_key(method), str(np.dtype(dtype)),
                      "x".join(map(str, shape)), str(recompute), str(input_name), str(output_name)])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -263,8 +263,8 @@ def test_bad_input_is_one_line_and_exit_2(plain, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["onnxrap: error: --workers must be at least 1",
                    "onnxrap: error: --sanity-steps must be at least 1 and --sanity-classes at least 2",
-                   f"onnxrap: error: {plain}: holds an audit made with another model, data, methods or "
-                   "preprocessing; pass --restart to replace it, or choose another -o"]
+                   f"onnxrap: error: {plain}: holds an audit made with another model, data, methods, "
+                   "preprocessing or onnxrap version; pass --restart to replace it, or choose another -o"]
     assert audit(tmp_path / "y", "--methods", "nope") == 2
     assert audit(tmp_path / "z", data=tmp_path / "missing.npz") == 2
     busy = tmp_path / "busy"

@@ -176,7 +176,7 @@ def test_aopc_is_the_mean_drop():
 
 
 @pytest.mark.slow
-def test_evaluate_end_to_end_on_the_digits_model(tmp_path, capsys):
+def test_evaluate_end_to_end_on_the_digits_model(tmp_path, capsys, monkeypatch):
     out_dir = tmp_path / "eval"
     args = ["evaluate", DIGITS, HOLDOUT, "--limit", 20, "--methods", "rap,gradient-x-input",
             "--fractions", "0,0.05,0.2,all", "-o", out_dir]
@@ -211,6 +211,13 @@ def test_evaluate_end_to_end_on_the_digits_model(tmp_path, capsys):
     assert code == 0, err
     assert err.count("skipped (--resume)") == 2
     assert json.loads((out_dir / "results.json").read_text())["methods"] == results["methods"]
+
+    # results made by other onnxrap code are stale, even under the same method names
+    import onnxrap.evaluate.command as command
+    monkeypatch.setattr(command, "code_hash", lambda: "other code")
+    code, out, err = run_cli(args + ["--resume"], capsys)
+    assert code == 0, err
+    assert "skipped (--resume)" not in err and err.count("by other onnxrap code") == 2
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..provenance import code_hash
 from .store import AuditStore
 from .worker import Settings
 
@@ -68,6 +69,7 @@ def open_source(data, make_preprocess, rank, labels_csv=None, class_names=None, 
 def fingerprint(settings, source):
     """What the records depend on; the number of inputs is not in it, so a larger --limit extends an audit."""
     h = hashlib.sha256(Path(settings.model).read_bytes())
+    h.update(code_hash().encode())
     h.update(json.dumps(settings.describe(), sort_keys=True, default=str).encode())
     h.update(source.identity.encode())
     return h.hexdigest()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import code_hash
 from ..viz import atomic_write
 
 CONTROL = "random"
@@ -143,6 +144,7 @@ def sanity_fingerprint(ctx, x, targets):
     """What the sanity results depend on: the model, the sample, the methods and the checks' settings."""
     a = ctx.args
     h = hashlib.sha256(Path(a.model).read_bytes())
+    h.update(code_hash().encode())
     h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
     h.update(np.asarray(targets, dtype=np.int64).tobytes())
     h.update(json.dumps([[m, sorted((k, str(v)) for k, v in ctx.options.get(m, {}).items())] for m in ctx.methods]

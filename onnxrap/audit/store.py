@@ -5,7 +5,7 @@
 - ``checkpoint.npz``: the per-class running sums (mean input, mean heatmap per
   method) and how many bytes of ``records.jsonl`` they cover, rewritten every
   ``CHECKPOINT_SECONDS`` and when the run stops, Ctrl-C included.
-- ``audit-state.json``: what the records depend on (model, data, methods, preprocessing).
+- ``audit-state.json``: what the records depend on (model, data, methods, preprocessing, onnxrap's code).
 
 Rerunning the same command cuts ``records.jsonl`` back to the checkpoint (a
 record written after it, or half a line from a killed run, is redone), and
@@ -102,8 +102,8 @@ class AuditStore:
             except ValueError:
                 old = None
             if old != state and self.records_path.exists():
-                raise InputError(f"{self.dir}: holds an audit made with another model, data, methods or "
-                                 "preprocessing; pass --restart to replace it, or choose another -o")
+                raise InputError(f"{self.dir}: holds an audit made with another model, data, methods, "
+                                 "preprocessing or onnxrap version; pass --restart to replace it, or choose another -o")
         if restart:
             for p in (self.records_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import methods as registry
 from ..errors import InputError, ModelError
+from ..provenance import code_hash
 from .data import load_dataset
 from .evaluation import Evaluation, NonFiniteRelevance
 from .perturbation import CONTROLS, PERTURBATIONS, Grid
@@ -209,7 +210,7 @@ def evaluate_method(evaluation, method, options, label, settings, method_dir, no
         if stored and stored.get("fingerprint") == key:
             note(f": results exist in {path}; skipped (--resume)")
             return stored["result"]
-        note(f": {path} was made with other settings or is damaged; computing again")
+        note(f": {path} was made with other settings, by other onnxrap code or is damaged; computing again")
     note("")
     result = evaluation.run_method(method, options, label=label)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "result": result})))
@@ -248,7 +249,7 @@ def safe_name(text):
 def fingerprint(model, evaluation, method, options, checks=None):
     """What a method's results depend on; --resume reuses a result only when this matches.  ``evaluation``:
     an Evaluation, or with ``checks`` (the cascade's depths, classes, layers) a Sanity."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(code_hash().encode())
     h.update(Path(model).read_bytes() if isinstance(model, (str, Path)) and Path(model).is_file()
              else str(model).encode())
     h.update(np.ascontiguousarray(evaluation.x, dtype=np.float32).tobytes())
