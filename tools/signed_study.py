@@ -91,12 +91,11 @@ CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(squa
 PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": NetSignShare()}
 
 
-def _register(key, rule):
-    name = f"rap-s-{key}"
-
+def _register(name, positions, rule):
+    """``name``: rap with ``rule`` at ``positions`` (methods.py's rule keys)."""
     def factory():
         m = methods.get("rap")
-        m.rules.update({"conv.signed": rule, "dense.signed": rule})
+        m.rules.update({key: rule for key in positions})
         m.name = name
         return m
 
@@ -104,23 +103,9 @@ def _register(key, rule):
 
 
 for _key, _rule in CANDIDATES.items():
-    _register(_key, _rule)
-
-
-def _register_projection(key, rule):
-    name = f"rap-p-{key}"
-
-    def factory():
-        m = methods.get("rap")
-        m.rules.update({"conv.projection": rule, "dense.projection": rule})
-        m.name = name
-        return m
-
-    methods.register(name)(factory)
-
-
+    _register(f"rap-s-{_key}", ("conv.signed", "dense.signed"), _rule)
 for _key, _rule in PROJECTION_CANDIDATES.items():
-    _register_projection(_key, _rule)
+    _register(f"rap-p-{_key}", ("conv.projection", "dense.projection"), _rule)
 
 
 class ByGroups:

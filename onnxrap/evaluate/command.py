@@ -198,24 +198,13 @@ def correctly_classified(data, scorer, where):
 def evaluate_method(evaluation, method, options, label, settings, method_dir, note):
     """One method's results, computed and stored in ``method_dir``, or with ``--resume`` read from there
     when they were made from the same model, inputs and settings."""
-    from ..viz import atomic_write
-
     key = fingerprint(settings.model, evaluation, method, options)
     path = method_dir / f"{safe_name(label)}.json"
-    if settings.resume and path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stored = None
-        if stored and stored.get("fingerprint") == key:
-            note(f": results exist in {path}; skipped (--resume)")
-            return stored["result"]
-        note(f": {path} was made with other settings, by other onnxrap code or is damaged; computing again")
-    note("")
-    result = evaluation.run_method(method, options, label=label)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "result": result})))
-    note(f": explained in {result['seconds']['explain']:.1f}s, {result['seconds']['perturbed_images']} perturbed "
-         f"inputs scored in {result['seconds']['score']:.1f}s -> {path}")
+    result, computed = stored_or_computed(path, key, settings.resume,
+                                          lambda: evaluation.run_method(method, options, label=label), note)
+    if computed:
+        note(f": explained in {result['seconds']['explain']:.1f}s, {result['seconds']['perturbed_images']} "
+             f"perturbed inputs scored in {result['seconds']['score']:.1f}s -> {path}")
     return result
 
 
@@ -223,23 +212,31 @@ def sanity_method(sanity, method, options, label, settings, method_dir, note):
     """One method's sanity checks, stored in ``method_dir`` as soon as they are done (a long run that is
     stopped keeps them), or with ``--resume`` read from there when made from the same model, inputs and
     settings."""
-    from ..viz import atomic_write
-
     key = fingerprint(settings.model, sanity, method, options,
                       [sanity.depths, sanity.classes, [op.name for op in sanity.top_down]])
-    path = method_dir / f"{safe_name(label)}.json"
-    if settings.resume and path.exists():
+    result, _ = stored_or_computed(method_dir / f"{safe_name(label)}.json", key, settings.resume,
+                                   lambda: sanity.run_method(method, options), note, f"sanity checks: {label}")
+    return result
+
+
+def stored_or_computed(path, key, resume, compute, note, prefix=""):
+    """``(result, computed)``: with ``resume``, the result stored at ``path`` if its fingerprint is ``key``;
+    else ``compute()``'s, stored there with ``key``.  ``note(text)`` reports which, after ``prefix``."""
+    from ..viz import atomic_write
+
+    if resume and path.exists():
         try:
             stored = json.loads(path.read_text())
         except (OSError, ValueError):
             stored = None
         if stored and stored.get("fingerprint") == key:
-            note(f"sanity checks: {label}: results exist in {path}; skipped (--resume)")
-            return stored["result"]
-    note(f"sanity checks: {label}")
-    result = sanity.run_method(method, options)
+            note(f"{prefix}: results exist in {path}; skipped (--resume)")
+            return stored["result"], False
+        note(f"{prefix}: {path} was made with other settings, by other onnxrap code or is damaged; computing again")
+    note(prefix)
+    result = compute()
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({"fingerprint": key, "result": result})))
-    return result
+    return result, True
 
 
 def safe_name(text):
