@@ -14,7 +14,7 @@ import pytest
 from onnx_helpers import const, make_model, node, run
 from onnxrap import Explainer
 from onnxrap.backend import numpy_backend
-from references import np_conv, relu
+from references import ConvMap, np_conv, ref_rap_first_onehot, ref_zbox, relu
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -150,3 +150,16 @@ def conv_hidden_model():
         return v
 
     return model, dict(Wa=Wa, Wb=Wb, Wh=Wh, bh=bh, forward=forward)
+
+
+def conv_hidden_reference(model, p, x, targets, hidden):
+    """``conv_hidden_model``'s relevance written out in NumPy: rap.head at the Gemm, ``hidden(a, convB, R)``
+    at ConvB (the rule under test), z^B at ConvA."""
+    v = reference_forward(model, x, p["forward"])
+    convA = ConvMap(p["Wa"], (6, 6), pads=(1, 1, 1, 1))
+    convB = ConvMap(p["Wb"], (6, 6), strides=(2, 2), pads=(1, 0, 0, 1))
+    ref = np.zeros(x.shape)
+    for n, t in enumerate(targets):
+        Rr = ref_rap_first_onehot(v["f"][n], p["Wh"][:, t], p["bh"][t]).reshape(4, 3, 3)
+        ref[n] = ref_zbox(x[n].astype(float), convA, hidden(v["a"][n], convB, Rr))
+    return ref

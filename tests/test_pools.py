@@ -102,6 +102,17 @@ def test_maxpool_route_adds_overlapping_windows():
 AVG_CASES = [c for c in POOL_CASES if c[6] is None]
 
 
+def assert_mean_pool_matches(op, x, y_ort, seed):
+    """sum_pool(x) / divisor is ORT's output ``y_ort``, and sum_pool_adjoint is sum_pool's adjoint."""
+    total = op.sum_pool(BK, x)
+    assert total.shape == y_ort.shape
+    np.testing.assert_allclose(total / op.divisor(BK, x.shape, x.dtype), y_ort, rtol=1e-5, atol=1e-6)
+    s = np.random.default_rng(seed).standard_normal(total.shape)
+    back = op.sum_pool_adjoint(BK, s, x.shape)
+    assert back.shape == x.shape
+    assert np.isclose(np.vdot(total, s), np.vdot(x, back), rtol=1e-12)
+
+
 @pytest.mark.parametrize("count_include_pad", [0, 1])
 @pytest.mark.parametrize("case", AVG_CASES, ids=case_id)
 def test_averagepool_sum_over_divisor_matches_onnxruntime(case, count_include_pad):
@@ -109,14 +120,7 @@ def test_averagepool_sum_over_divisor_matches_onnxruntime(case, count_include_pa
     model = pool_model("AveragePool", case, count_include_pad=count_include_pad)
     x = np.random.default_rng(8).standard_normal((2, 3) + case[1])
     (y_ort,) = run(model, x.astype(np.float32))
-    op = only_op(model)
-    total = op.sum_pool(BK, x)
-    assert total.shape == y_ort.shape
-    np.testing.assert_allclose(total / op.divisor(BK, x.shape, x.dtype), y_ort, rtol=1e-5, atol=1e-6)
-    s = np.random.default_rng(9).standard_normal(total.shape)
-    back = op.sum_pool_adjoint(BK, s, x.shape)
-    assert back.shape == x.shape
-    assert np.isclose(np.vdot(total, s), np.vdot(x, back), rtol=1e-12)
+    assert_mean_pool_matches(only_op(model), x, y_ort, seed=9)
 
 
 MEAN_CASES = [
@@ -141,11 +145,4 @@ def test_mean_reduce_matches_onnxruntime(op_type, attrs, axes_input, opset):
     model = make_model([n], [("x", [2, 3, 4, 5])], [("y", None)], inits, opset=opset)
     x = np.random.default_rng(10).standard_normal((2, 3, 4, 5))
     (y_ort,) = run(model, x.astype(np.float32))
-    op = only_op(model)
-    total = op.sum_pool(BK, x)
-    assert total.shape == y_ort.shape
-    np.testing.assert_allclose(total / op.divisor(BK, x.shape, x.dtype), y_ort, rtol=1e-5, atol=1e-6)
-    s = np.random.default_rng(11).standard_normal(total.shape)
-    back = op.sum_pool_adjoint(BK, s, x.shape)
-    assert back.shape == x.shape
-    assert np.isclose(np.vdot(total, s), np.vdot(x, back), rtol=1e-12)
+    assert_mean_pool_matches(only_op(model), x, y_ort, seed=11)

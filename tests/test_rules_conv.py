@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import (assert_close, assert_conserves, conv_hidden_model, conv_node, explain, gemm_layer, head_gemm,
+from helpers import (assert_close, assert_conserves, conv_hidden_model, conv_hidden_reference, conv_node, explain, gemm_layer, head_gemm,
                      reference_forward, rnd, targets_with_negative_logit)
 from onnx_helpers import const, make_model, node, run
 from references import (ConvMap, DenseMap, naive_avg_pool, naive_max_route, naive_window_share, np_conv,
@@ -338,14 +338,8 @@ def test_conv_hidden_layer(method):
     x = rnd((2, 2, 6, 6), 85)
     targets = targets_with_negative_logit(model, x)
     got = explain(model, x, targets, method).relevance
-    v = reference_forward(model, x, p["forward"])
-    convA = ConvMap(p["Wa"], (6, 6), pads=(1, 1, 1, 1))
-    convB = ConvMap(p["Wb"], (6, 6), strides=(2, 2), pads=(1, 0, 0, 1))
-    ref = np.zeros(x.shape)
-    for n, t in enumerate(targets):
-        Rr = ref_rap_first_onehot(v["f"][n], p["Wh"][:, t], p["bh"][t]).reshape(4, 3, 3)
-        Ra = ref_rap_hidden(v["a"][n], convB, Rr, conv=True, per_sign=method == "rap-reference")
-        ref[n] = ref_zbox(x[n].astype(float), convA, Ra)
+    ref = conv_hidden_reference(model, p, x, targets, lambda a, conv, R: ref_rap_hidden(
+        a, conv, R, conv=True, per_sign=method == "rap-reference"))
     assert_close(got, ref)
     if method == "rap-unbounded":
         assert_conserves(model, x, targets)

@@ -143,8 +143,8 @@ def test_rap_unbounded_is_the_previous_rap():
 def test_rap_on_a_signed_hidden_convolution_by_reference():
     # The model of test_rules_conv's rap.hidden test (a 3x3 stride-2 conv with asymmetric pads reading
     # the signed output of the input conv), with rap's rule at signed inputs written out in NumPy.
-    from helpers import explain, reference_forward, rnd, targets_with_negative_logit
-    from references import ConvMap, ref_rap_first_onehot, ref_zbox, sdiv
+    from helpers import conv_hidden_reference, explain, rnd, targets_with_negative_logit
+    from references import sdiv
 
     def ref_abs_share(x, lin, R):
         size, w_abs = np.abs(x), np.abs(lin.W)
@@ -156,11 +156,5 @@ def test_rap_on_a_signed_hidden_convolution_by_reference():
     x = rnd((2, 2, 6, 6), 85)
     targets = targets_with_negative_logit(model, x)
     got = explain(model, x, targets, "rap").relevance
-    v = reference_forward(model, x, p["forward"])
-    convA = ConvMap(p["Wa"], (6, 6), pads=(1, 1, 1, 1))
-    convB = ConvMap(p["Wb"], (6, 6), strides=(2, 2), pads=(1, 0, 0, 1))
-    ref = np.zeros(x.shape)
-    for n, t in enumerate(targets):
-        Rr = ref_rap_first_onehot(v["f"][n], p["Wh"][:, t], p["bh"][t]).reshape(4, 3, 3)
-        ref[n] = ref_zbox(x[n].astype(float), convA, ref_abs_share(v["a"][n], convB, Rr))
+    ref = conv_hidden_reference(model, p, x, targets, ref_abs_share)
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
