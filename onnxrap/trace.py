@@ -577,7 +577,6 @@ class TraceBackend(Backend):
 
     def scatter(self, cols, spec):
         """Adjoint of ``windows``: a ConvTranspose whose kernel puts each tap's column in place."""
-        rank = len(spec.kernel)
         n, c = cols.shape[:2]
         taps = spec.taps
         flat = cols.reshape((n, c * taps) + spec.out_shape)
@@ -611,7 +610,6 @@ class TraceBackend(Backend):
         if groups == 1 and len(pairs) > 1:  # one ConvTranspose over the stacked channels
             pairs = [(self.xp.concatenate([s for s, _ in pairs], axis=1),
                       tr.stack([w for _, w in pairs]))]
-        rank = len(spec.kernel)
         full = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in
                 zip(spec.out_shape, spec.strides, spec.kernel, spec.dilations)]
         ends = [f - b - i for f, b, i in zip(full, spec.pads_begin, spec.in_shape)]
