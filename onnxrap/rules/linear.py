@@ -115,6 +115,9 @@ class RapHidden(_LinearRule):
     negative at a convolution without inhibitors; R only on bias-only units) the
     shift's carrier is every input entry.  (Sending R- through the promoters per unit
     instead would change rap on the resnet50_w4 golden, which has such units.)
+
+    For a contrast's seed (``ctx.contrast``) each sign of C is rescaled to its own sum
+    in place of the shift (``_keep_signs``, docs/rules.md, contrast).
     """
 
     def __init__(self, per_sign: bool, conserve: bool = False):
