@@ -269,6 +269,10 @@ class CompiledModel:
             # The memory plan reserves one block for the thousands of temporaries at once; without it the
             # arena reuses freed ones: VGG-16 peaks at 2.86 GB instead of 3.05, and runs no slower.
             options.enable_mem_pattern = False
+            # ORT's buffer-reuse planner costs seconds per thousand nodes at session creation (Inception-V3,
+            # 5,685 nodes: 9.6 s of 10.6); without it the arena still hands freed blocks to later ops, and
+            # peak memory and run time stay the same (bench/README.md).
+            options.enable_mem_reuse = False
             self._shared = [(name, ort.OrtValue.ortvalue_from_numpy(a)) for name, a in (shared or {}).items()]
             for name, value in self._shared:  # the arrays outlive the session: the ops hold them
                 options.add_initializer(name, value)

@@ -13,8 +13,8 @@ from .backend import Backend
 
 _SDIV = cupy.ElementwiseKernel("T a, T b", "T out", "out = b != 0 ? a / b : (T)0", "onnxrap_sdiv")
 
-# P() of docs/rules.md, rap.hidden: ta = sdiv(R+ [Za+Zb != 0], Za) (+ the R- term for dense ops),
-# tb = sdiv(R Zb/(Za+Zb), Zb) (+ the R- term for convolutions), in one pass.
+# P() of docs/rules.md, rap.hidden, as Backend.rap_shares computes it: ta = sdiv(R+, Za) (+ the R- term for
+# dense ops), tb = sdiv(R Zb/(Za+Zb), Zb) (+ the R- term for convolutions), in one pass.
 _RAP_SHARES = cupy.ElementwiseKernel(
     "T r, T za, T zb, bool conv", "T ta, T tb",
     """
@@ -22,11 +22,10 @@ _RAP_SHARES = cupy.ElementwiseKernel(
     T share = total != 0 ? zb / total : (T)0;
     T rp = r > 0 ? r : (T)0;
     T rn = r < 0 ? r : (T)0;
-    T one = total != 0 ? (T)1 : (T)0;
-    ta = za != 0 ? rp * one / za : (T)0;
+    ta = za != 0 ? rp / za : (T)0;
     tb = zb != 0 ? r * share / zb : (T)0;
-    if (conv) { tb += zb != 0 ? rn * one / zb : (T)0; }
-    else      { ta += za != 0 ? rn * one / za : (T)0; }
+    if (conv) { tb += zb != 0 ? rn / zb : (T)0; }
+    else      { ta += za != 0 ? rn / za : (T)0; }
     """,
     "onnxrap_rap_shares")
 

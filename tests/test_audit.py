@@ -205,7 +205,10 @@ def test_ctrl_c_on_the_command_then_rerun(plain, tmp_path):
     command = [sys.executable, "-m", "onnxrap", "audit", str(DIGITS), str(HOLDOUT), "-o", str(out), "--limit",
                "64", "--quiet", "--device", "cpu", "--batch-size", "4", "--faithfulness", "0"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then keeps it
+    # ignored: give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     target = out / "records.jsonl"
     while proc.poll() is None and (not target.exists() or len(target.read_text().splitlines()) < 8):
         time.sleep(0.02)

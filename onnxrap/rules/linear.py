@@ -115,6 +115,9 @@ class RapHidden(_LinearRule):
     negative at a convolution without inhibitors; R only on bias-only units) the
     shift's carrier is every input entry.  (Sending R- through the promoters per unit
     instead would change rap on the resnet50_w4 golden, which has such units.)
+
+    For a contrast's seed (``ctx.contrast``) each sign of C is rescaled to its own sum
+    in place of the shift (``_keep_signs``, docs/rules.md, contrast).
     """
 
     def __init__(self, per_sign: bool, conserve: bool = False):
@@ -135,7 +138,22 @@ class RapHidden(_LinearRule):
             out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
         else:
             out = self._shift(bk, sum(parts), R, self.conserve)
+        if ctx.contrast is not None:
+            out = self._keep_signs(bk, sum(parts), R, out, ctx.contrast)
         return [op.give(out)]
+
+    @staticmethod
+    def _keep_signs(bk, C, R, shifted, contrast):
+        """A contrast's samples (docs/rules.md, contrast): C's positive entries rescaled to S(R+), its
+        negative ones to S(R-), in place of the shift, which adds one amount to every entry and so
+        mixes the evidence for the target with the evidence for the dual.  Where R has mass of a sign
+        that C lacks, the shift stays."""
+        S = bk.sample_sum
+        Cp, Cn, Rp, Rn = bk.pos(C), bk.neg(C), S(bk.pos(R)), S(bk.neg(R))
+        kept = Cp * bk.sdiv(Rp, S(Cp)) + Cn * bk.sdiv(Rn, S(Cn))
+        carried = ((S(Cp) != 0) | (Rp == 0)) & ((S(Cn) != 0) | (Rn == 0))
+        use = contrast.reshape((-1,) + (1,) * (C.ndim - 1)) * carried
+        return kept * use + shifted * (1 - use)
 
     @staticmethod
     def _part(bk, R, x1, wa, sa, wb, sb, conv, fwd, adj, linear=None):
