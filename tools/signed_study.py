@@ -2,20 +2,23 @@
 
 Registers one method per candidate, ``rap-s-KEY`` (``rap`` with that rule at
 ``conv.signed`` / ``dense.signed``; ``rap-s-abs`` is ``rap`` itself), ``rap-p-KEY`` (``rap``
-with that rule at the projections, ``conv.projection`` / ``dense.projection``) and two diagnostics,
-``rap-s-all-abs`` (the size rule at every hidden linear op) and ``rap-s-depthwise-abs``
-(at depthwise convolutions too), then:
+with that rule at the projections, ``conv.projection`` / ``dense.projection``) and three diagnostics,
+``rap-s-all-abs`` (the size rule at every hidden linear op), ``rap-s-depthwise-abs``
+(at depthwise convolutions too) and ``rap-add-toward`` (residual Adds share by the summands
+that push the sum's sign), then:
 
     python tools/signed_study.py mass MODEL PHOTOS [--limit N] [--every 4] [--methods a,b] [--csv F]
     python tools/signed_study.py per-image MODEL PHOTOS [--methods a,b] [--k 10000]
     python tools/signed_study.py figure MODEL IMAGE... [--methods a,b] -o OUT.png
+    python tools/signed_study.py random-removal MODEL PHOTOS [--k 10000] [--seeds 5]
     python tools/signed_study.py cli evaluate MODEL PHOTOS --methods rap-s-w2,... -o OUT
 
 ``mass``: per method, sum |R| / |logit| over the images, the float32 sum's error and
 how many images the float64 redo was needed for.  ``per-image``: which images keep
 their class after the top k pixels of each sign are set to the minimum.  ``figure``:
-photographs beside their heatmaps.  ``cli``: the onnxrap CLI, with the candidates known.
-EVALUATION.md (section B) gives the runs and their results.
+photographs beside their heatmaps.  ``random-removal``: the random control per
+preprocessing.  ``cli``: the onnxrap CLI, with the candidates known.
+EVALUATION.md (section B, "Signed inputs" and "Issue 14's own setup") gives the runs and their results.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxrap import methods  # noqa: E402
+from onnxrap.rules.joins import AddShare  # noqa: E402
 from onnxrap.rules.signed import AbsShare, NetSignShare  # noqa: E402
 
 
@@ -84,11 +88,12 @@ class SignedShare(AbsShare):
 
 
 CANDIDATES = {"abs": AbsShare(), "plus": PromoterShare(), "w2": WeightShare(square=True),
-              "flat": WeightShare(square=False), "split": SignedShare()}
+              "flat": WeightShare(square=False), "split": SignedShare(), "toward": NetSignShare()}
 # Issue 14, second round: rules for the projections (signs.py: a linear op whose output reaches a signed
 # input unrectified), with AbsShare at the signed inputs as in rap.  Registered as rap-p-KEY; rap-p-toward
 # is today's rap, rap-a2-projections the rap before it.
-PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": NetSignShare()}
+PROJECTION_CANDIDATES = {"abs": AbsShare(), "split": SignedShare(), "toward": NetSignShare(), "plus": PromoterShare(),
+                         "w2": WeightShare(square=True)}
 
 
 def _register(name, positions, rule):
@@ -127,6 +132,35 @@ def _depthwise_abs():
     return m
 
 
+class AddToward(AddShare):
+    """A diagnostic: a residual Add shares by the summands that push the sum the way it goes,
+    ``(a sign(a + b))+``, not by ``|a|`` (rap.ops); where none does, by ``|a|``."""
+
+    def __call__(self, op, ctx, R):
+        bk = ctx.bk
+        xs = [ctx[name] for name in op.inputs]
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        sign = bk.xp.sign(total)
+        parts = [bk.pos(x * sign) for x in xs]
+        toward = parts[0]
+        for part in parts[1:]:
+            toward = toward + part
+        rest = super().__call__(op, ctx, R * (toward == 0))
+        s = bk.sdiv(R, toward)
+        return [bk.unbroadcast(part * s, x.shape) + r for part, x, r in zip(parts, xs, rest)]
+
+
+@methods.register("rap-add-toward")
+def _add_toward():
+    """A diagnostic: rap with AddToward at residual Adds (it would change the ResNet golden)."""
+    m = methods.get("rap")
+    m.rules.update({"add": AddToward(absolute=True, conserve=True)})
+    m.name = "rap-add-toward"
+    return m
+
+
 @methods.register("rap-s-all-abs")
 def _all_abs():
     """A diagnostic, not a candidate: the size rule at every hidden linear op, signed or not (rap.hidden
@@ -148,9 +182,10 @@ def mass(argv):
     p.add_argument("--every", type=int, default=4, help="take every n-th image of labels.csv (4: the originals)")
     p.add_argument("--methods", default="rap-unbounded," + ",".join(f"rap-s-{k}" for k in CANDIDATES))
     p.add_argument("--csv", type=Path)
+    p.add_argument("--preset", help="pixel scaling (default: the model's onnxrap.preprocess)")
     args = p.parse_args(argv)
     e = Explainer(args.model)
-    prep = Preprocess.for_model(e.input_shape, e.layout, e.metadata)
+    prep = Preprocess.for_model(e.input_shape, e.layout, e.metadata, preset=args.preset)
     with open(args.photos / "labels.csv") as f:
         rows = list(csv.DictReader(f))[:: args.every][: args.limit]
     x = np.concatenate([prep(read_image(args.photos / r["filename"]))[0] for r in rows])
@@ -222,6 +257,51 @@ def per_image(argv):
     print("images: " + ", ".join(f"{name} ({len(members)})" for name, members in photos.items()))
 
 
+def random_removal(argv):
+    """How many correctly classified images keep their class after ``k`` random pixels are set to the
+    minimum, per preprocessing (preset; whole image or the central 87.5%, torchvision's 256 -> 224
+    crop), over several random rankings: what the random control measures depends on it."""
+    from onnxrap.api import Explainer, softmax
+    from onnxrap.evaluate import Scorer, perturb
+    from onnxrap.inputs import Preprocess, read_image
+
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("photos", type=Path)
+    p.add_argument("--k", type=int, default=10000)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--presets", default="signed,imagenet")
+    args = p.parse_args(argv)
+    e = Explainer(args.model)
+    scorer = Scorer(e)
+    with open(args.photos / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    y = np.array([int(r["label"]) for r in rows])
+    for preset in args.presets.split(","):
+        prep = Preprocess.for_model(e.input_shape, e.layout, e.metadata, preset=preset)
+        for kept_side in (1.0, 0.875):
+            images = []
+            for r in rows:
+                image = read_image(args.photos / r["filename"])
+                w, h = image.size
+                cw, ch = round(w * kept_side), round(h * kept_side)
+                images.append(prep(image.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)))[0])
+            x = np.concatenate(images)
+            logits = scorer.logits(x)
+            correct = logits.argmax(axis=1) == y
+            prob = softmax(logits)[np.arange(len(y)), y]
+            flat = x.reshape(len(x), x.shape[1], -1)
+            kept = []
+            for seed in range(args.seeds):
+                rng = np.random.default_rng(seed)
+                batch = [perturb(flat[i], rng.permutation(flat.shape[2]), args.k, "min").reshape(x.shape[1:])
+                         for i in range(len(x))]
+                kept.append(float((scorer.logits(np.stack(batch)).argmax(axis=1) == y)[correct].mean()))
+            print(f"{preset:9s} centre {kept_side:5.3f}: correct {correct.sum()}/{len(y)}, mean p(label) "
+                  f"{prob[correct].mean():.3f}; random {args.k} px kept {np.mean(kept):.2f} "
+                  f"(seeds: {' '.join(f'{v:.2f}' for v in kept)})", flush=True)
+
+
 def figure(argv):
     """Photographs beside their heatmaps under each method, one row per photograph."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -271,6 +351,8 @@ if __name__ == "__main__":
         mass(rest)
     elif command == "per-image":
         per_image(rest)
+    elif command == "random-removal":
+        random_removal(rest)
     elif command == "figure":
         figure(rest)
     else:
