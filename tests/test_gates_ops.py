@@ -242,3 +242,22 @@ def test_a_tensorflow_hard_sigmoid_is_a_gate():
     graph = Graph(make_model(nodes, [("x", [1, 4])], [("y", [1, 4])], inits))
     gate = next(o for o in graph.ops if isinstance(o, Gate))
     assert gate.signal == "x"
+
+
+@pytest.mark.parametrize("activation, signed", [("Relu", False), ("HardSwish", True), ("SiLU", True),
+                                                ("Softplus", False), ("Tanh", True)])
+def test_signs_after_activations_and_gates(activation, signed):
+    """The linear op after ``activation``, then a squeeze-excitation-like gate, reads a non-negative input
+    exactly when the activation's output is: a gated product has its signal's sign."""
+    rng = np.random.default_rng(4)
+    inits = [const(f"W{k}", rng.normal(size=(4, 4))) for k in range(3)]
+    act = ([node("Sigmoid", ["h"], "sh"), node("Mul", ["h", "sh"], "a")] if activation == "SiLU"
+           else [node(activation, ["h"], "a")])
+    nodes = [node("MatMul", ["x", "W0"], "h"), *act, node("MatMul", ["a", "W1"], "g"), node("Sigmoid", ["g"], "s"),
+             node("Mul", ["a", "s"], "gated"), node("MatMul", ["gated", "W2"], "y", name="reader")]
+    graph = Graph(make_model(nodes, [("x", [1, 4])], [("y", [1, 4])], inits, opset=14))
+    reader = next(op for op in graph.ops if op.name == "reader")
+    assert reader.signed_input is signed
+    assert ("signed" in reader.positions) is signed
+    first = next(op for op in graph.ops if op.output == "h")
+    assert ("projection" in first.positions) is signed  # through SiLU/HardSwish, not rectified
