@@ -133,3 +133,26 @@ def test_a_rule_the_tracer_cannot_express_falls_back_to_eager(tmp_path, monkeypa
     e = ex.explain(case["x"], method=mine)
     assert ex.engine_note.startswith("eager: ") and "Mul" in ex.engine_note
     assert rel_l2(e.relevance, Explainer(path).explain(case["x"], method="rap").relevance) < 1e-6
+
+
+@pytest.mark.parametrize("name, fused", [("mobilenetv3_opset17", "HardSigmoid"), ("efficientnet_b0_opset17", "Sigmoid")])
+def test_onnx_runtimes_fused_forms(tmp_path, name, fused):
+    """ONNX Runtime's offline optimiser writes SE gates' activations into FusedConv and SiLU as QuickGelu
+    (x * Sigmoid(alpha x)): the same function, the same gradient, and rap still conserves."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(FIXTURES / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(tmp_path / "optimised.onnx"))
+    activations = {a.s.decode() for n in model.graph.node for a in n.attribute if a.name == "activation"}
+    assert fused in activations
+    assert name.startswith("mobilenet") or "QuickGelu" in {n.op_type for n in model.graph.node}
+    case = dict(np.load(FIXTURES / f"{name}.npz"))
+    optimised = Explainer(tmp_path / "optimised.onnx")
+    e = optimised.explain(case["x"], method="rap")
+    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3)), e.logits[np.arange(2), e.target], rtol=1e-5)
+    plain = Explainer(FIXTURES / f"{name}.onnx").explain(case["x"], method="gradient", target=e.target)
+    assert rel_l2(optimised.explain(case["x"], method="gradient", target=e.target).relevance, plain.relevance) < 1e-4

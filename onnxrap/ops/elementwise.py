@@ -151,34 +151,37 @@ _SWISH_LOW = -0.2784645427610738  # min of v * sigmoid(v), at v = -1.2785
 _MISH_LOW = -0.30884303743405  # min of v * tanh(softplus(v)), at v = -1.1924
 
 
-@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish")
-def _smooth(v):
-    x, y, t = v.node.input[0], v.node.output[0], v.op_type
+def smooth(name, t, x, y, attrs):
+    """The smooth activation of ONNX op type ``t`` with its ONNX attributes ``attrs`` (a dict)."""
     if t == "Sigmoid":
-        return Activation(v.name, t, [x], y, _sigmoid, _sigmoid_slope, (0.0, 1.0))
+        return Activation(name, t, [x], y, _sigmoid, _sigmoid_slope, (0.0, 1.0))
     if t == "Tanh":
-        return Activation(v.name, t, [x], y, lambda xp, u: xp.tanh(u), _tanh_slope, (-1.0, 1.0))
+        return Activation(name, t, [x], y, lambda xp, u: xp.tanh(u), _tanh_slope, (-1.0, 1.0))
     if t == "Softplus":
-        return Activation(v.name, t, [x], y, _softplus, _sigmoid, (0.0, np.inf))
+        return Activation(name, t, [x], y, _softplus, _sigmoid, (0.0, np.inf))
     if t == "Mish":
-        return Activation(v.name, t, [x], y, _mish, _mish_slope, (_MISH_LOW, np.inf))
+        return Activation(name, t, [x], y, _mish, _mish_slope, (_MISH_LOW, np.inf))
     if t == "HardSigmoid":
-        params = {"alpha": float(v.attr("alpha", 0.2)), "beta": float(v.attr("beta", 0.5))}
-        return Activation(v.name, t, [x], y, _hard_sigmoid, _hard_sigmoid_slope, (0.0, 1.0), params=params)
+        params = {"alpha": float(attrs.get("alpha", 0.2)), "beta": float(attrs.get("beta", 0.5))}
+        return Activation(name, t, [x], y, _hard_sigmoid, _hard_sigmoid_slope, (0.0, 1.0), params=params)
     if t == "HardSwish":  # x * HardSigmoid(x) with alpha 1/6, beta 1/2; least value -3/8 at x = -3/2
-        return Activation(v.name, t, [x], y, _hard_swish, _hard_swish_slope, (-0.375, np.inf))
-    if t == "Swish":
-        alpha = float(v.attr("alpha", 1.0))
+        return Activation(name, t, [x], y, _hard_swish, _hard_swish_slope, (-0.375, np.inf))
+    if t in ("Swish", "QuickGelu"):  # ONNX Runtime fuses x * Sigmoid(x) into QuickGelu, alpha 1
+        alpha = float(attrs.get("alpha", 1.0 if t == "Swish" else 1.702))
         if alpha <= 0:
             raise Unsupported(f"alpha={alpha}: only a positive alpha keeps x * sigmoid(alpha x) a gated signal")
-        return Activation(v.name, t, [x], y, _swish, _swish_slope, (_SWISH_LOW / alpha, np.inf),
-                          params={"alpha": alpha})
-    alpha, gamma = (float(v.attr("alpha", 1.0)), 1.0) if t == "Elu" else \
-        (float(v.attr("alpha", _SELU[0])), float(v.attr("gamma", _SELU[1])))
+        return Activation(name, t, [x], y, _swish, _swish_slope, (_SWISH_LOW / alpha, np.inf), params={"alpha": alpha})
+    alpha, gamma = (float(attrs.get("alpha", 1.0)), 1.0) if t == "Elu" else \
+        (float(attrs.get("alpha", _SELU[0])), float(attrs.get("gamma", _SELU[1])))
     if alpha < 0 or gamma <= 0:
         raise Unsupported(f"alpha={alpha}, gamma={gamma}: only alpha >= 0 and gamma > 0")
-    return Activation(v.name, t, [x], y, _elu, _elu_slope, (-alpha * gamma, np.inf),
+    return Activation(name, t, [x], y, _elu, _elu_slope, (-alpha * gamma, np.inf),
                       params={"alpha": alpha, "gamma": gamma})
+
+
+@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish", "QuickGelu")
+def _smooth(v):
+    return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)
 
 
 class BatchNorm(Op):
