@@ -261,3 +261,20 @@ def test_signs_after_activations_and_gates(activation, signed):
     assert ("signed" in reader.positions) is signed
     first = next(op for op in graph.ops if op.output == "h")
     assert ("projection" in first.positions) is signed  # through SiLU/HardSwish, not rectified
+
+
+def test_a_final_sigmoid_is_explained_through():
+    """A multi-label head's Sigmoid is skipped like a Softmax: rap sums to the logit z, not to a number that
+    is neither z nor sigmoid(z) (seeding through it gave 0.14 for a logit of 2.97 and a probability of 0.95)."""
+    rng = np.random.default_rng(0)
+    nodes = [node("MatMul", ["x", "W"], "h"), node("Relu", ["h"], "r"), node("MatMul", ["r", "V"], "z"),
+             node("Sigmoid", ["z"], "p")]
+    inits = [const("W", rng.normal(size=(4, 4))), const("V", rng.normal(size=(4, 3)))]
+    ex = Explainer(make_model(nodes, [("x", [None, 4])], [("p", [None, 3])], inits))
+    assert ex.graph.logits_name == "z"
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    e = ex.explain(x, method="rap")
+    z = run(make_model(nodes[:3], [("x", [None, 4])], [("z", [None, 3])], inits), x)[0]
+    np.testing.assert_allclose(e.logits, z, rtol=1e-6)
+    np.testing.assert_allclose(e.relevance.sum(axis=1), z[np.arange(2), e.target], rtol=1e-5)
+    assert e.recomputed == []
