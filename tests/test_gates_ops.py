@@ -33,13 +33,14 @@ ACTIVATIONS = [
 
 
 def one_node(op_type, opset, attrs, extra):
+    """``op_type`` on x, then an Identity: a final Sigmoid would be explained through, as a Softmax is."""
     inits = [const(f"c{k}", c) for k, c in enumerate(extra)]
-    n = node(op_type, ["x"] + [i.name for i in inits], ["y"], **attrs)
-    return make_model([n], [("x", [1, 3, 5])], [("y", [1, 3, 5])], inits, opset=opset)
+    nodes = [node(op_type, ["x"] + [i.name for i in inits], ["a"], **attrs), node("Identity", ["a"], ["y"])]
+    return make_model(nodes, [("x", [1, 3, 5])], [("y", [1, 3, 5])], inits, opset=opset)
 
 
 def the_op(model):
-    (op,) = Graph(model).ops
+    (op,) = [op for op in Graph(model).ops if isinstance(op, Activation)]
     return op
 
 
@@ -130,7 +131,7 @@ def test_every_relevance_method_passes_relevance_through_activations():
     op.positions = ()  # alone in its graph it is in the tail (no linear op after it), where rap takes the adjoint
     R = np.arange(15.0).reshape(1, 3, 5)
     for name in ("rap", "rap-reference", "lrp-eps", "lrp-a1b0"):
-        (out,) = get(name).rule_for(op)(op, Context(BK, {"x": grid(), "y": grid()}, {}), R)
+        (out,) = get(name).rule_for(op)(op, Context(BK, {"x": grid(), "a": grid()}, {}), R)
         np.testing.assert_array_equal(out, R)
 
 
