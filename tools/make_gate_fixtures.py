@@ -140,7 +140,8 @@ def export(net, path, opset=None, dynamo=False):
         torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, do_constant_folding=False,
                           **kwargs)
     model = onnx.load(str(path))
-    onnx.save(model, str(path))  # external data, if any, back into the one file
+    onnx.save(model, str(path))  # the dynamo exporter's external data back into the one file
+    Path(f"{path}.data").unlink(missing_ok=True)
     return model
 
 
