@@ -72,10 +72,42 @@ class Reshape(Op):
         return [grad.reshape(ctx[self.inputs[0]].shape)]
 
 
+def _axes(v):
+    """Squeeze's or Unsqueeze's axes: an attribute up to opset 12, then input 1; None where not given."""
+    if v.has_input(1):
+        return [int(a) for a in np.atleast_1d(v.const(1))]
+    axes = v.attr("axes")
+    return None if axes is None else list(axes)
+
+
+def _check_batch_axis_stays(v):
+    """Every rule reads axis 0 as the batch: a move that merges, drops or displaces it is refused."""
+    shape = v.input_shape(0)
+    rank = None if shape is None else len(shape)
+    if v.op_type == "Flatten":
+        axis = int(v.attr("axis", 1))
+        if axis < 0 and rank is None:
+            raise Unsupported(f"Flatten axis={axis} on an input of unknown rank")
+        axis = axis % rank if axis < 0 else axis
+        if axis == 0 or (axis > 1 and (shape is None or any(d != 1 for d in shape[1:axis]))):
+            raise Unsupported(f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)")
+    elif v.op_type == "Squeeze":
+        axes = _axes(v)
+        if axes is None:
+            if shape and shape[0] == 1:
+                raise Unsupported("Squeeze with no axes drops the batch axis (of size 1)")
+        elif rank is not None and any(a % rank == 0 for a in axes) or rank is None and 0 in axes:
+            raise Unsupported(f"Squeeze axes={axes} drops the batch axis")
+    elif v.op_type == "Unsqueeze":
+        axes = _axes(v) or []
+        out_rank = None if rank is None else rank + len(axes)
+        if 0 in axes or (out_rank is not None and any(a % out_rank == 0 for a in axes)):
+            raise Unsupported(f"Unsqueeze axes={axes} puts an axis before the batch axis")
+
+
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(v):
-    if v.op_type == "Flatten" and v.attr("axis", 1) == 0:
-        raise Unsupported("Flatten with axis=0 merges the batch axis")
+    _check_batch_axis_stays(v)
     return Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
 
 
