@@ -136,9 +136,10 @@ def _transpose(v):
 
 
 class Pad(Op):
-    """Constant padding; the adjoint crops."""
+    """Constant padding; the adjoint crops.  Its own kind: what lies on a nonzero padding is no input's,
+    and a conserving method must put it somewhere (docs/rules.md, conservation.constants)."""
 
-    kind = "shape"
+    kind = "pad"
 
     def __init__(self, name, op_type, inputs, output, pads, value):
         super().__init__(name, op_type, inputs, output)
