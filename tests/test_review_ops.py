@@ -124,3 +124,24 @@ def test_batchnorm_with_spatial_zero_is_refused():
     model = _one("BatchNormalization", {"spatial": 0}, inits, ["s", "b", "mu", "var"], (1, c, 4, 5), opset=7,
                  out_shape=[1, c, 4, 5])
     _refused(model, "n", "BatchNormalization", "spatial")
+
+
+def test_pad_of_opset_one_reads_its_paddings_attribute():
+    """Opset 1 named Pad's widths ``paddings``; reading ``pads`` only ended in a TypeError traceback."""
+    model = _one("Pad", {"paddings": [0, 0, 1, 0, 0, 0, 0, 2], "value": 0.5}, shape=(1, 2, 3, 4), opset=1,
+                 out_shape=[1, 2, 4, 6])
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    (pad, _) = Graph(model).ops
+    np.testing.assert_array_equal(pad.forward(BK, {"x": x}), np.pad(x, [(0, 0), (0, 0), (1, 0), (0, 2)],
+                                                                  constant_values=0.5))
+
+
+def test_reduce_mean_over_the_batch_axis_at_unknown_rank_is_a_model_error():
+    """A negative axis on an input of unknown rank is known to be the batch axis only at run time: a
+    ModelError naming the node there (an Unsupported escaped the walk as a traceback)."""
+    from onnxrap.errors import ModelError
+    from onnxrap.ops.pooling import MeanReduce
+
+    op = MeanReduce("rm", "ReduceMean", ["x"], "y", [-4], True)
+    with pytest.raises(ModelError, match="rm"):
+        op.forward(BK, {"x": np.ones((1, 2, 3, 4))})

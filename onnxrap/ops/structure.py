@@ -177,7 +177,8 @@ def _pad(v):
                 full[a], full[len(shape) + a] = pads[k], pads[len(axes) + k]
             pads = full
     else:
-        pads, value = list(v.attr("pads")), float(v.attr("value", 0.0))
+        pads = v.attr("pads", v.attr("paddings"))  # opset 1 named them paddings
+        pads, value = list(pads), float(v.attr("value", 0.0))
     rank = len(pads) // 2
     if any(p < 0 for p in pads):
         raise Unsupported("negative pads (cropping)")
