@@ -89,7 +89,15 @@ def test_squeeze_of_the_batch_axis_is_refused():
 
 
 def test_squeeze_attribute_of_the_batch_axis_is_refused():
-    _refused(_one("Squeeze", {"axes": [0, 2]}, shape=(1, 3, 1), opset=11), "n", "Squeeze", "batch")
+    _refused(_one("Squeeze", {"axes": [0, 3]}, shape=(1, 3, 4, 1), opset=11), "n", "Squeeze", "batch")
+
+
+def test_a_batch_of_one_through_rank_one_and_back_is_kept():
+    """Squeeze (1, 5) to (5,) and Unsqueeze back: the rank-1 tensor has no batch axis to misread."""
+    ax = const("ax", np.array([0]), np.int64)
+    nodes = [node("Squeeze", ["x", "ax"], ["s"]), node("Unsqueeze", ["s", "ax"], ["y"])]
+    model = make_model(nodes, [("x", [1, 5])], [("y", [1, 5])], [ax])
+    assert [op.op_type for op in Graph(model).ops] == ["Squeeze", "Unsqueeze"]
 
 
 def test_unsqueeze_before_the_batch_axis_is_refused():
@@ -145,3 +153,14 @@ def test_reduce_mean_over_the_batch_axis_at_unknown_rank_is_a_model_error():
     op = MeanReduce("rm", "ReduceMean", ["x"], "y", [-4], True)
     with pytest.raises(ModelError, match="rm"):
         op.forward(BK, {"x": np.ones((1, 2, 3, 4))})
+
+
+def test_reshape_that_changes_the_batch_axis_is_refused():
+    """(2, 3, 4) to (6, 4) folds channels into the first axis, which every rule reads as the batch."""
+    model = _one("Reshape", inits=[const("s", np.array([6, 4]), np.int64)], extra=["s"], shape=(2, 3, 4))
+    _refused(model, "n", "Reshape", "batch")
+
+
+def test_reshape_that_keeps_the_batch_axis_is_kept():
+    model = _one("Reshape", inits=[const("s", np.array([-1, 12]), np.int64)], extra=["s"], shape=(2, 3, 4))
+    assert [op.op_type for op in Graph(model).ops] == ["Reshape", "Identity"]

@@ -81,9 +81,13 @@ def _axes(v):
 
 
 def _check_batch_axis_stays(v):
-    """Every rule reads axis 0 as the batch: a move that merges, drops or displaces it is refused."""
-    shape = v.input_shape(0)
+    """Every rule reads axis 0 of a tensor of rank 2 or more as the batch: a move between such tensors
+    that merges, drops or displaces it is refused.  A move to or from rank 1 passes: exporters flatten
+    a batch of one that way and a later move restores it (torch.export's views, tests/test_gather.py)."""
+    shape, out = v.input_shape(0), v.graph.static_shape(v.node.output[0])
     rank = None if shape is None else len(shape)
+    if shape and out and min(len(shape), len(out)) >= 2 and None not in (shape[0], out[0]) and shape[0] != out[0]:
+        raise Unsupported(f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis")
     if v.op_type == "Flatten":
         axis = int(v.attr("axis", 1))
         if axis < 0 and rank is None:
@@ -91,18 +95,16 @@ def _check_batch_axis_stays(v):
         axis = axis % rank if axis < 0 else axis
         if axis == 0 or (axis > 1 and (shape is None or any(d != 1 for d in shape[1:axis]))):
             raise Unsupported(f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)")
-    elif v.op_type == "Squeeze":
-        axes = _axes(v)
-        if axes is None:
-            if shape and shape[0] == 1:
-                raise Unsupported("Squeeze with no axes drops the batch axis (of size 1)")
-        elif rank is not None and any(a % rank == 0 for a in axes) or rank is None and 0 in axes:
-            raise Unsupported(f"Squeeze axes={axes} drops the batch axis")
-    elif v.op_type == "Unsqueeze":
-        axes = _axes(v) or []
-        out_rank = None if rank is None else rank + len(axes)
-        if 0 in axes or (out_rank is not None and any(a % out_rank == 0 for a in axes)):
-            raise Unsupported(f"Unsqueeze axes={axes} puts an axis before the batch axis")
+    elif v.op_type in ("Squeeze", "Unsqueeze"):
+        axes, squeeze = _axes(v) or [], v.op_type == "Squeeze"
+        if rank is None:
+            touches_batch, ranks = 0 in axes, None
+        else:
+            result = rank - len(axes) if squeeze else rank + len(axes)
+            touches_batch, ranks = any(a % (rank if squeeze else result) == 0 for a in axes), (rank, result)
+        if touches_batch and (ranks is None or min(ranks) >= 2):  # rank 1 on either side: as above
+            raise Unsupported(f"{v.op_type} axes={axes} " +
+                              ("drops the batch axis" if squeeze else "puts an axis before the batch axis"))
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
