@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import Rule
-from .linear import RapHidden
+from .linear import uniform_shift
 
 
 class Pass(Rule):
@@ -25,7 +25,7 @@ class Crop(Rule):
 
     def __call__(self, op, ctx, R):
         (out,) = op.vjp(ctx.bk, ctx, R)
-        return [RapHidden._shift(ctx.bk, out, R, conserve=True)]
+        return [uniform_shift(ctx.bk, out, R, conserve=True)]
 
 
 class BatchNormMask(Rule):
