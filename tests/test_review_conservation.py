@@ -30,6 +30,15 @@ def _padded(value, follower):
     return make_model(nodes, [("x", [2, 2, 5, 6])], [("logits", [2, 3])], inits + head_inits, opset=13)
 
 
+def _concat_with_constant():
+    inits = [const("cc", rnd((1, 1, 5, 6), 4, 2.0)), const("cw", rnd((3, 3, 3, 3), 5))]
+    head, head_inits = _head("r", 3 * 3 * 4, 8)
+    nodes = [node("Concat", ["x", "cc"], ["k"], axis=1), node("Conv", ["k", "cw"], ["c"]),
+             node("Relu", ["c"], ["r"])] + head
+    return make_model(nodes, [("x", [1, 2, 5, 6])], [("logits", [1, 3])], inits + head_inits)  # the constant's batch
+
+
+
 @pytest.mark.parametrize("value, follower", [(0.7, "Conv"), (-1.5, "Conv"), (0.7, "AveragePool")])
 def test_rap_conserves_through_a_pad_with_a_value(value, follower):
     model = _padded(value, follower)
@@ -37,10 +46,15 @@ def test_rap_conserves_through_a_pad_with_a_value(value, follower):
 
 
 def test_rap_conserves_through_a_concat_with_a_constant():
-    inits = [const("cc", rnd((1, 1, 5, 6), 4, 2.0)), const("cw", rnd((3, 3, 3, 3), 5))]
-    head, head_inits = _head("r", 3 * 3 * 4, 8)
-    nodes = [node("Concat", ["x", "cc"], ["k"], axis=1), node("Conv", ["k", "cw"], ["c"]),
-             node("Relu", ["c"], ["r"])] + head
-    model = make_model(nodes, [("x", [1, 2, 5, 6])], [("logits", [1, 3])], inits + head_inits)
-    assert_conserves(model, rnd((1, 2, 5, 6), 2), [1])
+    assert_conserves(_concat_with_constant(), rnd((1, 2, 5, 6), 2), [1])
 
+@pytest.mark.parametrize("model, batch", [(_padded(0.7, "Conv"), 2), (_concat_with_constant(), 1)], ids=["pad", "concat"])
+def test_compiled_rap_is_the_eager_one(model, batch, tmp_path, monkeypatch):
+    """The carried relevance is traced into the compiled graph as the eager rules compute it."""
+    from onnxrap import Explainer
+
+    monkeypatch.setenv("ONNXRAP_CACHE", str(tmp_path))
+    x = rnd((batch, 2, 5, 6), 1)
+    eager = Explainer(model).explain(x, target=2, method="rap").relevance
+    compiled = Explainer(model, engine="onnx").explain(x, target=2, method="rap").relevance
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5 * np.abs(eager).max())
