@@ -164,3 +164,16 @@ def test_reshape_that_changes_the_batch_axis_is_refused():
 def test_reshape_that_keeps_the_batch_axis_is_kept():
     model = _one("Reshape", inits=[const("s", np.array([-1, 12]), np.int64)], extra=["s"], shape=(2, 3, 4))
     assert [op.op_type for op in Graph(model).ops] == ["Reshape", "Identity"]
+
+
+def test_dropout_in_training_mode_is_refused():
+    """Opset 12's training_mode input set to true makes Dropout drop at random: no identity."""
+    inits = [const("ratio", np.array(0.5)), const("train", np.array(True), np.bool_)]
+    model = _one("Dropout", inits=inits, extra=["ratio", "train"], shape=(1, 3))
+    _refused(model, "n", "Dropout", "training_mode")
+
+
+def test_dropout_at_inference_is_an_identity():
+    inits = [const("ratio", np.array(0.5)), const("train", np.array(False), np.bool_)]
+    model = _one("Dropout", inits=inits, extra=["ratio", "train"], shape=(1, 3))
+    assert [op.kind for op in Graph(model).ops] == ["identity", "identity"]

@@ -335,4 +335,6 @@ def _identity(v):
     if v.op_type == "Cast" and v.attr("to") not in _FLOAT_TYPES:
         raise Unsupported(f"Cast to {onnx.TensorProto.DataType.Name(v.attr('to'))} rounds the data "
                           "(only casts between float types are explained)")
+    if v.op_type == "Dropout" and v.has_input(2) and bool(v.const(2)):
+        raise Unsupported("training_mode=true drops values at random")
     return Identity(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
