@@ -67,6 +67,11 @@ def _checked(model, label, path):
     return model
 
 
+def shown_shape(shape) -> str:
+    """A declared shape as messages and reports write it: free dimensions as ``?``."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]" if shape else "unknown"
+
+
 def _skeleton(model):
     """The model without its large initializers (declared as inputs instead), for shape inference."""
     g = model.graph
@@ -148,6 +153,9 @@ class Graph:
             if wanted not in candidates:
                 raise ModelError(f"{self.label}: no input named {wanted!r} (inputs: {', '.join(candidates)})")
             return wanted
+        if not candidates:
+            raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
+                             "initializer)")
         if len(candidates) != 1:
             raise ModelError(f"{self.label}: the model has {len(candidates)} data inputs "
                              f"({', '.join(candidates)}); pick one with --input NAME")

@@ -225,6 +225,8 @@ def read_image(path: Path):
             return im.copy()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against images that would fill the memory
+        raise InputError(f"{path}: too large to read ({exc}); shrink it first") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read the image ({exc})") from None
 
@@ -250,6 +252,27 @@ def read_array(path: Path, input_rank: int | None):
     if x.shape[0] != 1:
         raise InputError(f"{path}: holds a batch of {x.shape[0]}; give one sample per file")
     return x.astype(np.float32)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images in ``folder`` and its subfolders, sorted, skipping hidden files and folders."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand_folders(paths) -> list[Path]:
+    """Input paths with each folder replaced by its images (``image_files``); a folder without any is an error."""
+    expanded = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        found = image_files(path)
+        if not found:
+            raise InputError(f"{path}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        expanded.extend(found)
+    return expanded
 
 
 def array_display(x, channel_axis):

@@ -1,0 +1,167 @@
+"""A new user's sweep of every command (issue 16): what gave a traceback, an internal error, a misleading
+message or a silent choice, each as the user met it."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from helpers import DIGIT_IMAGES, DIGITS, ROOT, assert_one_line_error, run_cli
+from onnx_helpers import const, node
+
+LABELS = ROOT / "models" / "digits_labels.txt"
+
+
+def save_model(path, nodes, inputs, outputs, initializers=()):
+    """A float32 model from ``(name, shape)`` pairs, saved to ``path``."""
+    graph = helper.make_graph(nodes, "sweep",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+                              initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def assert_nothing_written(out_dir):
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+# -- images ------------------------------------------------------------------------------------------
+
+def test_an_image_over_pillows_size_guard_is_one_line(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 128x128 digit is then past twice the guard
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, DIGIT_IMAGES[0].name, "too large")
+    assert "internal error" not in err
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_a_folder_stands_for_its_images(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    for i, source in enumerate(DIGIT_IMAGES[:3]):
+        (folder / ("more" if i == 2 else "") / source.name).write_bytes(source.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(DIGIT_IMAGES[3].read_bytes())
+    code, out, err = run_cli(["explain", DIGITS, folder, DIGIT_IMAGES[4], "-o", tmp_path / "out", "--quiet"], capsys)
+    assert code == 0, err
+    explained = [line.split(":")[0] for line in out.strip().splitlines()]
+    assert explained == [str(folder / DIGIT_IMAGES[0].name), str(folder / DIGIT_IMAGES[1].name),
+                         str(folder / "more" / DIGIT_IMAGES[2].name), str(DIGIT_IMAGES[4])]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(summary["inputs"]) == 4
+
+
+@pytest.mark.parametrize("name", ["empty", "empty.png"])
+def test_a_folder_without_images_is_one_line(tmp_path, capsys, name):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "notes.txt").write_text("not an image")
+    code, _, err = run_cli(["explain", DIGITS, tmp_path / name, "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, name, "folder without images")
+    assert_nothing_written(tmp_path / "out")
+
+
+# -- classes on the command line --------------------------------------------------------------------------
+
+def test_target_by_label_name(tmp_path, capsys):
+    labels = tmp_path / "names.txt"
+    labels.write_text("\n".join(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
+    code, out, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--labels", labels,
+                              "--target", "seven", "--quiet"], capsys)
+    assert code == 0, err
+    assert "explained 7 (seven)" in out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"][0]["target"] == 7
+
+
+@pytest.mark.parametrize("target, fragments", [("elephant", ["--target 'elephant'", "label name"]),
+                                                ("-1", ["target -1", "out of range"]),
+                                                ("10", ["target 10", "out of range"])])
+def test_a_target_that_names_no_class(tmp_path, capsys, target, fragments):
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--labels", LABELS,
+                            "--target", target], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("flag", ["--target", "--contrast"])
+def test_a_label_name_of_several_classes_is_refused(tmp_path, capsys, flag):
+    labels = tmp_path / "names.txt"
+    labels.write_text("\n".join(["odd" if k % 2 else "even" for k in range(10)]))
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--labels", labels,
+                            flag, "odd"], capsys)
+    assert_one_line_error(code, err, f"{flag} 'odd'", "1, 3, 5, 7, 9", "index")
+
+
+def test_a_method_named_twice_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--method",
+                            "rap,gradient,rap"], capsys)
+    assert_one_line_error(code, err, "--method", "rap more than once")
+    assert_nothing_written(tmp_path / "out")
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+def test_a_model_without_a_data_input(tmp_path, capsys):
+    model = save_model(tmp_path / "constant.onnx", [node("Relu", ["w"], ["y"])], [("w", [1, 4])], [("y", [1, 4])],
+                       [const("w", np.ones((1, 4)))])
+    np.save(tmp_path / "x.npy", np.ones((1, 4), np.float32))
+    code, _, err = run_cli(["explain", model, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "constant.onnx", "no data input")
+    assert "pick one" not in err
+
+
+def test_the_output_chosen_among_several_is_said(tmp_path, capsys):
+    w = const("w", np.arange(12).reshape(3, 4) / 10)
+    model = save_model(tmp_path / "two.onnx", [node("MatMul", ["x", "w"], ["scores"]), node("Relu", ["x"], ["feat"])],
+                       [("x", [1, 3])], [("scores", [1, 4]), ("feat", [1, 3])], [w])
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    code, out, err = run_cli(["explain", model, tmp_path / "x.npy", "-o", tmp_path / "out", "--quiet"], capsys)
+    assert code == 0, err
+    assert "2 outputs (scores, feat); explaining scores" in err and "--output" in err
+    code, out, err = run_cli(["explain", model, tmp_path / "x.npy", "-o", tmp_path / "out2", "--output", "scores",
+                              "--quiet"], capsys)
+    assert code == 0 and "outputs" not in err
+    code, out, _ = run_cli(["inspect", model], capsys)
+    assert "first of 2 outputs: scores, feat" in out
+
+
+def test_shapes_read_with_free_dimensions_as_question_marks():
+    from onnxrap.graph import shown_shape
+
+    assert shown_shape([None, 3, 224, 224]) == "[?, 3, 224, 224]"
+    assert shown_shape(None) == "unknown"
+
+
+# -- compile ------------------------------------------------------------------------------------------
+
+def test_compile_into_a_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    code, _, err = run_cli(["compile", DIGITS, "-o", tmp_path / "dir"], capsys)
+    assert_one_line_error(code, err, "dir", "is a folder")
+    assert not any((tmp_path / "dir").iterdir())
+
+
+def test_compile_into_a_missing_folder_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["compile", DIGITS, "-o", tmp_path / "gone" / "x.onnx"], capsys)
+    assert_one_line_error(code, err, "x.onnx", "cannot write")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_compile_size_that_contradicts_the_model(tmp_path, capsys):
+    code, _, err = run_cli(["compile", DIGITS, "-o", tmp_path / "x.onnx", "--size", "64"], capsys)
+    assert_one_line_error(code, err, "--size 64x64", "32x32")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# -- evaluate and audit ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["evaluate", "audit"])
+def test_an_npz_with_no_inputs(tmp_path, capsys, command):
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 1, 32, 32), np.float32))
+    code, _, err = run_cli([command, DIGITS, tmp_path / "none.npz", "-o", tmp_path / "out", "--quiet"], capsys)
+    assert_one_line_error(code, err, "none.npz", "no inputs")
