@@ -100,6 +100,9 @@ def method_options(args, names):
     """The method options given on the command line, split among the methods ``names`` that take them."""
     given = {"epsilon": args.epsilon, "alpha": args.alpha, "steps": args.ig_steps, "baseline": args.baseline,
              "samples": args.samples, "noise": args.noise, "flow": args.flow}
+    for key, value in given.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            raise InputError(f"--{_OPTION_FLAGS.get(key, key)} takes a finite number, got {value}")
     return methods.split_options(names, {k: v for k, v in given.items() if v is not None},
                                  flag=lambda k: "--" + _OPTION_FLAGS.get(k, k))
 
@@ -258,6 +261,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("onnxrap: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # an option that asks for too much (--ig-steps 1e11, a huge --size or batch)
+        print(f"onnxrap: error: out of memory ({exc or 'MemoryError'}); ask for less: a smaller --batch-size, "
+              "--size or method option", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # output piped into head: not an error
         sys.stdout = open(os.devnull, "w")
         return 0

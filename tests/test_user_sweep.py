@@ -165,3 +165,48 @@ def test_an_npz_with_no_inputs(tmp_path, capsys, command):
     np.savez(tmp_path / "none.npz", x=np.zeros((0, 1, 32, 32), np.float32))
     code, _, err = run_cli([command, DIGITS, tmp_path / "none.npz", "-o", tmp_path / "out", "--quiet"], capsys)
     assert_one_line_error(code, err, "none.npz", "no inputs")
+
+
+# -- method options and what a run can meet -------------------------------------------------------------
+
+@pytest.mark.parametrize("method, flag", [("smoothgrad", "--noise"), ("integrated-gradients", "--baseline"),
+                                          ("lrp-eps", "--epsilon")])
+def test_a_method_option_that_is_not_a_number(tmp_path, capsys, method, flag):
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--method", method,
+                            flag, "nan"], capsys)
+    assert_one_line_error(code, err, flag, "finite", "nan")
+    assert "the input contains" not in err  # not blamed on the image
+
+
+def test_a_model_whose_output_is_nan_is_named(tmp_path, capsys):
+    w = np.ones((3, 4))
+    w[0, 0] = np.nan
+    model = save_model(tmp_path / "broken.onnx", [node("MatMul", ["x", "w"], ["y"])], [("x", [1, 3])],
+                       [("y", [1, 4])], [const("w", w)])
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    code, _, err = run_cli(["explain", model, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "broken.onnx", "output contains NaN or Inf")
+    assert "disagrees" not in err
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    from onnxrap.api import Explainer
+
+    def too_much(*args, **kw):
+        raise MemoryError("Unable to allocate 745. GiB")
+
+    monkeypatch.setattr(Explainer, "explain", too_much)
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out"], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("onnxrap: error: out of memory") and "745. GiB" in last and "--batch-size" in last
+    assert "internal error" not in err and "Traceback" not in err
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "audit"])
+def test_a_method_named_twice_is_named(tmp_path, capsys, command):
+    code, _, err = run_cli([command, DIGITS, ROOT / "models" / "images", "-o", tmp_path / "out", "--methods",
+                            "rap,gradient,rap"], capsys)
+    assert_one_line_error(code, err, "--methods names rap more than once")

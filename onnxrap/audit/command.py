@@ -89,8 +89,9 @@ def run(args, per_method):
     chosen = list(args.methods)
     if not chosen:
         raise InputError("--methods names no method")
-    if len(set(chosen)) != len(chosen):
-        raise InputError("--methods names a method twice")
+    twice = sorted({m for m in chosen if chosen.count(m) > 1})
+    if twice:
+        raise InputError(f"--methods names {', '.join(twice)} more than once")
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--workers", args.workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")

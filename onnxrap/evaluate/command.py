@@ -59,8 +59,9 @@ class Settings:
         """Fail on bad settings before any model is loaded."""
         if not self.methods:
             raise InputError("--methods names no method")
-        if len(set(self.methods)) != len(self.methods):
-            raise InputError("--methods names a method twice")
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise InputError(f"--methods names {', '.join(twice)} more than once")
         bad = [p for p in self.perturbations if p not in PERTURBATIONS]
         if bad or not self.perturbations:
             raise InputError(f"unknown perturbation {bad[0] if bad else ''!r} ({', '.join(PERTURBATIONS)})")
