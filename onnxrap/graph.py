@@ -53,8 +53,20 @@ def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
         try:
             model = onnx.load(str(path))
         except Exception as exc:
+            if _readable_without_external_data(path):
+                raise ModelError(f"{label}: its external weights cannot be read ({first_line(exc)}); keep the "
+                                 "files the exporter wrote beside the model") from None
             raise ModelError(f"{label}: not an ONNX model or truncated ({first_line(exc)})") from None
     return _checked(model, label, path), label, path
+
+
+def _readable_without_external_data(path) -> bool:
+    """Whether the file is a model whose own bytes parse, so that what failed is its external weights."""
+    try:
+        onnx.load(str(path), load_external_data=False)
+        return True
+    except Exception:
+        return False
 
 
 def _checked(model, label, path):

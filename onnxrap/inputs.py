@@ -295,6 +295,9 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
     if suffix in ARRAY_SUFFIXES:
         x = read_array(path, input_rank)
         return x, array_display(x, channel_axis)
+    if suffix == ".npz" and path.exists():
+        raise InputError(f"{path}: explain reads one sample per .npy file; an .npz of inputs (x, y) is DATA for "
+                         "onnxrap evaluate or onnxrap audit")
     if suffix not in IMAGE_SUFFIXES and path.exists():
         raise InputError(f"{path}: unknown input type {suffix or '(no suffix)'} "
                          f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; arrays: .npy)")

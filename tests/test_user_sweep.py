@@ -210,3 +210,18 @@ def test_a_method_named_twice_is_named(tmp_path, capsys, command):
     code, _, err = run_cli([command, DIGITS, ROOT / "models" / "images", "-o", tmp_path / "out", "--methods",
                             "rap,gradient,rap"], capsys)
     assert_one_line_error(code, err, "--methods names rap more than once")
+
+
+def test_an_npz_given_to_explain_points_to_evaluate_and_audit(tmp_path, capsys):
+    np.savez(tmp_path / "set.npz", x=np.zeros((2, 1, 32, 32), np.float32))
+    code, _, err = run_cli(["explain", DIGITS, tmp_path / "set.npz", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "set.npz", ".npy", "evaluate", "audit")
+
+
+def test_a_model_whose_external_weights_are_missing(tmp_path, capsys):
+    onnx.save(onnx.load(DIGITS), tmp_path / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").unlink()
+    code, _, err = run_cli(["inspect", tmp_path / "split.onnx"], capsys)
+    assert_one_line_error(code, err, "split.onnx", "external weights", "split.onnx.data")
+    assert "not an ONNX model" not in err
