@@ -225,3 +225,26 @@ def test_a_model_whose_external_weights_are_missing(tmp_path, capsys):
     code, _, err = run_cli(["inspect", tmp_path / "split.onnx"], capsys)
     assert_one_line_error(code, err, "split.onnx", "external weights", "split.onnx.data")
     assert "not an ONNX model" not in err
+
+
+def test_perturbation_plot_leaves_out_a_removal_that_removes_nothing(tmp_path, monkeypatch):
+    """rap contrast=others on EfficientNet-Lite1 had no negative pixel: its flat 'negative removal' curve
+    read as the ideal one. It is not drawn, and the legend says why."""
+    from onnxrap.evaluate import plots
+
+    point = {"accuracy": 1.0, "logit": 2.0, "probability": 0.5}
+    curves = {removal: {"min": [point, point]} for removal in ("positive", "negative")}
+    method = lambda label, negative: {"label": label, "pixels_positive": 10.0, "pixels_negative": negative,  # noqa: E731
+                                      "curves": curves, "concentration": []}
+    results = {"settings": {"grid": {"labels": ["0", "all"], "kind": "counts"}, "perturbations": ["min"]},
+               "images": {"evaluated": 2},
+               "methods": {"a": method("a", 4.0), "b contrast=others": method("b contrast=others", 0.0)}}
+    figures = []
+    monkeypatch.setattr("onnxrap.viz.atomic_write", lambda path, write: figures.append(write.__defaults__[0]))
+    plots.save_plots(tmp_path, results)
+    perturbation = figures[0]
+    for ax in perturbation.axes:
+        styles = sorted(line.get_linestyle() for line in ax.get_lines())
+        assert styles == ["-", "-", "--"]  # a: both removals; b: positive only
+    labels = [t.get_text() for t in perturbation.legends[0].get_texts()]
+    assert "b contrast=others\n(no negative pixels)" in labels and "a" in labels
