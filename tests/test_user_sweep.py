@@ -248,3 +248,24 @@ def test_perturbation_plot_leaves_out_a_removal_that_removes_nothing(tmp_path, m
         assert styles == ["-", "-", "--"]  # a: both removals; b: positive only
     labels = [t.get_text() for t in perturbation.legends[0].get_texts()]
     assert "b contrast=others\n(no negative pixels)" in labels and "a" in labels
+
+
+@pytest.mark.parametrize("n_methods", [2, 4, 9])
+def test_sanity_plot_legend_covers_no_bar(tmp_path, monkeypatch, n_methods):
+    """The class-sensitivity legend sat over the last method's bars (four methods on EfficientNet-Lite1)."""
+    from onnxrap.evaluate.sanity import save_sanity_plot
+
+    point = {"spearman_abs": 0.5, "spearman_signed": 0.5, "ssim": 0.5}
+    method = {"cascade": [dict(point, depth=d) for d in (0, 1, 2)],
+              "classes": {"top_vs_second": {"spearman_abs": 1.0}, "across": {"abs_pearson": 1.0}}}
+    sanity = {"inputs": 1, "depths": [1, 2], "classes": 10, "methods": {f"m{i}": method for i in range(n_methods)}}
+    figures = []
+    monkeypatch.setattr("onnxrap.viz.atomic_write", lambda path, write: figures.append(write))
+    save_sanity_plot(tmp_path / "sanity.png", sanity)
+    fig = [cell.cell_contents for cell in figures[0].__closure__ if hasattr(cell.cell_contents, "axes")][0]
+    fig.canvas.draw()
+    bars_ax = fig.axes[3]
+    legend = bars_ax.get_legend().get_window_extent()
+    bars = [patch.get_window_extent() for patch in bars_ax.patches]
+    assert len(bars) == 2 * n_methods
+    assert not any(legend.overlaps(bar) for bar in bars)
