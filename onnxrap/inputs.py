@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .graph import shown_shape
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ARRAY_SUFFIXES = {".npy"}
@@ -59,15 +60,15 @@ class Preprocess:
     @classmethod
     def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None, resize=None):
         if input_shape is None or len(input_shape) != 4:
-            shown = "unknown" if input_shape is None else tuple("?" if d is None else d for d in input_shape)
-            raise InputError(f"the model's input has shape {shown}; images need a 4-D image input "
+            raise InputError(f"the model's input has shape {shown_shape(input_shape)}; images need a 4-D image input "
                              "(pass a .npy array instead)")
         if layout == "nhwc":
             _, h, w, c = input_shape
         else:
             _, c, h, w = input_shape
         if c not in (1, 3, 4):
-            raise InputError(f"the model's input has {c} channels; images give 1, 3 or 4 (pass a .npy array instead)")
+            raise InputError(f"the model's input {shown_shape(input_shape)} read as {layout} has {c} channels; images "
+                             "give 1, 3 or 4 (check --layout, or pass a .npy array)")
         if size is None and h is not None and w is not None:
             size = (h, w)
         elif size is not None and h is not None and w is not None and tuple(size) != (h, w):
@@ -207,8 +208,11 @@ def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=Non
 
     def make():
         if not built:
-            built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
-                                              preset=preset, mean=mean, std=std, resize=resize))
+            try:
+                built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
+                                                  preset=preset, mean=mean, std=std, resize=resize))
+            except InputError as exc:  # the model's input and the options do not fit: name the model
+                raise InputError(f"{explainer.graph.label}: {exc}") from None
             note(f"preprocessing: {built[0].describe()}")
         return built[0]
 

@@ -269,3 +269,8 @@ def test_sanity_plot_legend_covers_no_bar(tmp_path, monkeypatch, n_methods):
     bars = [patch.get_window_extent() for patch in bars_ax.patches]
     assert len(bars) == 2 * n_methods
     assert not any(legend.overlaps(bar) for bar in bars)
+
+
+def test_a_layout_that_does_not_fit_names_the_model_and_the_layout(tmp_path, capsys):
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--layout", "nhwc"], capsys)
+    assert_one_line_error(code, err, DIGITS.name, "[?, 1, 32, 32] read as nhwc", "32 channels", "--layout")
