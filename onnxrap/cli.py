@@ -613,6 +613,11 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
             entry["methods"][m]["npy"] = str(npy)
     explained = _name(labels, target) + ("" if contrast is None else " rather than " + (
         "the others" if contrast == "others" else _name(labels, contrast)))
+    # What a conserving method's map sums to, where it is not the predicted logit already shown.
+    if contrast is not None:
+        explained += f" (logit difference {entry['contrast_score']:.4g})"
+    elif target != predicted:
+        explained += f" (logit {logits[target]:.4g})"
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
                f"p={probs[predicted]:.3f}; explained {explained}")
     out.save_figure(figure.name, display, panels, caption, overlay=args.overlay)

@@ -274,3 +274,15 @@ def test_sanity_plot_legend_covers_no_bar(tmp_path, monkeypatch, n_methods):
 def test_a_layout_that_does_not_fit_names_the_model_and_the_layout(tmp_path, capsys):
     code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path / "out", "--layout", "nhwc"], capsys)
     assert_one_line_error(code, err, DIGITS.name, "[?, 1, 32, 32] read as nhwc", "32 channels", "--layout")
+
+
+@pytest.mark.parametrize("options, what", [(["--target", "7"], "logit"), (["--contrast", "others"], "logit difference")])
+def test_the_score_a_map_sums_to_is_printed_when_it_is_not_the_predicted_logit(tmp_path, capsys, options, what):
+    """rap's map sums to the explained score; with --target or --contrast that is not the predicted logit, which
+    was the only number beside the figure's 'sum'."""
+    code, out, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[2], "-o", tmp_path / "out", "--quiet", *options], capsys)
+    assert code == 0, err
+    entry = json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"][0]
+    score = entry["contrast_score"] if "contrast_score" in entry else entry["target_logit"]
+    assert f"({what} {score:.4g})" in out
+    assert abs(entry["methods"]["rap"]["relevance_sum"] - score) < 1e-3 * max(1.0, abs(score))
