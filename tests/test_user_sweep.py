@@ -286,3 +286,15 @@ def test_the_score_a_map_sums_to_is_printed_when_it_is_not_the_predicted_logit(t
     score = entry["contrast_score"] if "contrast_score" in entry else entry["target_logit"]
     assert f"({what} {score:.4g})" in out
     assert abs(entry["methods"]["rap"]["relevance_sum"] - score) < 1e-3 * max(1.0, abs(score))
+
+
+def test_the_audit_page_says_which_heatmap_is_which_method(tmp_path, capsys):
+    """The per-class means and the cards show one heatmap per method, named only on hover."""
+    pytest.importorskip("jinja2")
+    code, _, err = run_cli(["audit", DIGITS, ROOT / "models" / "digits_holdout.npz", "-o", tmp_path / "audit",
+                            "--methods", "rap,gradient", "--limit", "6", "--faithfulness", "0", "--sanity", "0",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    page = (tmp_path / "audit" / "index.html").read_text()
+    assert page.count("heatmap of rap, then gradient") == 2  # the per-class means and the cards
+    assert "input [?, 1, 32, 32]" in page  # free dimensions as inspect writes them, not None
