@@ -298,3 +298,12 @@ def test_the_audit_page_says_which_heatmap_is_which_method(tmp_path, capsys):
     page = (tmp_path / "audit" / "index.html").read_text()
     assert page.count("heatmap of rap, then gradient") == 2  # the per-class means and the cards
     assert "input [?, 1, 32, 32]" in page  # free dimensions as inspect writes them, not None
+
+
+def test_the_ray_extra_can_join_a_cluster_from_outside():
+    """README: `--ray ray://HEAD:10001` from outside the cluster. Ray Client needs ray[client] (grpcio); with
+    ray[data] alone that command stopped at 'Ray Client requires pip package ray[client]'."""
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ray = [r for r in extras["ray"] if r.startswith("ray[")]
+    assert ray and "client" in ray[0].split("]")[0] and "data" in ray[0].split("]")[0]
