@@ -258,23 +258,25 @@ def read_array(path: Path, input_rank: int | None):
     return x.astype(np.float32)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The images in ``folder`` and its subfolders, sorted, skipping hidden files and folders."""
+def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """The images (files with one of ``suffixes``) in ``folder`` and its subfolders, sorted, skipping hidden
+    files and folders."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def expand_folders(paths) -> list[Path]:
-    """Input paths with each folder replaced by its images (``image_files``); a folder without any is an error."""
+    """Input paths with each folder replaced by its images and arrays; a folder without any is an error."""
     expanded = []
     for path in map(Path, paths):
         if not path.is_dir():
             expanded.append(path)
             continue
-        found = image_files(path)
+        found = image_files(path, IMAGE_SUFFIXES | ARRAY_SUFFIXES)
         if not found:
-            raise InputError(f"{path}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise InputError(f"{path}: a folder without images or arrays "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES | ARRAY_SUFFIXES))})")
         expanded.extend(found)
     return expanded
 

@@ -48,13 +48,15 @@ def test_a_folder_stands_for_its_images(tmp_path, capsys):
         (folder / ("more" if i == 2 else "") / source.name).write_bytes(source.read_bytes())
     (folder / "notes.txt").write_text("not an image")
     (folder / ".hidden.png").write_bytes(DIGIT_IMAGES[3].read_bytes())
+    np.save(folder / "more" / "z.npy", np.zeros((1, 32, 32), np.float32))
     code, out, err = run_cli(["explain", DIGITS, folder, DIGIT_IMAGES[4], "-o", tmp_path / "out", "--quiet"], capsys)
     assert code == 0, err
     explained = [line.split(":")[0] for line in out.strip().splitlines()]
     assert explained == [str(folder / DIGIT_IMAGES[0].name), str(folder / DIGIT_IMAGES[1].name),
-                         str(folder / "more" / DIGIT_IMAGES[2].name), str(DIGIT_IMAGES[4])]
+                         str(folder / "more" / DIGIT_IMAGES[2].name), str(folder / "more" / "z.npy"),
+                         str(DIGIT_IMAGES[4])]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert len(summary["inputs"]) == 4
+    assert len(summary["inputs"]) == 5
 
 
 @pytest.mark.parametrize("name", ["empty", "empty.png"])
@@ -62,7 +64,7 @@ def test_a_folder_without_images_is_one_line(tmp_path, capsys, name):
     (tmp_path / name).mkdir()
     (tmp_path / name / "notes.txt").write_text("not an image")
     code, _, err = run_cli(["explain", DIGITS, tmp_path / name, "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, name, "folder without images")
+    assert_one_line_error(code, err, name, "folder without images or arrays")
     assert_nothing_written(tmp_path / "out")
 
 
