@@ -283,7 +283,7 @@ def note(text):
 
 def cmd_explain(args):
     from .api import Explainer
-    from .inputs import expand_folders, read_labels
+    from .inputs import class_names_of, expand_folders
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
@@ -303,7 +303,7 @@ def cmd_explain(args):
         note(f"{graph.label}: the model has {len(outputs)} outputs ({', '.join(outputs)}); explaining "
              f"{graph.output_name}, the first (--output picks another)")
     classes = graph.classes
-    labels = read_labels(args.labels, classes) if args.labels else explainer.labels
+    labels = class_names_of(explainer, args.labels)
     if args.target is not None:
         args.target = _class(args.target, labels, "--target")
     if args.target is not None and classes is not None:

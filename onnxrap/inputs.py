@@ -318,6 +318,19 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
     return x, display
 
 
+def class_names_of(explainer, path=None):
+    """Class names from a labels file (``--labels``), else from the model's ``onnxrap.labels`` metadata, else
+    None; either must name every class of a model whose class count is fixed."""
+    classes = explainer.graph.classes
+    if path:
+        return read_labels(path, classes)
+    names = explainer.labels
+    if names is not None and classes is not None and len(names) != classes:
+        raise InputError(f"{explainer.graph.label}: its onnxrap.labels metadata holds {len(names)} names, but the "
+                         f"model has {classes} classes (give --labels)")
+    return names
+
+
 def read_labels(path, classes=None) -> list[str]:
     """Class names, one per non-empty line; with ``classes``, there must be exactly that many."""
     try:

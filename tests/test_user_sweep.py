@@ -309,3 +309,20 @@ def test_the_ray_extra_can_join_a_cluster_from_outside():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     ray = [r for r in extras["ray"] if r.startswith("ray[")]
     assert ray and "client" in ray[0].split("]")[0] and "data" in ray[0].split("]")[0]
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "audit"])
+def test_label_metadata_that_does_not_name_every_class(tmp_path, capsys, command):
+    """A model's onnxrap.labels with 9 names for 10 classes was used as it was: classes past the ninth went
+    unnamed and the others could be named wrongly."""
+    model = onnx.load(DIGITS)
+    for p in model.metadata_props:
+        if p.key == "onnxrap.labels":
+            p.value = ",".join("abcdefghi")
+    onnx.save(model, tmp_path / "nine.onnx")
+    data = DIGIT_IMAGES[0] if command == "explain" else ROOT / "models" / "digits_holdout.npz"
+    code, _, err = run_cli([command, tmp_path / "nine.onnx", data, "-o", tmp_path / "out", "--quiet"], capsys)
+    assert_one_line_error(code, err, "nine.onnx", "onnxrap.labels", "9 names", "10 classes", "--labels")
+    code, _, err = run_cli(["explain", tmp_path / "nine.onnx", DIGIT_IMAGES[0], "-o", tmp_path / "out", "--quiet",
+                            "--labels", ROOT / "models" / "digits_labels.txt"], capsys)
+    assert code == 0, err  # --labels overrides the metadata

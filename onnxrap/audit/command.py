@@ -81,7 +81,7 @@ def run(args, per_method):
 
     from .. import methods as registry
     from ..api import Explainer
-    from ..inputs import preprocess_factory, read_labels
+    from ..inputs import class_names_of, preprocess_factory
     from ..viz import OutputFolder
     from . import report
     from .runners import run_here, run_processes, run_ray
@@ -107,7 +107,7 @@ def run(args, per_method):
     note(f"device: {explainer.device.note}")
     if args.layout:
         explainer.layout = args.layout
-    class_names = read_labels(args.labels, explainer.graph.classes) if args.labels else explainer.labels
+    class_names = class_names_of(explainer, args.labels)
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, size=args.size, preset=args.preset,
                                          mean=args.mean, std=args.std, resize=args.resize)
     rank = len(explainer.input_shape) if explainer.input_shape else None

@@ -83,7 +83,7 @@ class Settings:
 def run(settings: Settings):
     """Evaluates every method of ``settings`` and writes the report into ``settings.out_dir``; returns 0."""
     from ..api import Explainer
-    from ..inputs import preprocess_factory, read_labels
+    from ..inputs import class_names_of, preprocess_factory, read_labels
     from ..viz import OutputFolder
 
     settings.check()
@@ -96,7 +96,7 @@ def run(settings: Settings):
     if settings.layout:
         explainer.layout = settings.layout
     classes = explainer.graph.classes
-    class_names = read_labels(settings.labels, classes) if settings.labels else explainer.labels
+    class_names = class_names_of(explainer, settings.labels)
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, **settings.preprocessing)
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(settings.data, make_preprocess, rank, settings.labels_csv, class_names)
