@@ -105,7 +105,7 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
         try:
             for op in graph.ops:  # tensors inside fused nodes, and float64's own forward pass
                 if op.synthetic or recompute:
-                    ctx[op.output] = op.forward(bk, ctx)
+                    ctx[op.output] = _traced(op, "its forward pass", lambda op=op: op.forward(bk, ctx))
             logits = ctx[graph.logits_name]
             top = logits.reshape(batch, -1).argmax(axis=1)
             target = tr.input(TARGET, (batch,), np.int64)
@@ -115,7 +115,7 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
 
             def backprop(method_, xs, ts):  # xs, ts: always the graph's input and targets here
                 seed = hot * logits if method_.seed_kind == "logit" else hot  # as Method.seed
-                return propagate(graph, method_, ctx, seed)
+                return propagate(graph, _OpNamingRules(method_), ctx, seed)
 
             relevance = traced_attribute(method)(backprop, x, chosen)
         except TraceError as exc:
@@ -128,6 +128,25 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     model = _assemble(graph, tr, outputs, fixed, method, dtype, dims, capture.weights_dir)
     model.metadata_props.add(key=SHARED_KEY, value=json.dumps(_shared_weights(graph, tr)))
     return model
+
+
+def _traced(op, what, run):
+    """``run()``; a part the tracer cannot express makes ``op`` NotCompilable (the eager engine explains it)."""
+    try:
+        return run()
+    except TraceError as exc:
+        raise NotCompilable([(op.name, op.op_type, f"{what} cannot be traced ({exc})")]) from None
+
+
+class _OpNamingRules:
+    """A method whose rules, where the tracer cannot express one, name the op (``_traced``)."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def rule_for(self, op):
+        rule = self.method.rule_for(op)
+        return lambda op_, ctx, R: _traced(op, f"its rule {rule!r}", lambda: rule(op_, ctx, R))
 
 
 SHARED_KEY = "onnxrap.shared_weights"

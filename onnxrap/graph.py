@@ -147,15 +147,15 @@ class Graph:
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         self.ops, self.unsupported = self._parse(nodes, names, relevant)
-        if self.unsupported and strict:
-            raise UnsupportedOpsError(self.unsupported)
         self._canonicalise()
         self.dag = self._build_dag()
         self._mark_positions()
         # The ops hold what they need; keep only the constants read at run time (shapes, Concat parts).
         read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
         self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
-        mark_signed_inputs(self)
+        self.unsupported += mark_signed_inputs(self)  # Muls of two data tensors that are no gate
+        if self.unsupported and strict:
+            raise UnsupportedOpsError(self.unsupported)
 
     # -- input and output ---------------------------------------------------
     def _pick_input(self, g, wanted):

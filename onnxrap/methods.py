@@ -6,7 +6,7 @@ looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
 reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
-``maxpool``, ``avgpool``, ``add``, ``concat``, ``activation``, ``scale``,
+``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``activation``, ``scale``,
 ``identity``, ``shape``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
@@ -30,7 +30,7 @@ import numpy as np
 from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
-from .rules.joins import AddShare, ConcatSlices
+from .rules.joins import AddShare, ConcatSlices, SignalTakesAll
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
@@ -312,7 +312,7 @@ def split_options(names, options, flag=str):
 
 # Rules every relevance method shares for ops that carry relevance without choices.
 _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(),
-          "concat": ConcatSlices(), "maxpool": MaxWinner()}
+          "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll()}
 
 _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input": ZBox(),
         "linear": RapHidden(per_sign=False), "batchnorm": Pass(),

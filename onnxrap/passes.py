@@ -17,11 +17,13 @@ from .ops.fused import Fused
 from .ops.linear import Conv, Linear
 from .ops.structure import Pad
 
-OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax"}  # explained through: their input is the logits
+# Explained through: their input is the logits.  A multi-label head's final Sigmoid too: rap conserves
+# the score it is seeded with, and a probability is not one that a linear head's relevance can sum to.
+OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax", "Sigmoid"}
 
 
 def logits_behind_squashers(output, nodes, producer):
-    """The tensor a terminal Softmax/LogSoftmax (or a chain of them) squashes: the logits.
+    """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits.
     ``producer`` maps a tensor to the index of the ONNX node in ``nodes`` writing it."""
     logits = output
     while logits in producer and nodes[producer[logits]].op_type in OUTPUT_SQUASHERS:

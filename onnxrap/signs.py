@@ -1,4 +1,4 @@
-"""Which tensors are non-negative by construction: a static sign analysis of the DAG.
+"""Which tensors are non-negative or bounded by construction: a static interval analysis of the DAG.
 
 A linear op whose data input is provably ``>= 0`` has no ``x-`` part, and its
 rules skip that half of the work.  Deciding it from the graph, not from the
@@ -6,73 +6,112 @@ captured values, keeps the backward walk free of Python branches on array
 values: on a GPU each ``(x < 0).any()`` would stop the host until the device
 caught up, and a walk traced into a graph cannot branch on values at all.
 
-A tensor is non-negative when its op guarantees it from the signs of its
-inputs (``NONNEGATIVE`` by op kind); anything else, unknown kinds included,
-may be negative.  Linear ops reading a possibly negative tensor get
-``signed_input = True`` and the position ``signed`` (so a method may map
-``conv.signed`` / ``dense.signed``).  A linear op whose output reaches such an
-input with no rectifier on the way (the projection convolution of a linear
-bottleneck, writing into a residual stream) gets the position ``projection``.
+Every tensor gets bounds ``(low, high)`` that its op guarantees from its inputs'
+(``BOUNDS`` by op kind); anything else, unknown kinds included, is unbounded.
+A tensor is non-negative where ``low >= 0``.  Linear ops reading a possibly
+negative tensor get ``signed_input = True`` and the position ``signed`` (so a
+method may map ``conv.signed`` / ``dense.signed``).  A linear op whose output
+reaches such an input with no rectifier on the way (the projection convolution
+of a linear bottleneck, writing into a residual stream) gets the position
+``projection``.  A Mul of two data tensors is a gate where exactly one factor
+is bounded in [0, 1] (``Gate.pick_gate``); its output has its signal's sign.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .ops.elementwise import Gate
 from .ops.linear import Linear
 from .ops.structure import Pad
 
+UNBOUNDED = (-np.inf, np.inf)
+
+
+def _times(a, b):
+    """Bounds of a product of values in ``a`` and ``b`` (0 times an infinite bound is 0)."""
+    ends = [0.0 if x == 0 or y == 0 else x * y for x in a for y in b]
+    return min(ends), max(ends)
+
+
+def _hull(*bounds):
+    return min(b[0] for b in bounds), max(b[1] for b in bounds)
+
+
+def _of(array):
+    array = np.asarray(array, dtype=np.float64)
+    return float(array.min()), float(array.max())
+
 
 def _activation(op, inputs, constants):
-    # Non-decreasing with f(0) = 0 clipped into ``bounds``: >= 0 from a floor of 0, or from a
-    # non-negative input whose image of 0 is not clipped below 0.
+    # Its range; a non-negative input keeps its output non-negative where the activation says so.
     low, high = op.bounds
-    return low >= 0 or (all(inputs) and high >= 0)
+    if inputs[0][0] >= 0 and op.keeps_nonnegative:
+        low = max(low, 0.0)
+    return low, high
 
 
 def _moves(op, inputs, constants):
-    """Values moved, selected, pooled or added up: non-negative from non-negative inputs (Pad adds its value)."""
-    return all(inputs) and (not isinstance(op, Pad) or op.value >= 0)
+    """Values moved, selected or copied: the input's bounds (Pad adds its value)."""
+    return _hull(inputs[0], (op.value, op.value)) if isinstance(op, Pad) else inputs[0]
+
+
+def _average(op, inputs, constants):
+    return _hull(inputs[0], (0.0, 0.0))  # padding counted as zeros
+
+
+def _add(op, inputs, constants):
+    return sum(b[0] for b in inputs), sum(b[1] for b in inputs)
 
 
 def _concat(op, inputs, constants):
-    return all(inputs) and all(bool(np.all(constants[name] >= 0)) for name, is_data in op.parts if not is_data)
+    return _hull(*inputs, *(_of(constants[name]) for name, is_data in op.parts if not is_data))
 
 
 def _scale(op, inputs, constants):
-    c = np.asarray(op.constant)
+    (low, high), (c_low, c_high) = inputs[0], _of(op.constant)
     if op.op_type == "Mul":
-        keeps = np.all(c >= 0)
-    elif op.op_type == "Div":
-        keeps = np.all(c > 0)
-    elif op.op_type == "Sub":
-        keeps = not op.reversed_operands and np.all(c <= 0)
-    else:  # Add, Sum
-        keeps = np.all(c >= 0)
-    return all(inputs) and bool(keeps)
+        return _times(inputs[0], (c_low, c_high))
+    if op.op_type == "Div":
+        return _times(inputs[0], (1 / c_high, 1 / c_low)) if c_low > 0 else UNBOUNDED
+    if op.op_type == "Sub":
+        return (c_low - high, c_high - low) if op.reversed_operands else (low - c_high, high - c_low)
+    return low + c_low, high + c_high  # Add, Sum
 
 
-NONNEGATIVE = {"activation": _activation, "identity": _moves, "shape": _moves, "maxpool": _moves,
-               "avgpool": _moves, "add": _moves, "concat": _concat, "scale": _scale}
+def _gate(op, inputs, constants):
+    return _times(*inputs)
 
 
-def mark_signed_inputs(graph) -> set[str]:
-    """Set ``signed_input`` on every linear op of ``graph`` and mark the positions ``signed`` and
-    ``projection``; return the provably non-negative tensors."""
-    nonnegative = set()
+BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "maxpool": _moves,
+          "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate}
+
+
+def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
+    """Set ``signed_input`` on every linear op of ``graph``, mark the positions ``signed`` and
+    ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
+    ``(name, op type, why)``."""
+    bounds, refused = {}, []
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     for op in graph.ops:  # topological order: an op's inputs are decided before it
-        decide = NONNEGATIVE.get(op.kind)
-        if decide is not None and decide(op, [name in nonnegative for name in op.inputs], graph.constants):
-            nonnegative.add(op.output)
-        elif isinstance(op, Linear):
-            writers[op.output] = (op,)
-        else:
-            writers[op.output] = tuple({w.name: w for t in op.inputs for w in writers.get(t, ())}.values())
+        given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
+        sources = op.inputs
+        if isinstance(op, Gate):
+            why = op.pick_gate(given)
+            if why:
+                refused.append((op.name, op.op_type, why))
+            else:
+                sources = [op.signal]  # the gate scales the signal; relevance never reaches it
+        decide = BOUNDS.get(op.kind)
+        bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
         if isinstance(op, Linear):
-            op.signed_input = op.inputs[0] not in nonnegative
+            writers[op.output] = (op,)
+        elif bounds[op.output][0] < 0:  # not rectified: the writers of its inputs reach through it
+            writers[op.output] = tuple({w.name: w for t in sources for w in writers.get(t, ())}.values())
+        if isinstance(op, Linear):
+            op.signed_input = bounds.get(op.inputs[0], UNBOUNDED)[0] < 0
             if op.signed_input:
                 op.positions = op.positions + ("signed",)
                 for writer in writers.get(op.inputs[0], ()):
                     if "projection" not in writer.positions:
                         writer.positions = writer.positions + ("projection",)
-    return nonnegative
+    return refused

@@ -371,6 +371,19 @@ class TraceNumpy:
     def abs(x):
         return abs(x)
 
+    # The smooth activations' forward and slope (ops/elementwise.py): one node each.
+    @staticmethod
+    def exp(x):
+        return _unary("Exp", _lift(x, None), np.exp)
+
+    @staticmethod
+    def log(x):
+        return _unary("Log", _lift(x, None), np.log)
+
+    @staticmethod
+    def tanh(x):
+        return _unary("Tanh", _lift(x, None), np.tanh)
+
 
 ACTIVE: list = []  # the tracer of the graph being built (constants alone do not name one)
 

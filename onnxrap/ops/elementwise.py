@@ -1,4 +1,5 @@
-"""Elementwise ops: activations, BatchNormalization, arithmetic with a constant, identities."""
+"""Elementwise ops: activations, BatchNormalization, arithmetic with a constant, gates (Mul of data by a
+factor in [0, 1]), identities."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,22 +8,34 @@ from . import Op, Unsupported, register
 
 
 class Activation(Op):
-    """A non-decreasing piecewise-linear activation ``fn`` with derivative ``slope``; ``bounds`` clip
-    its output (signs.py reads them)."""
+    """An elementwise activation ``fn`` with derivative ``slope``, both ``(xp, v, **params) -> array``.
+
+    ``bounds``: the range of ``fn`` over every input; ``keeps_nonnegative``: ``fn(v) >= 0`` wherever
+    ``v >= 0`` (signs.py reads both).  ``params``: its constants; an array one crosses to the device once.
+    """
 
     kind = "activation"
 
-    def __init__(self, name, op_type, inputs, output, fn, slope, bounds=(-np.inf, np.inf)):
+    def __init__(self, name, op_type, inputs, output, fn, slope, bounds=(-np.inf, np.inf), keeps_nonnegative=True,
+                 params=None):
         super().__init__(name, op_type, inputs, output)
         self.fn = fn
         self.slope = slope
         self.bounds = bounds
+        self.keeps_nonnegative = keeps_nonnegative
+        self.params = dict(params or {})
+
+    def _params(self, bk, dtype):
+        return {k: bk.constant(self, k, dtype, lambda p=p: p) if isinstance(p, np.ndarray) else p
+                for k, p in self.params.items()}
 
     def forward(self, bk, ctx):
-        return self.fn(bk.xp, ctx[self.inputs[0]])
+        x = ctx[self.inputs[0]]
+        return self.fn(bk.xp, x, **self._params(bk, x.dtype))
 
     def vjp(self, bk, ctx, grad):
-        return [grad * self.slope(bk.xp, ctx[self.inputs[0]])]
+        x = ctx[self.inputs[0]]
+        return [grad * self.slope(bk.xp, x, **self._params(bk, x.dtype))]
 
 
 def relu(name, op_type, x, y):
@@ -31,13 +44,14 @@ def relu(name, op_type, x, y):
 
 
 def leaky_relu(name, op_type, x, y, alpha):
-    return Activation(name, op_type, [x], y, lambda xp, v: xp.where(v > 0, v, alpha * v),
-                      lambda xp, v: xp.where(v > 0, 1.0, alpha).astype(v.dtype))
+    """LeakyRelu, and PRelu with its constant slope ``alpha`` (an array broadcasting against x)."""
+    return Activation(name, op_type, [x], y, lambda xp, v, alpha: xp.where(v > 0, v, alpha * v),
+                      lambda xp, v, alpha: xp.where(v > 0, 1.0, alpha).astype(v.dtype), params={"alpha": alpha})
 
 
 def clip(name, op_type, x, y, lo, hi):
     return Activation(name, op_type, [x], y, lambda xp, v: xp.clip(v, lo, hi),
-                      lambda xp, v: (v > lo) & (v < hi), (lo, hi))
+                      lambda xp, v: (v > lo) & (v < hi), (lo, hi), keeps_nonnegative=hi >= 0)
 
 
 @register("Relu")
@@ -50,6 +64,13 @@ def _leaky(v):
     return leaky_relu(v.name, v.op_type, v.node.input[0], v.node.output[0], float(v.attr("alpha", 0.01)))
 
 
+@register("PRelu")
+def _prelu(v):
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("PRelu's slope must be a constant")
+    return leaky_relu(v.name, v.op_type, v.node.input[0], v.node.output[0], v.const(1).astype(np.float64))
+
+
 @register("Clip")
 def _clip(v):
     if v.has_input(1) or v.has_input(2):  # opset 11 moved min and max to inputs
@@ -58,6 +79,109 @@ def _clip(v):
     else:
         lo, hi = float(v.attr("min", -np.inf)), float(v.attr("max", np.inf))
     return clip(v.name, v.op_type, v.node.input[0], v.node.output[0], lo, hi)
+
+
+# Smooth activations, written as ONNX Runtime computes them: exp only of -|v| or of v <= 0, so no
+# branch overflows (a where() evaluates both), and no 1 - s that float32 would cancel.
+def _sigmoid(xp, v):
+    e = xp.exp(-abs(v))
+    return xp.where(v >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _sigmoid_slope(xp, v):
+    """s(v) (1 - s(v)) = s(v) s(-v), from e = exp(-|v|)."""
+    e = xp.exp(-abs(v))
+    return e / ((1 + e) * (1 + e))
+
+
+def _softplus(xp, v):
+    return xp.maximum(v, 0) + xp.log(1 + xp.exp(-abs(v)))
+
+
+def _hard_sigmoid(xp, v, alpha, beta):
+    return xp.clip(alpha * v + beta, 0.0, 1.0)
+
+
+def _hard_sigmoid_slope(xp, v, alpha, beta):
+    z = alpha * v + beta
+    return alpha * ((z > 0) & (z < 1)).astype(v.dtype)
+
+
+def _hard_swish(xp, v):
+    return v * _hard_sigmoid(xp, v, 1 / 6, 0.5)
+
+
+def _hard_swish_slope(xp, v):
+    return _hard_sigmoid(xp, v, 1 / 6, 0.5) + v * _hard_sigmoid_slope(xp, v, 1 / 6, 0.5)
+
+
+def _elu(xp, v, alpha, gamma):
+    return gamma * xp.where(v > 0, v, alpha * (xp.exp(xp.minimum(v, 0)) - 1))
+
+
+def _elu_slope(xp, v, alpha, gamma):
+    return gamma * xp.where(v > 0, 1.0, alpha * xp.exp(xp.minimum(v, 0)))
+
+
+def _swish(xp, v, alpha):
+    return v * _sigmoid(xp, alpha * v)
+
+
+def _swish_slope(xp, v, alpha):
+    return _sigmoid(xp, alpha * v) + alpha * v * _sigmoid_slope(xp, alpha * v)
+
+
+def _mish(xp, v):
+    return v * xp.tanh(_softplus(xp, v))
+
+
+def _mish_slope(xp, v):
+    t = xp.tanh(_softplus(xp, v))
+    return t + v * (1 - t * t) * _sigmoid(xp, v)
+
+
+def _tanh_slope(xp, v):
+    """1 - tanh(v)^2 = 4 e / (1 + e)^2 with e = exp(-2|v|)."""
+    e = xp.exp(-2 * abs(v))
+    return 4 * e / ((1 + e) * (1 + e))
+
+
+_SELU = (1.67326319217681884765625, 1.05070102214050292968750)  # ONNX's default alpha and gamma
+_SWISH_LOW = -0.2784645427610738  # min of v * sigmoid(v), at v = -1.2785
+_MISH_LOW = -0.30884303743405  # min of v * tanh(softplus(v)), at v = -1.1924
+
+
+def smooth(name, t, x, y, attrs):
+    """The smooth activation of ONNX op type ``t`` with its ONNX attributes ``attrs`` (a dict)."""
+    if t == "Sigmoid":
+        return Activation(name, t, [x], y, _sigmoid, _sigmoid_slope, (0.0, 1.0))
+    if t == "Tanh":
+        return Activation(name, t, [x], y, lambda xp, u: xp.tanh(u), _tanh_slope, (-1.0, 1.0))
+    if t == "Softplus":
+        return Activation(name, t, [x], y, _softplus, _sigmoid, (0.0, np.inf))
+    if t == "Mish":
+        return Activation(name, t, [x], y, _mish, _mish_slope, (_MISH_LOW, np.inf))
+    if t == "HardSigmoid":
+        params = {"alpha": float(attrs.get("alpha", 0.2)), "beta": float(attrs.get("beta", 0.5))}
+        return Activation(name, t, [x], y, _hard_sigmoid, _hard_sigmoid_slope, (0.0, 1.0), params=params)
+    if t == "HardSwish":  # x * HardSigmoid(x) with alpha 1/6, beta 1/2; least value -3/8 at x = -3/2
+        return Activation(name, t, [x], y, _hard_swish, _hard_swish_slope, (-0.375, np.inf))
+    if t in ("Swish", "QuickGelu"):  # ONNX Runtime fuses x * Sigmoid(x) into QuickGelu, alpha 1
+        alpha = float(attrs.get("alpha", 1.0 if t == "Swish" else 1.702))
+        if alpha <= 0:
+            raise Unsupported(f"alpha={alpha}: only a positive alpha keeps x * sigmoid(alpha x) a gated signal")
+        return Activation(name, t, [x], y, _swish, _swish_slope, (_SWISH_LOW / alpha, np.inf), params={"alpha": alpha})
+    alpha, gamma = (float(attrs.get("alpha", 1.0)), 1.0) if t == "Elu" else \
+        (float(attrs.get("alpha", _SELU[0])), float(attrs.get("gamma", _SELU[1])))
+    if alpha < 0 or gamma <= 0:
+        raise Unsupported(f"alpha={alpha}, gamma={gamma}: only alpha >= 0 and gamma > 0")
+    return Activation(name, t, [x], y, _elu, _elu_slope, (-alpha * gamma, np.inf),
+                      params={"alpha": alpha, "gamma": gamma})
+
+
+@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish", "QuickGelu")
+def _smooth(v):
+    return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)
 
 
 class BatchNorm(Op):
@@ -128,6 +252,47 @@ class ConstantArithmetic(Op):
         return [bk.unbroadcast(grad * bk.constant(self, "factor", grad.dtype, self.factor), x.shape)]
 
 
+_ROUNDING = 1e-6  # a float32 constant's rounding: Relu6(x + 3) * float32(1/6) reaches 1 + 3e-8
+
+
+class Gate(Op):
+    """A Mul of two data tensors where one, the gate, is a factor in [0, 1] (a Sigmoid's or HardSigmoid's
+    output, maybe per channel as in squeeze-excitation; SiLU is ``x * Sigmoid(x)``) and the other the signal.
+
+    signs.py proves the bounds and calls ``pick_gate``, which sets ``gate`` (0 or 1, the gate's place
+    among ``inputs``); a Mul with no single gate keeps ``None`` and the graph lists it as unsupported.
+    """
+
+    kind = "gate"
+
+    def __init__(self, name, op_type, inputs, output):
+        super().__init__(name, op_type, inputs, output)
+        self.gate = None
+
+    def pick_gate(self, bounds):
+        """Take the one input whose ``(low, high)`` of ``bounds`` lies in [0, 1] as the gate; return why
+        there is none (None where there is)."""
+        gates = [k for k, (low, high) in enumerate(bounds) if low >= 0 and high <= 1 + _ROUNDING]
+        self.gate = gates[0] if len(gates) == 1 else None
+        if not gates:
+            return ("Mul of two data tensors that is not a gate: neither factor is bounded in [0, 1] "
+                    "(as a Sigmoid's or HardSigmoid's output is)")
+        if len(gates) == 2:
+            return "Mul of two data tensors both bounded in [0, 1]: which one gates the other is ambiguous"
+        return None
+
+    @property
+    def signal(self):
+        return self.inputs[1 - self.gate]
+
+    def forward(self, bk, ctx):
+        return ctx[self.inputs[0]] * ctx[self.inputs[1]]
+
+    def vjp(self, bk, ctx, grad):
+        a, b = ctx[self.inputs[0]], ctx[self.inputs[1]]
+        return [bk.unbroadcast(grad * b, a.shape), bk.unbroadcast(grad * a, b.shape)]
+
+
 @register("Add", "Sub", "Mul", "Div", "Sum")
 def _arithmetic(v):
     from .structure import Sum
@@ -136,6 +301,8 @@ def _arithmetic(v):
     if len(data) > 1:
         if v.op_type in ("Add", "Sum"):
             return Sum(v.name, v.op_type, v.data_inputs(), v.node.output[0])
+        if v.op_type == "Mul":
+            return Gate(v.name, v.op_type, v.data_inputs(), v.node.output[0])
         raise Unsupported(f"{v.op_type} of two data tensors")
     (i,) = data
     if v.op_type == "Sum":  # one data input, maybe constants beside it

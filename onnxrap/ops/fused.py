@@ -10,7 +10,7 @@ forward pass from the captured input.
 from __future__ import annotations
 
 from . import Op, Unsupported, register
-from .elementwise import clip, leaky_relu, relu
+from .elementwise import clip, leaky_relu, relu, smooth
 from .linear import parse_conv, parse_gemm
 from .structure import Sum
 
@@ -24,7 +24,9 @@ def _activation(v, x, y):
         return leaky_relu(v.name + ":activation", kind, x, y, params[0] if params else 0.01)
     if kind == "Clip":
         return clip(v.name + ":activation", kind, x, y, params[0], params[1])
-    raise Unsupported(f"fused activation {kind} is not piecewise linear")
+    if kind in ("Sigmoid", "Tanh", "HardSigmoid"):
+        return smooth(v.name + ":activation", kind, x, y, dict(zip(("alpha", "beta"), params)))
+    raise Unsupported(f"fused activation {kind}")
 
 
 class Fused(Op):

@@ -1,4 +1,4 @@
-"""Rules where data streams meet: residual Add and Concat."""
+"""Rules where data streams meet: residual Add, Concat and gates (a signal times a factor in [0, 1])."""
 from __future__ import annotations
 
 from . import Rule
@@ -37,3 +37,16 @@ class ConcatSlices(Rule):
         if self.conserve:
             return [R[index] for _, index in slices]
         return [R[index] * (ctx[name] != 0) for name, index in slices]
+
+
+class SignalTakesAll(Rule):
+    """A gate (``Gate``: signal times a factor in [0, 1]): the signal gets all of R, the gate none.
+
+    Arras et al.'s "signal-take-all" for LSTM gates (2017, 2019): the gate only rescales the
+    signal, so relevance stays with the signal, and the sum of R is kept (summed back over any
+    axes the signal was broadcast along).  Nothing flows down the gate's branch."""
+
+    def __call__(self, op, ctx, R):
+        shares = [None, None]
+        shares[1 - op.gate] = ctx.bk.unbroadcast(R, ctx[op.signal].shape)
+        return shares
