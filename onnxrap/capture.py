@@ -163,6 +163,8 @@ class Capture:
         # TF32 rounds every product to 11 bits and both runs pick their kernels apart, so with it the
         # check catches only differences above 1% (a capture that computed something else still shows).
         rtol, atol = (1e-2, 1e-2) if self.device.tf32 else (1e-3, 1e-4)
+        if not np.all(np.isfinite(plain)):
+            raise ModelError(f"{self.graph.label}: the model's output contains NaN or Inf for this input")
         if got.shape != plain.shape or not np.allclose(got, plain, rtol=rtol, atol=atol * scale):
             worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
             raise ModelError(f"{self.graph.label}: the captured forward pass disagrees with a plain ONNX Runtime "
