@@ -135,7 +135,7 @@ def build_parser():
     e = sub.add_parser("explain", help="heatmaps of why the model decided what it decided")
     e.add_argument("model", help="the .onnx classifier")
     e.add_argument("inputs", nargs="+", metavar="IMAGE",
-                   help="PNG, JPEG, BMP, TIFF images or .npy arrays; a folder stands for those in it")
+                   help="PNG, JPEG, BMP, TIFF, WebP, GIF images or .npy arrays; a folder stands for those in it")
     e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
     e.add_argument("--method", default="rap",
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")

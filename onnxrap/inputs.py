@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError
 from .graph import shown_shape
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 ARRAY_SUFFIXES = {".npy"}
 
 PRESETS = {
@@ -110,6 +110,9 @@ class Preprocess:
         from PIL import ImageOps
 
         notes = []
+        frames = image.info.get("frames", 1)
+        if frames > 1:
+            notes.append(f"the first of its {frames} frames")
         orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: 1 is upright
         if orientation not in (None, 1):
             image = ImageOps.exif_transpose(image)
@@ -225,8 +228,10 @@ def read_image(path: Path):
 
     try:
         with Image.open(path) as im:
-            im.load()
-            return im.copy()
+            im.load()  # an animated GIF or WebP: its first frame
+            first = im.copy()
+            first.info["frames"] = getattr(im, "n_frames", 1)  # for the note; a copy keeps one frame
+            return first
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except Image.DecompressionBombError as exc:  # Pillow's guard against images that would fill the memory

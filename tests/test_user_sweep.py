@@ -326,3 +326,18 @@ def test_label_metadata_that_does_not_name_every_class(tmp_path, capsys, command
     code, _, err = run_cli(["explain", tmp_path / "nine.onnx", DIGIT_IMAGES[0], "-o", tmp_path / "out", "--quiet",
                             "--labels", ROOT / "models" / "digits_labels.txt"], capsys)
     assert code == 0, err  # --labels overrides the metadata
+
+
+def test_webp_and_an_animated_gif_read_as_the_png_they_were_made_from(tmp_path, capsys):
+    from PIL import Image
+
+    source = Image.open(DIGIT_IMAGES[0])
+    source.save(tmp_path / "digit.webp", lossless=True)
+    other = Image.fromarray(255 - np.asarray(source.convert("L")))  # a second frame that would read differently
+    source.convert("L").save(tmp_path / "digit.gif", save_all=True, append_images=[other])
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], tmp_path / "digit.webp", tmp_path / "digit.gif",
+                            "-o", tmp_path / "out", "--quiet"], capsys)
+    assert code == 0, err
+    assert f"{tmp_path / 'digit.gif'}: the first of its 2 frames" in err
+    logits = [i["predicted_logit"] for i in json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"]]
+    assert logits[1] == logits[0] and logits[2] == logits[0]
