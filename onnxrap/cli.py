@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__, methods
 from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
-from .errors import InputError, OnnxrapError
+from .errors import InputError, OnnxrapError, SampleError
 from .inputs import DEFAULT_RESIZE, RESIZE_POLICIES
 
 EXIT_USAGE = 2
@@ -348,8 +348,11 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels, con
                 batch = members[start:start + args.batch_size]
                 xs = np.concatenate([loaded[i][0] for i in batch])
                 for m in chosen:
-                    exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
-                                            **per_method[m])
+                    try:
+                        exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
+                                                **per_method[m])
+                    except SampleError as exc:  # name the file, not its place in the batch
+                        raise InputError(f"{args.inputs[batch[exc.samples[0]]]}: {exc.label}: {exc.reason}") from None
                     for text in notes:  # once a batch went through: a bad input is still a one-line error
                         progress.write(text, file=sys.stderr)
                     notes.clear()

@@ -341,3 +341,28 @@ def test_webp_and_an_animated_gif_read_as_the_png_they_were_made_from(tmp_path, 
     assert f"{tmp_path / 'digit.gif'}: the first of its 2 frames" in err
     logits = [i["predicted_logit"] for i in json.loads((tmp_path / "out" / "summary.json").read_text())["inputs"]]
     assert logits[1] == logits[0] and logits[2] == logits[0]
+
+
+@pytest.mark.parametrize("batch_size", ["1", "16"])
+def test_an_input_the_model_turns_into_nan_is_named(tmp_path, capsys, batch_size):
+    fine, overflowing = tmp_path / "fine.npy", tmp_path / "overflowing.npy"
+    np.save(fine, np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32))
+    np.save(overflowing, np.full((1, 1, 32, 32), 3e38, np.float32))  # finite, but the convolutions overflow
+    code, _, err = run_cli(["explain", DIGITS, fine, overflowing, "--batch-size", batch_size,
+                            "-o", tmp_path / "out", "--quiet"], capsys)
+    # with a batch of one, the first batch's notes (device, preprocessing) come before the error
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"onnxrap: error: {overflowing}: ") and "output contains NaN or Inf" in last
+    assert str(fine) not in err
+
+
+def test_the_api_says_which_sample_of_a_batch_turned_into_nan():
+    from onnxrap import Explainer
+    from onnxrap.errors import SampleError
+
+    x = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    x[2] = 3e38
+    with pytest.raises(SampleError, match="for input 2 of the batch") as caught:
+        Explainer(DIGITS).explain(x)
+    assert caught.value.samples == [2]
