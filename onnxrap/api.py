@@ -8,7 +8,7 @@ import numpy as np
 
 from . import methods
 from .device import resolve as resolve_device
-from .capture import Capture, batches
+from .capture import Capture, batches, finite_scores
 from .engine import Context, propagate, recompute
 from .errors import InputError, ModelError
 from .graph import Graph
@@ -311,9 +311,7 @@ class Explainer:
         problem = self.graph.class_scores_problem(logits.shape)
         if problem:
             raise ModelError(f"{self.graph.label}: {problem}")
-        if not np.all(np.isfinite(logits)):
-            raise ModelError(f"{self.graph.label}: the model's output contains NaN or Inf for this input")
-        return logits.reshape(logits.shape[0], -1).astype(np.float64)
+        return finite_scores(self.graph.label, logits).astype(np.float64)
 
     @staticmethod
     def check_target(target, classes):

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import InputError, ModelError, first_line
+from .errors import InputError, ModelError, SampleError, first_line
 from .graph import FLOAT_INPUTS
 
 
@@ -57,6 +57,15 @@ def batches(x, size, fixed=None):
         if fixed and n < fixed:
             part = np.concatenate([part, np.repeat(part[-1:], fixed - n, axis=0)])
         yield part, n
+
+
+def finite_scores(label, logits):
+    """The class scores per sample, ``(N, classes)``; a sample whose scores hold NaN or Inf is a SampleError."""
+    scores = logits.reshape(logits.shape[0], -1)
+    broken = ~np.isfinite(scores).all(axis=1)
+    if broken.any():
+        raise SampleError(label, "the model's output contains NaN or Inf", np.flatnonzero(broken), len(scores))
+    return scores
 
 
 class Capture:
@@ -163,6 +172,7 @@ class Capture:
         # TF32 rounds every product to 11 bits and both runs pick their kernels apart, so with it the
         # check catches only differences above 1% (a capture that computed something else still shows).
         rtol, atol = (1e-2, 1e-2) if self.device.tf32 else (1e-3, 1e-4)
+        finite_scores(self.graph.label, plain)
         if got.shape != plain.shape or not np.allclose(got, plain, rtol=rtol, atol=atol * scale):
             worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
             raise ModelError(f"{self.graph.label}: the captured forward pass disagrees with a plain ONNX Runtime "

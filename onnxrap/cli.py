@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__, methods
 from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
-from .errors import InputError, OnnxrapError
+from .errors import InputError, OnnxrapError, SampleError
 from .inputs import DEFAULT_RESIZE, RESIZE_POLICIES
 
 EXIT_USAGE = 2
@@ -100,6 +100,9 @@ def method_options(args, names):
     """The method options given on the command line, split among the methods ``names`` that take them."""
     given = {"epsilon": args.epsilon, "alpha": args.alpha, "steps": args.ig_steps, "baseline": args.baseline,
              "samples": args.samples, "noise": args.noise, "flow": args.flow}
+    for key, value in given.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            raise InputError(f"--{_OPTION_FLAGS.get(key, key)} takes a finite number, got {value}")
     return methods.split_options(names, {k: v for k, v in given.items() if v is not None},
                                  flag=lambda k: "--" + _OPTION_FLAGS.get(k, k))
 
@@ -131,12 +134,13 @@ def build_parser():
 
     e = sub.add_parser("explain", help="heatmaps of why the model decided what it decided")
     e.add_argument("model", help="the .onnx classifier")
-    e.add_argument("inputs", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF images or .npy arrays")
+    e.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="PNG, JPEG, BMP, TIFF, WebP, GIF images or .npy arrays; a folder stands for those in it")
     e.add_argument("-o", "--out-dir", default="onnxrap-out", help="where figures and reports go (default: %(default)s)")
     e.add_argument("--method", default="rap",
                    help=f"one method or several, comma-separated, shown side by side; known: {', '.join(methods.FACTORIES)}")
     _method_options(e)
-    e.add_argument("--target", type=int, help="class index to explain (default: each input's top class)")
+    e.add_argument("--target", help="class to explain, an index or a label name (default: each input's top class)")
     e.add_argument("--contrast", default="none", metavar="none|others|CLASS",
                    help="explain the target rather than CLASS (an index or a label name) or rather than the "
                         "others: the target's logit minus CLASS's (or the others' mean), which rap's map sums to "
@@ -257,6 +261,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("onnxrap: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # an option that asks for too much (--ig-steps 1e11, a huge --size or batch)
+        print(f"onnxrap: error: out of memory ({exc or 'MemoryError'}); ask for less: a smaller --batch-size, "
+              "--size or method option", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # output piped into head: not an error
         sys.stdout = open(os.devnull, "w")
         return 0
@@ -275,18 +283,29 @@ def note(text):
 
 def cmd_explain(args):
     from .api import Explainer
-    from .inputs import read_labels
+    from .inputs import class_names_of, expand_folders
 
     chosen = [m.strip() for m in args.method.split(",") if m.strip()]
     if not chosen:
         raise InputError("--method names no method")
+    twice = sorted({m for m in chosen if chosen.count(m) > 1})
+    if twice:
+        raise InputError(f"--method names {', '.join(twice)} more than once")
+    args.inputs = [str(p) for p in expand_folders(args.inputs)]
     per_method = method_options(args, chosen)
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     explainer = Explainer(args.model, input_name=args.input_name, output_name=args.output_name, dtype=args.dtype,
                           device=args.device, tf32=args.tf32, engine=args.engine)
-    classes = explainer.graph.classes
-    labels = read_labels(args.labels, classes) if args.labels else explainer.labels
+    graph = explainer.graph
+    outputs = [o.name for o in graph.model.graph.output]
+    if args.output_name is None and len(outputs) > 1:
+        note(f"{graph.label}: the model has {len(outputs)} outputs ({', '.join(outputs)}); explaining "
+             f"{graph.output_name}, the first (--output picks another)")
+    classes = graph.classes
+    labels = class_names_of(explainer, args.labels)
+    if args.target is not None:
+        args.target = _class(args.target, labels, "--target")
     if args.target is not None and classes is not None:
         explainer.check_target(args.target, classes)
     contrast = _contrast(args.contrast, labels)
@@ -329,8 +348,11 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels, con
                 batch = members[start:start + args.batch_size]
                 xs = np.concatenate([loaded[i][0] for i in batch])
                 for m in chosen:
-                    exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
-                                            **per_method[m])
+                    try:
+                        exp = explainer.explain(xs, target=args.target, method=m, contrast=contrast,
+                                                **per_method[m])
+                    except SampleError as exc:  # name the file, not its place in the batch
+                        raise InputError(f"{args.inputs[batch[exc.samples[0]]]}: {exc.label}: {exc.reason}") from None
                     for text in notes:  # once a batch went through: a bad input is still a one-line error
                         progress.write(text, file=sys.stderr)
                     notes.clear()
@@ -357,21 +379,35 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels, con
 def cmd_compile(args):
     from .compile import compile_graph, save
     from .graph import Graph
+    from .viz import temporary_beside
 
     options = method_options(args, [args.method])[args.method]
     method = methods.get(args.method, **options)
     if method.batched:
         raise InputError(f"{args.method} is many calls of the gradient graph on changed inputs: "
                          "compile --method gradient and average its relevance over them")
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder (-o names the compiled .onnx file)")
+    try:  # before the work: a place that cannot be written is one line now, not after compiling
+        Path(temporary_beside(out)).unlink()
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
     graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name)
     shape = None
     if args.size:
         declared = graph.input_shape
         if declared is None or len(declared) != 4:
             raise InputError(f"{graph.label}: --size needs an image input (N, C, H, W)")
+        if any(d is not None and d != s for d, s in zip(declared[2:], args.size)):
+            raise InputError(f"--size {args.size[0]}x{args.size[1]} does not fit {graph.label}'s fixed input size "
+                             f"{'x'.join('?' if d is None else str(d) for d in declared[2:])}")
         shape = (declared[1], *args.size)
     model = compile_graph(graph, method, args.dtype, shape)
-    path = save(model, args.out)
+    try:
+        path = save(model, out)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write ({exc.strerror or exc})") from None
     print(f"{path}: {method.label} on {graph.label}; inputs {graph.input_name} and target "
           "(int64, one class per sample or one for all; default: the top class); outputs logits and relevance")
     return 0
@@ -405,7 +441,7 @@ def cmd_inspect(args):
 
     import onnx
 
-    from .graph import Graph
+    from .graph import Graph, shown_shape
     from .ops import PARSERS
 
     graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name, strict=False)
@@ -413,11 +449,13 @@ def cmd_inspect(args):
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     print(f"model: {graph.label} (IR {model.ir_version}; opsets {opsets}; "
           f"producer {model.producer_name or '?'} {model.producer_version})")
-    shape = lambda s: "[" + ", ".join("?" if d is None else str(d) for d in s) + "]" if s else "unknown"  # noqa: E731
     elem = onnx.TensorProto.DataType.Name(graph.input_type).lower()
-    print(f"input: {graph.input_name} {elem} {shape(graph.input_shape)} (layout {graph.layout})")
+    print(f"input: {graph.input_name} {elem} {shown_shape(graph.input_shape)} (layout {graph.layout})")
     via = "" if graph.logits_name == graph.output_name else f" (explained through its Softmax: {graph.logits_name})"
-    print(f"output: {graph.output_name} {shape(graph._shapes.get(graph.output_name))}{via}")
+    outputs = [o.name for o in model.graph.output]
+    others = (f" (the first of {len(outputs)} outputs: {', '.join(outputs)}; --output picks another)"
+              if args.output_name is None and len(outputs) > 1 else "")
+    print(f"output: {graph.output_name} {shown_shape(graph._shapes.get(graph.output_name))}{via}{others}")
     bad = collections.Counter(op_type for _, op_type, _ in graph.unsupported)
     counts = collections.Counter(n.op_type for n in graph.data_nodes)
     print("ops on the data path:")
@@ -448,17 +486,26 @@ def cmd_inspect(args):
     return 0
 
 
-def _contrast(text, labels):
-    """``--contrast``: none, others, a class index, or a label name -> the API's ``contrast``."""
+def _class(text, labels, flag, also=""):
+    """A class given on the command line as an index or a label name -> its index (range checked later)."""
     text = text.strip()
-    if text.lower() in ("none", "others"):
-        return None if text.lower() == "none" else "others"
     if text.lstrip("-").isdigit():
         return int(text)
-    if labels and text in labels:
-        return labels.index(text)
-    raise InputError(f"--contrast {text!r} is neither none, others, a class index nor a label name"
+    matches = [k for k, name in enumerate(labels or ()) if name == text]
+    if len(matches) > 1:
+        raise InputError(f"{flag} {text!r} names {len(matches)} classes ({', '.join(map(str, matches))}); "
+                         "give the index")
+    if matches:
+        return matches[0]
+    raise InputError(f"{flag} {text!r} is neither {also}a class index nor a label name"
                      + ("" if labels else " (the model has no labels; give --labels)"))
+
+
+def _contrast(text, labels):
+    """``--contrast``: none, others, a class index, or a label name -> the API's ``contrast``."""
+    if text.strip().lower() in ("none", "others"):
+        return None if text.strip().lower() == "none" else "others"
+    return _class(text, labels, "--contrast", also="none, others, ")
 
 
 def _preprocessing_record(preprocess):
@@ -569,6 +616,11 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
             entry["methods"][m]["npy"] = str(npy)
     explained = _name(labels, target) + ("" if contrast is None else " rather than " + (
         "the others" if contrast == "others" else _name(labels, contrast)))
+    # What a conserving method's map sums to, where it is not the predicted logit already shown.
+    if contrast is not None:
+        explained += f" (logit difference {entry['contrast_score']:.4g})"
+    elif target != predicted:
+        explained += f" (logit {logits[target]:.4g})"
     caption = (f"{path.name}: predicted {_name(labels, predicted)}, logit {logits[predicted]:.4g}, "
                f"p={probs[predicted]:.3f}; explained {explained}")
     out.save_figure(figure.name, display, panels, caption, overlay=args.overlay)

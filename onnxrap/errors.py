@@ -19,6 +19,16 @@ class UnsupportedOpsError(ModelError):
         super().__init__(f"unsupported ops in the data path: {listed}")
 
 
+class SampleError(ModelError):
+    """What the model does with some samples of a batch: ``samples`` are their places in it (the CLI names
+    their files), ``reason`` says what happened without the batch."""
+
+    def __init__(self, label, reason, samples, batch):
+        self.label, self.reason, self.samples = label, reason, [int(s) for s in samples]
+        where = "this input" if batch == 1 else f"input {', '.join(map(str, self.samples))} of the batch"
+        super().__init__(f"{label}: {reason} for {where}")
+
+
 class InputError(OnnxrapError):
     """An image, array, target or option does not fit the model."""
 

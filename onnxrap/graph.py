@@ -53,8 +53,20 @@ def load_model(source) -> tuple[onnx.ModelProto, str, Path | None]:
         try:
             model = onnx.load(str(path))
         except Exception as exc:
+            if _readable_without_external_data(path):
+                raise ModelError(f"{label}: its external weights cannot be read ({first_line(exc)}); keep the "
+                                 "files the exporter wrote beside the model") from None
             raise ModelError(f"{label}: not an ONNX model or truncated ({first_line(exc)})") from None
     return _checked(model, label, path), label, path
+
+
+def _readable_without_external_data(path) -> bool:
+    """Whether the file is a model whose own bytes parse, so that what failed is its external weights."""
+    try:
+        onnx.load(str(path), load_external_data=False)
+        return True
+    except Exception:
+        return False
 
 
 def _checked(model, label, path):
@@ -65,6 +77,11 @@ def _checked(model, label, path):
     except Exception as exc:
         raise ModelError(f"{label}: the ONNX checker rejects the model: {first_line(exc)}") from None
     return model
+
+
+def shown_shape(shape) -> str:
+    """A declared shape as messages and reports write it: free dimensions as ``?``."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]" if shape else "unknown"
 
 
 def _skeleton(model):
@@ -148,6 +165,9 @@ class Graph:
             if wanted not in candidates:
                 raise ModelError(f"{self.label}: no input named {wanted!r} (inputs: {', '.join(candidates)})")
             return wanted
+        if not candidates:
+            raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
+                             "initializer)")
         if len(candidates) != 1:
             raise ModelError(f"{self.label}: the model has {len(candidates)} data inputs "
                              f"({', '.join(candidates)}); pick one with --input NAME")

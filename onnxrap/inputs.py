@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .graph import shown_shape
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 ARRAY_SUFFIXES = {".npy"}
 
 PRESETS = {
@@ -59,15 +60,15 @@ class Preprocess:
     @classmethod
     def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None, resize=None):
         if input_shape is None or len(input_shape) != 4:
-            shown = "unknown" if input_shape is None else tuple("?" if d is None else d for d in input_shape)
-            raise InputError(f"the model's input has shape {shown}; images need a 4-D image input "
+            raise InputError(f"the model's input has shape {shown_shape(input_shape)}; images need a 4-D image input "
                              "(pass a .npy array instead)")
         if layout == "nhwc":
             _, h, w, c = input_shape
         else:
             _, c, h, w = input_shape
         if c not in (1, 3, 4):
-            raise InputError(f"the model's input has {c} channels; images give 1, 3 or 4 (pass a .npy array instead)")
+            raise InputError(f"the model's input {shown_shape(input_shape)} read as {layout} has {c} channels; images "
+                             "give 1, 3 or 4 (check --layout, or pass a .npy array)")
         if size is None and h is not None and w is not None:
             size = (h, w)
         elif size is not None and h is not None and w is not None and tuple(size) != (h, w):
@@ -109,6 +110,9 @@ class Preprocess:
         from PIL import ImageOps
 
         notes = []
+        frames = image.info.get("frames", 1)
+        if frames > 1:
+            notes.append(f"the first of its {frames} frames")
         orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation: 1 is upright
         if orientation not in (None, 1):
             image = ImageOps.exif_transpose(image)
@@ -207,8 +211,11 @@ def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=Non
 
     def make():
         if not built:
-            built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
-                                              preset=preset, mean=mean, std=std, resize=resize))
+            try:
+                built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
+                                                  preset=preset, mean=mean, std=std, resize=resize))
+            except InputError as exc:  # the model's input and the options do not fit: name the model
+                raise InputError(f"{explainer.graph.label}: {exc}") from None
             note(f"preprocessing: {built[0].describe()}")
         return built[0]
 
@@ -221,10 +228,14 @@ def read_image(path: Path):
 
     try:
         with Image.open(path) as im:
-            im.load()
-            return im.copy()
+            im.load()  # an animated GIF or WebP: its first frame
+            first = im.copy()
+            first.info["frames"] = getattr(im, "n_frames", 1)  # for the note; a copy keeps one frame
+            return first
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard against images that would fill the memory
+        raise InputError(f"{path}: too large to read ({exc}); shrink it first") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read the image ({exc})") from None
 
@@ -252,6 +263,29 @@ def read_array(path: Path, input_rank: int | None):
     return x.astype(np.float32)
 
 
+def image_files(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """The images (files with one of ``suffixes``) in ``folder`` and its subfolders, sorted, skipping hidden
+    files and folders."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand_folders(paths) -> list[Path]:
+    """Input paths with each folder replaced by its images and arrays; a folder without any is an error."""
+    expanded = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        found = image_files(path, IMAGE_SUFFIXES | ARRAY_SUFFIXES)
+        if not found:
+            raise InputError(f"{path}: a folder without images or arrays "
+                             f"({', '.join(sorted(IMAGE_SUFFIXES | ARRAY_SUFFIXES))})")
+        expanded.extend(found)
+    return expanded
+
+
 def array_display(x, channel_axis):
     """A picture of an array input in [0, 1]: channels averaged; a volume as a grid of slices."""
     from .viz import as_image
@@ -272,6 +306,9 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
     if suffix in ARRAY_SUFFIXES:
         x = read_array(path, input_rank)
         return x, array_display(x, channel_axis)
+    if suffix == ".npz" and path.exists():
+        raise InputError(f"{path}: explain reads one sample per .npy file; an .npz of inputs (x, y) is DATA for "
+                         "onnxrap evaluate or onnxrap audit")
     if suffix not in IMAGE_SUFFIXES and path.exists():
         raise InputError(f"{path}: unknown input type {suffix or '(no suffix)'} "
                          f"(images: {', '.join(sorted(IMAGE_SUFFIXES))}; arrays: .npy)")
@@ -284,6 +321,19 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
     for text in notes if note else ():
         note(f"{path}: {text}")
     return x, display
+
+
+def class_names_of(explainer, path=None):
+    """Class names from a labels file (``--labels``), else from the model's ``onnxrap.labels`` metadata, else
+    None; either must name every class of a model whose class count is fixed."""
+    classes = explainer.graph.classes
+    if path:
+        return read_labels(path, classes)
+    names = explainer.labels
+    if names is not None and classes is not None and len(names) != classes:
+        raise InputError(f"{explainer.graph.label}: its onnxrap.labels metadata holds {len(names)} names, but the "
+                         f"model has {classes} classes (give --labels)")
+    return names
 
 
 def read_labels(path, classes=None) -> list[str]:

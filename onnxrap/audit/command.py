@@ -81,7 +81,7 @@ def run(args, per_method):
 
     from .. import methods as registry
     from ..api import Explainer
-    from ..inputs import preprocess_factory, read_labels
+    from ..inputs import class_names_of, preprocess_factory
     from ..viz import OutputFolder
     from . import report
     from .runners import run_here, run_processes, run_ray
@@ -89,8 +89,9 @@ def run(args, per_method):
     chosen = list(args.methods)
     if not chosen:
         raise InputError("--methods names no method")
-    if len(set(chosen)) != len(chosen):
-        raise InputError("--methods names a method twice")
+    twice = sorted({m for m in chosen if chosen.count(m) > 1})
+    if twice:
+        raise InputError(f"--methods names {', '.join(twice)} more than once")
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--workers", args.workers)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1")
@@ -106,7 +107,7 @@ def run(args, per_method):
     note(f"device: {explainer.device.note}")
     if args.layout:
         explainer.layout = args.layout
-    class_names = read_labels(args.labels, explainer.graph.classes) if args.labels else explainer.labels
+    class_names = class_names_of(explainer, args.labels)
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, size=args.size, preset=args.preset,
                                          mean=args.mean, std=args.std, resize=args.resize)
     rank = len(explainer.input_shape) if explainer.input_shape else None

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..graph import shown_shape
 from ..evaluate.command import safe_name
 from ..viz import atomic_write
 from .images import THUMB, heatmap_rgb, input_rgb, png
@@ -178,7 +179,7 @@ def model_facts(ctx):
     shape = graph.input_shape
     return {
         "path": str(ctx.args.model), "label": graph.label,
-        "input": f"{graph.input_name} {list(shape) if shape else 'unknown'} (layout {ctx.explainer.layout})",
+        "input": f"{graph.input_name} {shown_shape(shape)} (layout {ctx.explainer.layout})",
         "output": graph.output_name, "explained_output": graph.logits_name,
         "preprocessing": ctx.preprocessing,
         "op_counts": dict(sorted(collections.Counter(n.op_type for n in graph.data_nodes).items())),

@@ -59,8 +59,9 @@ class Settings:
         """Fail on bad settings before any model is loaded."""
         if not self.methods:
             raise InputError("--methods names no method")
-        if len(set(self.methods)) != len(self.methods):
-            raise InputError("--methods names a method twice")
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise InputError(f"--methods names {', '.join(twice)} more than once")
         bad = [p for p in self.perturbations if p not in PERTURBATIONS]
         if bad or not self.perturbations:
             raise InputError(f"unknown perturbation {bad[0] if bad else ''!r} ({', '.join(PERTURBATIONS)})")
@@ -82,7 +83,7 @@ class Settings:
 def run(settings: Settings):
     """Evaluates every method of ``settings`` and writes the report into ``settings.out_dir``; returns 0."""
     from ..api import Explainer
-    from ..inputs import preprocess_factory, read_labels
+    from ..inputs import class_names_of, preprocess_factory, read_labels
     from ..viz import OutputFolder
 
     settings.check()
@@ -95,7 +96,7 @@ def run(settings: Settings):
     if settings.layout:
         explainer.layout = settings.layout
     classes = explainer.graph.classes
-    class_names = read_labels(settings.labels, classes) if settings.labels else explainer.labels
+    class_names = class_names_of(explainer, settings.labels)
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, **settings.preprocessing)
     rank = len(explainer.input_shape) if explainer.input_shape else None
     data = load_dataset(settings.data, make_preprocess, rank, settings.labels_csv, class_names)

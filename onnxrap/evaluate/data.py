@@ -39,11 +39,10 @@ def _class_index(text, class_names, where):
 
 def list_images(path, labels_csv=None, class_names=None):
     """A folder of images -> (files, labels or None, where the labels come from), without reading any image."""
-    from ..inputs import IMAGE_SUFFIXES
+    from ..inputs import image_files
 
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = image_files(path)
     labels = None
     if labels_csv:
         files, labels = _read_labels_csv(labels_csv, path, class_names)
@@ -91,6 +90,8 @@ def load_dataset(path, make_preprocess, input_rank=None, labels_csv=None, class_
         if "x" not in arrays:
             raise InputError(f"{path}: no array named x (found: {', '.join(sorted(arrays)) or 'none'})")
         x = arrays["x"]
+        if not x.ndim or not x.shape[0]:
+            raise InputError(f"{path}: x holds no inputs (shape {x.shape})")
         if not np.issubdtype(x.dtype, np.number):
             raise InputError(f"{path}: x holds {x.dtype}, not numbers")
         if input_rank is not None and x.ndim != input_rank:

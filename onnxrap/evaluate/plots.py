@@ -20,7 +20,14 @@ def save_plots(out_dir, results):
     methods = list(results["methods"].values())
     colours = [f"C{i % 10}" for i in range(len(methods))]
     xs = np.arange(len(labels))
-    legend = [Line2D([], [], color=c, marker="o", markersize=3, label=r["label"]) for r, c in zip(methods, colours)]
+    # A method whose maps hold no pixels of one sign removes nothing there: its flat curve would read as the
+    # ideal one, so it is left out and the legend says why.
+    removals = [[removal for removal in ("positive", "negative") if r.get(f"pixels_{removal}", 1) > 0]
+                for r in methods]
+    legend = [Line2D([], [], color=c, marker="o", markersize=3,
+                     label=r["label"] + "".join(f"\n(no {removal} pixels)" for removal in ("positive", "negative")
+                                                if removal not in drawn))
+              for r, c, drawn in zip(methods, colours, removals)]
     legend += [Line2D([], [], color="k", linestyle="-", label="positive removal"),
                Line2D([], [], color="k", linestyle="--", label="negative removal")]
     for perturbation in results["settings"]["perturbations"]:
@@ -30,8 +37,10 @@ def save_plots(out_dir, results):
         for ax, metric, title in zip(axes, ("accuracy", "logit", "probability"),
                                      ("accuracy (top class unchanged)", "mean target logit",
                                       "mean target probability")):
-            for r, colour in zip(methods, colours):
+            for r, colour, drawn in zip(methods, colours, removals):
                 for removal, style in (("positive", "-"), ("negative", "--")):
+                    if removal not in drawn:
+                        continue
                     ys = [p[metric] for p in r["curves"][removal][perturbation]]
                     ax.plot(xs, ys, style, color=colour, marker="o", markersize=3)
             ax.set_xticks(xs)

@@ -326,7 +326,7 @@ def save_sanity_plot(path, sanity):
     axes[3].set_yticklabels(labels, fontsize=7)
     axes[3].set_xlim(0, 1.02)
     axes[3].set_title("class sensitivity (lower: the map depends on the class)", fontsize=9)
-    axes[3].legend(fontsize=7, loc="lower right")
+    axes[3].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1))  # below: never over a bar
     axes[3].grid(alpha=0.3, axis="x")
     fig.suptitle(f"sanity checks on {sanity['inputs']} inputs", fontsize=10)
     legend_rows = -(-len(labels) // min(6, len(labels)))
