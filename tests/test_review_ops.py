@@ -177,3 +177,29 @@ def test_dropout_at_inference_is_an_identity():
     inits = [const("ratio", np.array(0.5)), const("train", np.array(False), np.bool_)]
     model = _one("Dropout", inits=inits, extra=["ratio", "train"], shape=(1, 3))
     assert [op.kind for op in Graph(model).ops] == ["identity", "identity"]
+
+
+def test_a_bias_that_adds_axes_is_not_absorbed():
+    """MatMul (1, 4) x (4, 3) + c (1, 1, 3) is (1, 1, 3): absorbed as the MatMul's bias it was (1, 3), and
+    float32 relevance came back shaped (1, 1, 4) for an input of (1, 4)."""
+    from onnxrap import Explainer
+
+    nodes = [node("MatMul", ["x", "w"], ["m"]), node("Add", ["m", "b"], ["a"]), node("Relu", ["a"], ["r"]),
+             node("Flatten", ["r"], ["f"]), node("MatMul", ["f", "w2"], ["logits"])]
+    inits = [const("w", np.linspace(-1, 1, 12).reshape(4, 3)), const("b", [[[0.1, -0.2, 0.3]]]),
+             const("w2", np.linspace(-1, 1, 6).reshape(3, 2))]
+    model = make_model(nodes, [("x", [1, 4])], [("logits", [1, 2])], inits)
+    x = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
+    for dtype in ("float32", "float64"):
+        e = Explainer(model, dtype=dtype).explain(x, target=0, method="rap")
+        assert e.relevance.shape == x.shape
+        np.testing.assert_allclose(e.relevance.sum(), e.target_logit[0], rtol=1e-5)
+    assert "Add" in [op.op_type for op in Graph(model).ops]
+
+
+def test_a_bias_per_output_unit_is_absorbed():
+    nodes = [node("MatMul", ["x", "w"], ["m"]), node("Add", ["m", "b"], ["logits"])]
+    model = make_model(nodes, [("x", [1, 4])], [("logits", [1, 3])],
+                       [const("w", np.ones((4, 3))), const("b", [[0.1, -0.2, 0.3]])])
+    (op,) = Graph(model).ops
+    np.testing.assert_allclose(op.bias_values, [0.1, -0.2, 0.3], rtol=1e-6)
