@@ -32,6 +32,7 @@ class Explanation:
     channel_axis: int | None  # None: the input has no channel axis (features)
     layer_sums: list = field(default_factory=list)  # (op name, op type, sum at output, sum at inputs) per sample
     recomputed: list = field(default_factory=list)  # samples redone in float64 to keep conservation
+    unconserved: list = field(default_factory=list)  # samples a conserving method's sum misses even in float64
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -151,9 +152,9 @@ class Explainer:
         else:
             relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
             seeds = targets
-        relevance, recomputed = self._keep_conservation(m, relevance, logits, seeds, x, trace)
+        relevance, recomputed, unconserved = self._keep_conservation(m, relevance, logits, seeds, x, trace)
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
-        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed)
+        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved)
 
     def _attribute_eager(self, m, x, target, dtype, sums, contrast=None):
         """Relevance, logits and targets with the rules run on the backend's arrays; with a
@@ -254,16 +255,20 @@ class Explainer:
 
         Relevance that grows large and cancels (deep networks with signed residual
         streams) can leave float32 a sum far from the logit: a wrong number that
-        would otherwise be silent.
+        would otherwise be silent.  Returns the relevance, the samples redone, and the
+        samples whose sum still misses in float64 (a case the method's rules do not cover).
         """
-        if not m.conserves or self.dtype == np.float64:  # nothing promised, or already float64
-            return relevance, []
-        axes = tuple(range(1, relevance.ndim))
+        if not m.conserves:
+            return relevance, [], []
         logit = (targets * logits).sum(axis=1) if targets.ndim == 2 else logits[np.arange(len(targets)), targets]
-        sums = relevance.sum(axis=axes, dtype=np.float64)
-        bad = np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
-        if not bad.any():
-            return relevance, []
+
+        def missing(r):
+            sums = r.sum(axis=tuple(range(1, r.ndim)), dtype=np.float64)
+            return np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
+
+        bad = missing(relevance)
+        if self.dtype == np.float64 or not bad.any():  # already float64, or nothing to redo
+            return relevance, [], [int(i) for i in np.flatnonzero(bad)]
         relevance = relevance.astype(np.float64)
         redo = np.flatnonzero(bad)
         engine = "eager" if trace or targets.ndim == 2 else self._engine_for(m, x, targets)  # 2-D: a contrast's
@@ -274,7 +279,7 @@ class Explainer:
             relevance[redo] = attribute(m, x, targets, np.float64)[0][redo]
         else:
             relevance[redo] = attribute(m, x[redo], targets[redo], np.float64)[0]
-        return relevance, [int(i) for i in redo]
+        return relevance, [int(i) for i in redo], [int(i) for i in np.flatnonzero(missing(relevance))]
 
     def _pieces(self, x):
         """Batches for ONNX Runtime.  A fixed-batch model gets whole batches only: padding would add

@@ -592,8 +592,9 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
              "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
-    if contrast is not None:  # what a conserving method's relevance sums to: the target's logit minus the dual's
-        entry["contrast_score"] = float(methods.contrast_seed([target], len(logits), contrast)[0] @ logits)
+    score = float(logits[target])  # what a conserving method's relevance sums to
+    if contrast is not None:  # the target's logit minus the dual's
+        score = entry["contrast_score"] = float(methods.contrast_seed([target], len(logits), contrast)[0] @ logits)
     panels = []
     for m in chosen:
         exp, _ = per_method[m]
@@ -604,9 +605,12 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
                                "positive_sum": float(relevance[relevance > 0].sum()),
                                "negative_sum": float(relevance[relevance < 0].sum()),
                                "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
-                               "recomputed_in_float64": recomputed}
+                               "recomputed_in_float64": recomputed, "conserved": k not in exp.unconserved}
         if recomputed:
             note(f"{path}: {m}: recomputed in float64: float32 rounding broke conservation")
+        if k in exp.unconserved:
+            note(f"{path}: {m}: warning: the relevance sums to {relevance.sum():.6g}, not to the explained score "
+                 f"{score:.6g}, even in float64: its rules lose relevance on this model (please report it)")
         if mass > MASS_WARNING:
             note(f"{path}: {m}: note: the relevance is large and cancels (|R| sums to {mass:.3g} times the logit); "
                  "its heatmap shows that mass more than the logit's make-up")

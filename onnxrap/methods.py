@@ -230,6 +230,8 @@ class SmoothGrad(Wrapper):
     def __init__(self, inner, samples=16, noise=0.15, seed=0, name="smoothgrad", description="", options=None):
         if samples < 1:
             raise InputError(f"smoothgrad needs samples >= 1, got {samples}")
+        if not noise >= 0:  # a negative std would be read as its absolute value; NaN is refused by the CLI
+            raise InputError(f"smoothgrad needs noise >= 0, got {noise}")
         super().__init__(name, inner, {"samples": int(samples), "noise": noise, "seed": seed, **(options or {})},
                          description)
         self.samples, self.noise, self.seed_value = int(samples), noise, seed

@@ -366,3 +366,9 @@ def test_the_api_says_which_sample_of_a_batch_turned_into_nan():
     with pytest.raises(SampleError, match="for input 2 of the batch") as caught:
         Explainer(DIGITS).explain(x)
     assert caught.value.samples == [2]
+
+
+def test_a_negative_smoothgrad_noise_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "--method", "smoothgrad", "--noise", "-1",
+                            "-o", tmp_path / "out", "--quiet"], capsys)
+    assert_one_line_error(code, err, "noise >= 0", "-1")

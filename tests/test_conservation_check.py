@@ -1,0 +1,46 @@
+"""A conserving method whose sum misses the logit even after the float64 redo is said, never silent."""
+import json
+
+import numpy as np
+
+from helpers import DIGIT_IMAGES, DIGITS, run_cli
+from onnxrap import Explainer, methods
+from onnxrap.rules import Rule
+
+
+class Halves(Rule):
+    """Loses half of the relevance at every activation: a rule set that does not conserve."""
+
+    def __call__(self, op, ctx, R):
+        return [R * 0.5]
+
+
+def _leaky_rap():
+    return methods.Composite({"activation": Halves()}, base="rap", name="leaky-rap", conserves=True)
+
+
+def test_a_sum_that_misses_in_float64_is_reported_per_sample():
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    for dtype in ("float32", "float64"):
+        exp = Explainer(DIGITS, dtype=dtype).explain(x, method=_leaky_rap())
+        assert exp.unconserved == [0, 1]
+        assert exp.recomputed == ([] if dtype == "float64" else [0, 1])  # float32 tried float64 first
+
+
+def test_plain_rap_conserves_and_says_so(tmp_path, capsys):
+    exp = Explainer(DIGITS).explain(np.random.default_rng(1).random((2, 1, 32, 32), dtype=np.float32))
+    assert exp.unconserved == []
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "-o", tmp_path, "--quiet"], capsys)
+    assert code == 0 and "warning" not in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["inputs"][0]["methods"]["rap"]["conserved"] is True
+
+
+def test_the_cli_warns_when_a_registered_method_misses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(methods.FACTORIES, "leaky-rap", _leaky_rap)
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "--method", "leaky-rap", "-o", tmp_path, "--quiet"],
+                           capsys)
+    assert code == 0
+    assert "leaky-rap: warning: the relevance sums to" in err and "even in float64" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["inputs"][0]["methods"]["leaky-rap"]["conserved"] is False
