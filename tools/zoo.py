@@ -28,7 +28,12 @@ that its output is centred.  The network therefore behaves like a trained one
 statistically: each BN re-normalises to roughly N(beta, scale^2), activations
 stay O(1) through the full depth, ReLUs/Clips are active about half of the
 time, and the logits depend on the input (the arg-max class changes from
-image to image) instead of being dominated by a constant.
+image to image) instead of being dominated by a constant.  This holds for
+inputs like the calibration batch.  Without a bounded activation
+(EfficientNet-B0's SiLU, MobileNetV3's HardSwish) a shift in the input's
+statistics grows with depth: per-pixel uniform noise through ImageNet
+normalisation gives logits of 10^2 to 10^3 there (about 50 in MobileNetV2,
+whose Clip bounds it).
 
 All builders return a checked ``onnx.ModelProto`` with input ``input`` of
 shape [batch, 3, size, size] (``batch`` is a symbolic dim) and output
