@@ -272,7 +272,7 @@ class Graph:
         return parsed, unsupported
 
     def _canonicalise(self):
-        index = OpIndex(self.ops, self.logits_name)
+        index = OpIndex(self.ops, self.logits_name, self.static_shape)
         for canonical_pass in CANONICAL_PASSES:
             canonical_pass.apply(index)
         self.ops = index.ops

@@ -7,7 +7,7 @@ reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``activation``, ``scale``,
-``identity``, ``shape``); ``rule_keys()`` lists them all.  A new method is one
+``identity``, ``shape``, ``pad``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
-from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Pass
+from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Crop, Pass
 from .rules.joins import AddShare, ConcatSlices, SignalTakesAll
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
@@ -311,7 +311,7 @@ def split_options(names, options, flag=str):
 
 
 # Rules every relevance method shares for ops that carry relevance without choices.
-_MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(),
+_MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(), "pad": Adjoint(),
           "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll()}
 
 _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input": ZBox(),
@@ -338,7 +338,8 @@ _RAP_PROJECTION = {"conv.projection": NetSignShare(), "dense.projection": NetSig
 _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(conserve=True),
                    "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
                    "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
-                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True)}
+                   "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True),
+                   "pad": Crop()}
 
 
 @register("rap")

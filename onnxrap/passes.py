@@ -33,11 +33,12 @@ def logits_behind_squashers(output, nodes, producer):
 
 class OpIndex:
     """Ops in topological order with ``producer[tensor]`` and ``consumers[tensor]``, built once;
-    ``remove``, ``replace`` and ``rewire`` keep them current."""
+    ``remove``, ``replace`` and ``rewire`` keep them current; ``static_shape(tensor)`` as the graph knows it."""
 
-    def __init__(self, ops, logits_name):
+    def __init__(self, ops, logits_name, static_shape=lambda tensor: None):
         self.ops = list(ops)
         self.logits_name = logits_name
+        self.static_shape = static_shape  # a tensor's shape from ONNX shape inference, or None
         self.producer, self.consumers = {}, {}
         for op in self.ops:
             self._add(op)
@@ -110,8 +111,9 @@ class AbsorbBias(Pass):
         if not (isinstance(add, ConstantArithmetic) and add.op_type == "Add"):
             return
         c = add.constant
-        if op.family == "dense":
-            fits = np.ndim(c) <= 1 or all(d == 1 for d in np.shape(c)[:-1])
+        if op.family == "dense":  # a c of higher rank than x @ W would add axes (rank 2 where unknown)
+            rank = len(index.static_shape(op.output) or (None, None))
+            fits = np.ndim(c) <= rank and all(d == 1 for d in np.shape(c)[:-1])
         else:  # one value per channel (axis 1), broadcast over the rest
             out_rank = len(op.kernel) + 2
             fits = np.ndim(c) in (out_rank - 1, out_rank) and \

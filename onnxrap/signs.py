@@ -82,7 +82,7 @@ def _gate(op, inputs, constants):
     return _times(*inputs)
 
 
-BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "maxpool": _moves,
+BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad": _moves, "maxpool": _moves,
           "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate}
 
 

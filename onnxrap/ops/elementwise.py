@@ -3,6 +3,7 @@ factor in [0, 1]), identities."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from . import Op, Unsupported, register
 
@@ -213,6 +214,8 @@ class BatchNorm(Op):
 def _batchnorm(v):
     if v.attr("training_mode", 0):
         raise Unsupported("training_mode=1")
+    if not v.attr("spatial", 1):  # opset 7-8: statistics per element, not per channel
+        raise Unsupported("spatial=0")
     scale, bias, mean, var = (v.const(i).astype(np.float64) for i in range(1, 5))
     gain = scale / np.sqrt(var + float(v.attr("epsilon", 1e-5)))
     return BatchNorm(v.name, v.op_type, [v.node.input[0]], v.node.output[0], gain, bias - gain * mean)
@@ -324,6 +327,14 @@ class Identity(Op):
         return [grad]
 
 
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 @register("Identity", "Dropout", "Cast")
 def _identity(v):
+    if v.op_type == "Cast" and v.attr("to") not in _FLOAT_TYPES:
+        raise Unsupported(f"Cast to {onnx.TensorProto.DataType.Name(v.attr('to'))} rounds the data "
+                          "(only casts between float types are explained)")
+    if v.op_type == "Dropout" and v.has_input(2) and bool(v.const(2)):
+        raise Unsupported("training_mode=true drops values at random")
     return Identity(v.name, v.op_type, [v.node.input[0]], v.node.output[0])

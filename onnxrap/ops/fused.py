@@ -15,18 +15,38 @@ from .linear import parse_conv, parse_gemm
 from .structure import Sum
 
 
+# The activation's parameters: FusedConv lists them in order (activation_params); FusedGemm names them
+# activation_alpha, activation_beta, ... (ONNX Runtime's schemas).  Missing ones are refused, never defaulted.
+_PARAMETERS = {"Relu": (), "Sigmoid": (), "Tanh": (), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+               "Clip": ("min", "max")}
+
+
+def _activation_parameters(v, kind):
+    names = _PARAMETERS[kind]
+    if v.op_type == "FusedConv":
+        values = list(v.attr("activation_params") or [])
+        if len(values) < len(names):
+            raise Unsupported(f"activation {kind} needs activation_params {', '.join(names)}")
+        return dict(zip(names, values))
+    named = {"alpha": v.attr("activation_alpha"), "beta": v.attr("activation_beta")}
+    missing = [n for n in names if named.get(n) is None]
+    if missing:
+        raise Unsupported(f"activation {kind} without activation_{missing[0]}")
+    return {n: named[n] for n in names}
+
+
 def _activation(v, x, y):
     kind = v.attr("activation")
-    params = list(v.attr("activation_params") or [])
+    if kind not in _PARAMETERS:
+        raise Unsupported(f"fused activation {kind}")
+    name, params = v.name + ":activation", _activation_parameters(v, kind)
     if kind == "Relu":
-        return relu(v.name + ":activation", kind, x, y)
+        return relu(name, kind, x, y)
     if kind == "LeakyRelu":
-        return leaky_relu(v.name + ":activation", kind, x, y, params[0] if params else 0.01)
+        return leaky_relu(name, kind, x, y, float(params["alpha"]))
     if kind == "Clip":
-        return clip(v.name + ":activation", kind, x, y, params[0], params[1])
-    if kind in ("Sigmoid", "Tanh", "HardSigmoid"):
-        return smooth(v.name + ":activation", kind, x, y, dict(zip(("alpha", "beta"), params)))
-    raise Unsupported(f"fused activation {kind}")
+        return clip(name, kind, x, y, float(params["min"]), float(params["max"]))
+    return smooth(name, kind, x, y, params)
 
 
 class Fused(Op):

@@ -142,8 +142,7 @@ class Conv(Linear):
 
     def absorb_pad(self, pads, source):
         """Fold a zero Pad that feeds this Conv into its pads (spatial axes only)."""
-        rank = len(self.kernel)
-        self.pads = [p + q for p, q in zip(self.pads, list(pads[:rank]) + list(pads[rank:]))]
+        self.pads = [p + q for p, q in zip(self.pads, pads)]  # both begins then ends
         self.auto_pad = "NOTSET"  # VALID with pads is NOTSET; the graph never folds into SAME_*
         self.inputs = [source]
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..backend import numpy_backend, window_spec
+from ..errors import ModelError
 from . import Op, Unsupported, register
 
 
@@ -130,7 +131,6 @@ class AveragePool(_Mean, _Windowed):
         return host.windows(counted[None, None], flat).sum(axis=tuple(range(2, 2 + len(spec.kernel))))
 
 
-
 @register("AveragePool")
 def _avgpool(v):
     return AveragePool(v.name, v.op_type, [v.node.input[0]], v.node.output[0],
@@ -147,8 +147,8 @@ class MeanReduce(_Mean, Op):
 
     def _axes(self, ndim):
         axes = tuple(range(2, ndim)) if self.axes is None else tuple(sorted(a % ndim for a in self.axes))
-        if 0 in axes:
-            raise Unsupported("reducing over the batch axis")
+        if 0 in axes:  # a negative axis on an input of unknown rank: the parser could not tell
+            raise ModelError(f"{self.name} ({self.op_type}): reduces over the batch axis")
         return axes
 
     def sum_pool(self, bk, x):
@@ -162,7 +162,6 @@ class MeanReduce(_Mean, Op):
 
     def divisor(self, bk, x_shape, dtype):
         return math.prod(x_shape[a] for a in self._axes(len(x_shape)))
-
 
 
 @register("GlobalAveragePool")

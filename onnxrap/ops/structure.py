@@ -72,10 +72,44 @@ class Reshape(Op):
         return [grad.reshape(ctx[self.inputs[0]].shape)]
 
 
+def _axes(v):
+    """Squeeze's or Unsqueeze's axes: an attribute up to opset 12, then input 1; None where not given."""
+    if v.has_input(1):
+        return [int(a) for a in np.atleast_1d(v.const(1))]
+    axes = v.attr("axes")
+    return None if axes is None else list(axes)
+
+
+def _check_batch_axis_stays(v):
+    """Every rule reads axis 0 of a tensor of rank 2 or more as the batch: a move between such tensors
+    that merges, drops or displaces it is refused.  A move to or from rank 1 passes: exporters flatten
+    a batch of one that way and a later move restores it (torch.export's views, tests/test_gather.py)."""
+    shape, out = v.input_shape(0), v.graph.static_shape(v.node.output[0])
+    rank = None if shape is None else len(shape)
+    if shape and out and min(len(shape), len(out)) >= 2 and None not in (shape[0], out[0]) and shape[0] != out[0]:
+        raise Unsupported(f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis")
+    if v.op_type == "Flatten":
+        axis = int(v.attr("axis", 1))
+        if axis < 0 and rank is None:
+            raise Unsupported(f"Flatten axis={axis} on an input of unknown rank")
+        axis = axis % rank if axis < 0 else axis
+        if axis == 0 or (axis > 1 and (shape is None or any(d != 1 for d in shape[1:axis]))):
+            raise Unsupported(f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)")
+    elif v.op_type in ("Squeeze", "Unsqueeze"):
+        axes, squeeze = _axes(v) or [], v.op_type == "Squeeze"
+        if rank is None:
+            touches_batch, ranks = 0 in axes, None
+        else:
+            result = rank - len(axes) if squeeze else rank + len(axes)
+            touches_batch, ranks = any(a % (rank if squeeze else result) == 0 for a in axes), (rank, result)
+        if touches_batch and (ranks is None or min(ranks) >= 2):  # rank 1 on either side: as above
+            raise Unsupported(f"{v.op_type} axes={axes} " +
+                              ("drops the batch axis" if squeeze else "puts an axis before the batch axis"))
+
+
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(v):
-    if v.op_type == "Flatten" and v.attr("axis", 1) == 0:
-        raise Unsupported("Flatten with axis=0 merges the batch axis")
+    _check_batch_axis_stays(v)
     return Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
 
 
@@ -104,9 +138,10 @@ def _transpose(v):
 
 
 class Pad(Op):
-    """Constant padding; the adjoint crops."""
+    """Constant padding; the adjoint crops.  Its own kind: what lies on a nonzero padding is no input's,
+    and a conserving method must put it somewhere (docs/rules.md, conservation.constants)."""
 
-    kind = "shape"
+    kind = "pad"
 
     def __init__(self, name, op_type, inputs, output, pads, value):
         super().__init__(name, op_type, inputs, output)
@@ -144,7 +179,8 @@ def _pad(v):
                 full[a], full[len(shape) + a] = pads[k], pads[len(axes) + k]
             pads = full
     else:
-        pads, value = list(v.attr("pads")), float(v.attr("value", 0.0))
+        pads = v.attr("pads", v.attr("paddings"))  # opset 1 named them paddings
+        pads, value = list(pads), float(v.attr("value", 0.0))
     rank = len(pads) // 2
     if any(p < 0 for p in pads):
         raise Unsupported("negative pads (cropping)")

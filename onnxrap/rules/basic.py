@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import Rule
+from .linear import uniform_shift
 
 
 class Pass(Rule):
@@ -16,6 +17,15 @@ class Adjoint(Rule):
 
     def __call__(self, op, ctx, R):
         return op.vjp(ctx.bk, ctx, R)
+
+
+class Crop(Rule):
+    """Pad (rap): the crop, with the relevance that lay on the padding shifted evenly onto the input's
+    nonzero entries, as rap.hidden's shift carries a bias's share (docs/rules.md, conservation.constants)."""
+
+    def __call__(self, op, ctx, R):
+        (out,) = op.vjp(ctx.bk, ctx, R)
+        return [uniform_shift(ctx.bk, out, R, conserve=True)]
 
 
 class BatchNormMask(Rule):

@@ -1,6 +1,8 @@
 """Rules where data streams meet: residual Add, Concat and gates (a signal times a factor in [0, 1])."""
 from __future__ import annotations
 
+import math
+
 from . import Rule
 
 
@@ -27,16 +29,30 @@ class AddShare(Rule):
 
 
 class ConcatSlices(Rule):
-    """Each input gets its slice of R, kept only where the input is nonzero (``conserve``, rap: kept everywhere)."""
+    """Each input gets its slice of R, kept only where the input is nonzero.
+
+    ``conserve`` (rap): kept everywhere, and the relevance on constant parts (no input's) is shifted
+    evenly onto the nonzero entries of every data input, as rap.hidden's shift carries a bias's share;
+    where all are zero, spread evenly over them (docs/rules.md, conservation.constants).
+    """
 
     def __init__(self, conserve: bool = False):
         self.conserve = conserve
 
     def __call__(self, op, ctx, R):
         slices = op.slices(ctx, ctx.constants)
-        if self.conserve:
-            return [R[index] for _, index in slices]
-        return [R[index] * (ctx[name] != 0) for name, index in slices]
+        if not self.conserve:
+            return [R[index] * (ctx[name] != 0) for name, index in slices]
+        parts = [R[index] for _, index in slices]
+        if len(slices) == len(op.parts):  # no constant part: nothing to carry
+            return parts
+        bk = ctx.bk
+        S = bk.sample_sum
+        excess = S(R) - sum(S(p) for p in parts)
+        count = sum(S(p != 0).astype(R.dtype) for p in parts)
+        size = sum(math.prod(p.shape[1:]) for p in parts)
+        shift, spread = bk.sdiv(excess, count), excess * (count == 0) / size
+        return [p + (p != 0) * shift + spread for p in parts]
 
 
 class SignalTakesAll(Rule):

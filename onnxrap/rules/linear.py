@@ -13,6 +13,15 @@ import math
 from . import Rule
 
 
+def uniform_shift(bk, C, R, conserve=False):
+    """rap.hidden's shift: every nonzero entry of ``C`` moved by the same amount so that C sums to S(R)
+    per sample; with ``conserve``, every entry where C is zero everywhere (conservation.hidden)."""
+    excess = bk.sample_sum(C) - bk.sample_sum(R)
+    count = bk.sample_sum(C != 0).astype(C.dtype)
+    out = bk.shift(C, bk.sdiv(excess, count))
+    return out - _spread(bk, excess * (count == 0), C) if conserve else out
+
+
 def _spread(bk, amount, like):
     """``amount`` (one number per sample, batch-shaped) spread evenly over every entry of an array shaped
     ``like``, as one number per sample that broadcasts against it."""
@@ -135,9 +144,9 @@ class RapHidden(_LinearRule):
         else:  # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
             parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self.linear_output(op, ctx))]
         if self.per_sign:
-            out = sum(self._shift(bk, p, R, self.conserve) for p in parts)
+            out = sum(uniform_shift(bk, p, R, self.conserve) for p in parts)
         else:
-            out = self._shift(bk, sum(parts), R, self.conserve)
+            out = uniform_shift(bk, sum(parts), R, self.conserve)
         if ctx.contrast is not None:
             out = self._keep_signs(bk, sum(parts), R, out, ctx.contrast)
         return [op.give(out)]
@@ -169,15 +178,6 @@ class RapHidden(_LinearRule):
             zb = bk.pos(za - linear)
         ta, tb = bk.rap_shares(R, za, zb, conv)
         return x1 * adj((ta if sa > 0 else -ta, wa), (tb if sb > 0 else -tb, wb))
-
-    @staticmethod
-    def _shift(bk, C, R, conserve=False):
-        """Move every nonzero entry by the same amount so that C sums to S(R); with ``conserve``,
-        every entry where C is zero everywhere."""
-        excess = bk.sample_sum(C) - bk.sample_sum(R)
-        count = bk.sample_sum(C != 0).astype(C.dtype)
-        out = bk.shift(C, bk.sdiv(excess, count))
-        return out - _spread(bk, excess * (count == 0), C) if conserve else out
 
 
 class ZBox(_LinearRule):

@@ -18,7 +18,7 @@ fewer predictions than A2 after the most positive pixels are removed).
 """
 from __future__ import annotations
 
-from .linear import RapHidden, _LinearRule
+from .linear import _LinearRule, uniform_shift
 
 
 class AbsShare(_LinearRule):
@@ -32,7 +32,7 @@ class AbsShare(_LinearRule):
     """
 
     def __call__(self, op, ctx, R):
-        return [op.give(RapHidden._shift(ctx.bk, self.share(op, ctx, R), R, conserve=True))]  # conservation.hidden
+        return [op.give(uniform_shift(ctx.bk, self.share(op, ctx, R), R, conserve=True))]  # conservation.hidden
 
     def share(self, op, ctx, R):
         bk = ctx.bk
