@@ -54,9 +54,13 @@ MODELS = {
     "resnet50": ("resnet50", 224),
     "inception_v3": ("inception_v3", 299),
     "mobilenet_v2": ("mobilenet_v2_like", 224),
+    "efficientnet_b0": ("efficientnet_b0_like", 224),
+    "mobilenet_v3": ("mobilenet_v3_large_like", 224),
 }
 ALIASES = {"mobilenet_v2_like": "mobilenet_v2", "mobilenet": "mobilenet_v2", "vgg": "vgg16",
-           "resnet": "resnet50", "inception": "inception_v3"}
+           "resnet": "resnet50", "inception": "inception_v3",
+           "efficientnet_b0_like": "efficientnet_b0", "efficientnet": "efficientnet_b0",
+           "mobilenet_v3_large_like": "mobilenet_v3", "mobilenet_v3_large": "mobilenet_v3"}
 
 
 # ----------------------------------------------------------------- machine

@@ -48,6 +48,12 @@ SMALL = {
     "inception_v3": lambda **kw: zoo.inception_v3(width=1 / 16, size=75, num_classes=10, **kw),
     "mobilenet_v2_like": lambda **kw: zoo.mobilenet_v2_like(
         width=1 / 8, size=32, num_classes=10, **kw),
+    "efficientnet_b0_like": lambda **kw: zoo.efficientnet_b0_like(
+        width=1 / 8, size=32, num_classes=10, **kw),
+    # 64, not 32: at a 1x1 final grid its BN statistics come from 8 calibration
+    # values each, and the two-Gemm head lets other inputs' logits reach 1e3.
+    "mobilenet_v3_large_like": lambda **kw: zoo.mobilenet_v3_large_like(
+        width=1 / 8, size=64, num_classes=10, **kw),
 }
 
 
@@ -170,6 +176,105 @@ def test_mobilenet_default_is_mobilenet_v2():
     assert _ops(model)["Add"] == 10
 
 
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def _se_muls(model):
+    """The squeeze-excitation Muls: a gate of shape [N, C, 1, 1] times a feature map."""
+    return [n for n in model.graph.node if n.name.endswith(".se.scale")]
+
+
+def test_efficientnet_b0_topology(small_models):
+    model = small_models["efficientnet_b0_like"]
+    ops = _ops(model)
+    assert ops == {"Conv": 81, "BatchNormalization": 49, "Sigmoid": 65, "Mul": 65, "Add": 9,
+                   "GlobalAveragePool": 17, "Flatten": 1, "Gemm": 1}
+    assert "Relu" not in ops and "Clip" not in ops
+    producers = _producers(model)
+    se = _se_muls(model)
+    assert len(se) == 16
+    for n in model.graph.node:
+        if n.op_type != "Mul":
+            continue
+        a, b = (producers.get(i) for i in n.input)
+        if n in se:  # Mul(Sigmoid(fc2(SiLU(fc1(GAP(x))))), x)
+            assert a.op_type == "Sigmoid" and producers[a.input[0]].name.endswith("se.fc2")
+        else:  # SiLU as PyTorch exports it: Mul(x, Sigmoid(x))
+            assert b.op_type == "Sigmoid" and b.input[0] == n.input[0]
+    kernels = {_attr(n, "kernel_shape")[0] for n in model.graph.node
+               if n.op_type == "Conv" and _attr(n, "group", 1) > 1}
+    assert kernels == {3, 5}
+    consumers = collections.defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n.op_type)
+    for n in model.graph.node:
+        if n.name.endswith("project.bn"):  # linear bottleneck
+            assert set(consumers[n.output[0]]) <= {"Add", "Conv"}
+
+
+def test_mobilenet_v3_large_topology(small_models):
+    model = small_models["mobilenet_v3_large_like"]
+    ops = _ops(model)
+    assert ops == {"Conv": 62, "BatchNormalization": 46, "HardSwish": 21, "Relu": 19, "Add": 10,
+                   "GlobalAveragePool": 9, "HardSigmoid": 8, "Mul": 8, "Flatten": 1, "Gemm": 2}
+    producers = _producers(model)
+    se = _se_muls(model)
+    assert len(se) == 8 and all(n.op_type == "Mul" for n in se)
+    for n in se:  # Mul(HardSigmoid(fc2(Relu(fc1(GAP(x))))), x)
+        gate = producers[n.input[0]]
+        assert gate.op_type == "HardSigmoid"
+        assert abs(_attr(gate, "alpha") - 1 / 6) < 1e-7 and _attr(gate, "beta") == 0.5
+        assert producers[producers[gate.input[0]].input[0]].op_type == "Relu"
+    bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
+    assert all(abs(_attr(n, "epsilon") - 1e-3) < 1e-9 for n in bns)  # torchvision's
+
+
+@pytest.mark.parametrize("opset", [13, 14, 18])
+def test_mobilenet_v3_hardswish_follows_opset(opset):
+    """HardSwish is an op from opset 14; before it PyTorch writes Mul(x, HardSigmoid(x))."""
+    model = zoo.mobilenet_v3_large_like(
+        width=1 / 8, size=32, num_classes=7, opset=opset, pool="reducemean",
+        blocks=zoo.MOBILENET_V3_LARGE_BLOCKS[3:7])
+    ops = _ops(model)
+    assert "GlobalAveragePool" not in ops and ops["ReduceMean"] == 4  # 3 SE + head
+    if opset < 14:
+        assert "HardSwish" not in ops and ops["HardSigmoid"] == 3 + 5  # SE gates + hardswishes
+    else:
+        assert ops["HardSwish"] == 5 and ops["HardSigmoid"] == 3  # stem, block 6 (2), head, fc1
+    y = _run(model)
+    assert y.shape == (2, 7) and np.all(np.isfinite(y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, params", [("efficientnet_b0_like", 5_288_548),
+                                          ("mobilenet_v3_large_like", 5_483_032)])
+def test_full_size_matches_torchvision_parameter_count(name, params):
+    model = zoo.build(name)
+    assert zoo.count_params(model) == params  # torchvision's efficientnet_b0 / mobilenet_v3_large
+    y = _run(model, batch=1)
+    assert y.shape == (1, 1000) and np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0_like", "mobilenet_v3_large_like"])
+def test_rap_on_gated_models_conserves_and_compiles(small_models, name, tmp_path, monkeypatch):
+    """rap explains the SE/SiLU/HardSwish exports: it conserves the target logit, and the
+    compiled engine agrees with the eager one."""
+    from helpers import rel_l2
+    from onnxrap import Explainer
+
+    monkeypatch.setenv("ONNXRAP_CACHE", str(tmp_path))
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(small_models[name], str(path))
+    x = zoo.calibration_batch(_input_size(small_models[name]), 3, seed=11)
+    eager = Explainer(path).explain(x, method="rap")
+    np.testing.assert_allclose(eager.relevance.sum(axis=(1, 2, 3)), eager.target_logit, rtol=1e-4)
+    compiled = Explainer(path, engine="onnx").explain(x, method="rap")
+    np.testing.assert_array_equal(compiled.target, eager.target)
+    assert rel_l2(compiled.relevance, eager.relevance) < 1e-5
+
+
 def test_deterministic_seed():
     a = zoo.resnet50(width=1 / 16, size=32, num_classes=5, seed=3)
     b = zoo.resnet50(width=1 / 16, size=32, num_classes=5, seed=3)
@@ -208,6 +313,23 @@ def test_builder_numpy_reference_matches_ort():
     (y,) = _session(model).run(None, {"input": calib})
     np.testing.assert_allclose(y, g.values["logits"], rtol=1e-4, atol=1e-4)
     assert g.shape("logits") == (4,)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_builder_numpy_reference_matches_ort_for_gates(opset):
+    """The NumPy evaluation of the smooth activations and SE gates agrees with ORT."""
+    g = zoo.GraphBuilder("gates", 12, seed=5, opset=opset)
+    x = g.conv_bn_act(g.input, 8, 3, 2, 1, act="silu", name="a")
+    x = g.squeeze_excitation(x, 2, "silu", "sigmoid", name="se1")
+    y = g.conv_bn_act(x, 8, 3, 1, 1, group=8, act="hardswish", name="dw")
+    y = g.squeeze_excitation(y, 4, "relu", "hardsigmoid", pool="reducemean", name="se2")
+    x = g.add(g.hardsigmoid(y), g.sigmoid(x))
+    x = g.gemm(g.flatten(g.gap(x)), 4)
+    model = g.build(g.hardswish(x))
+    (y,) = _session(model).run(None, {"input": g.values["input"]})
+    np.testing.assert_allclose(y, g.values["logits"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        g.activation(x, "gelu")
 
 
 def test_too_small_input_raises():

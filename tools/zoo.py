@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Download-free classifier zoo: real topologies built directly as ONNX graphs.
 
-Builds VGG-16, ResNet-50, Inception-V3 and a MobileNetV2/EfficientNet-Lite
-style network with ``onnx.helper`` and NumPy only (no PyTorch, no pretrained
-weights).  The topologies are written from the papers' descriptions:
+Builds VGG-16, ResNet-50, Inception-V3, a MobileNetV2/EfficientNet-Lite
+style network, EfficientNet-B0 and MobileNetV3-Large with ``onnx.helper``
+and NumPy only (no PyTorch, no pretrained weights).  The topologies are written from the papers' descriptions:
 
 * VGG-16: Simonyan & Zisserman 2014, configuration "D".
 * ResNet-50: He et al. 2015, bottleneck blocks [3, 4, 6, 3] (stride on the
@@ -12,6 +12,10 @@ weights).  The topologies are written from the papers' descriptions:
   Architecture"), the standard Mixed_5b..Mixed_7c layout, no auxiliary head.
 * MobileNetV2: Sandler et al. 2018, inverted residuals with linear
   bottlenecks and ReLU6 (written as Clip(0, 6)).
+* EfficientNet-B0: Tan & Le 2019, MBConv blocks with squeeze-excitation and
+  SiLU written as Mul(x, Sigmoid(x)), as PyTorch exports torchvision's model.
+* MobileNetV3-Large: Howard et al. 2019, bneck blocks with Relu or
+  HardSwish and squeeze-excitation gated by HardSigmoid (torchvision's).
 
 Weights are random but deterministic (``np.random.default_rng(seed)``):
 He-normal conv/Gemm weights, small random biases, BatchNormalization with
@@ -24,7 +28,12 @@ that its output is centred.  The network therefore behaves like a trained one
 statistically: each BN re-normalises to roughly N(beta, scale^2), activations
 stay O(1) through the full depth, ReLUs/Clips are active about half of the
 time, and the logits depend on the input (the arg-max class changes from
-image to image) instead of being dominated by a constant.
+image to image) instead of being dominated by a constant.  This holds for
+inputs like the calibration batch.  Without a bounded activation
+(EfficientNet-B0's SiLU, MobileNetV3's HardSwish) a shift in the input's
+statistics grows with depth: per-pixel uniform noise through ImageNet
+normalisation gives logits of 10^2 to 10^3 there (about 50 in MobileNetV2,
+whose Clip bounds it).
 
 All builders return a checked ``onnx.ModelProto`` with input ``input`` of
 shape [batch, 3, size, size] (``batch`` is a symbolic dim) and output
@@ -62,6 +71,10 @@ __all__ = [
     "inception_v3",
     "mobilenet_v2_like",
     "MOBILENET_V2_BLOCKS",
+    "efficientnet_b0_like",
+    "EFFICIENTNET_B0_BLOCKS",
+    "mobilenet_v3_large_like",
+    "MOBILENET_V3_LARGE_BLOCKS",
     "BUILDERS",
     "build",
     "count_params",
@@ -325,6 +338,46 @@ class GraphBuilder:
             return self._emit("Clip", [x], name, y, min=float(lo), max=float(hi))
         return self._emit("Clip", [x, self._shared_scalar(lo), self._shared_scalar(hi)], name, y)
 
+    def sigmoid(self, x: str, name: Optional[str] = None) -> str:
+        y = 0.5 * (1.0 + np.tanh(0.5 * self.values[x]))  # no overflow for large |x|
+        return self._emit("Sigmoid", [x], self._unique(name, "Sigmoid"), y)
+
+    def hardsigmoid(self, x: str, name: Optional[str] = None) -> str:
+        """HardSigmoid with PyTorch's alpha 1/6 and beta 1/2: clip(x / 6 + 1/2, 0, 1)."""
+        alpha = np.float32(1.0 / 6.0)
+        y = np.clip(self.values[x] * alpha + np.float32(0.5), 0, 1)
+        name = self._unique(name, "HardSigmoid")
+        return self._emit("HardSigmoid", [x], name, y, alpha=float(alpha), beta=0.5)
+
+    def mul(self, a: str, b: str, name: Optional[str] = None) -> str:
+        """Mul of two data tensors (with broadcasting, e.g. an [N, C, 1, 1] gate)."""
+        return self._emit("Mul", [a, b], self._unique(name, "Mul"), self.values[a] * self.values[b])
+
+    def silu(self, x: str, name: Optional[str] = None) -> str:
+        """SiLU as PyTorch exports it: Mul(x, Sigmoid(x))."""
+        name = self._unique(name, "Mul")
+        s = self.sigmoid(x, name=f"{name}.sigmoid")
+        return self._emit("Mul", [x, s], name, self.values[x] * self.values[s])
+
+    def hardswish(self, x: str, name: Optional[str] = None) -> str:
+        """HardSwish from opset 14; before it, as PyTorch exports it: Mul(x, HardSigmoid(x))."""
+        name = self._unique(name, "HardSwish")
+        if self.opset < 14:
+            s = self.hardsigmoid(x, name=f"{name}.hardsigmoid")
+            return self._emit("Mul", [x, s], name, self.values[x] * self.values[s])
+        v = self.values[x]
+        y = v * np.clip(v * np.float32(1.0 / 6.0) + np.float32(0.5), 0, 1)
+        return self._emit("HardSwish", [x], name, y)
+
+    def activation(self, x: str, act: str, name: Optional[str] = None) -> str:
+        """``act`` by name: relu, relu6 (Clip(0, 6)), silu, hardswish, sigmoid or hardsigmoid."""
+        fns = {"relu": self.relu, "relu6": self.clip, "silu": self.silu,
+               "hardswish": self.hardswish, "sigmoid": self.sigmoid,
+               "hardsigmoid": self.hardsigmoid}
+        if act not in fns:
+            raise ValueError(f"unknown activation {act!r}")
+        return fns[act](x, name=name)
+
     def _pool(self, op, x, kernel, stride, pad, name, count_include_pad=True):
         xv = self._map(x)
         n, c, h, w = xv.shape
@@ -455,18 +508,31 @@ class GraphBuilder:
     ) -> str:
         """Conv (no bias) + BatchNormalization + optional activation.
 
-        ``act`` is "relu", "relu6" (Clip(0, 6)) or None (linear).  Nodes are
-        named ``<name>.conv``, ``<name>.bn`` and ``<name>.relu``/``.relu6``.
+        ``act`` is one of :meth:`activation`'s names or None (linear).  Nodes
+        are named ``<name>.conv``, ``<name>.bn`` and ``<name>.<act>``.
         """
         y = self.conv(x, out_channels, kernel, stride, pad, group, bias=False, name=f"{name}.conv")
         y = self.bn(y, name=f"{name}.bn", gamma=gamma)
-        if act == "relu":
-            y = self.relu(y, name=f"{name}.relu")
-        elif act == "relu6":
-            y = self.clip(y, 0.0, 6.0, name=f"{name}.relu6")
-        elif act is not None:
-            raise ValueError(f"unknown activation {act!r}")
+        if act is not None:
+            y = self.activation(y, act, name=f"{name}.{act}")
         return y
+
+    def squeeze_excitation(
+        self, x: str, squeeze_channels: int, act: str, gate: str, pool: str = "gap",
+        name: str = "se",
+    ) -> str:
+        """torchvision's SqueezeExcitation: Mul(gate(fc2(act(fc1(pool(x))))), x).
+
+        fc1 and fc2 are 1x1 convs with bias; ``gate`` is "sigmoid"
+        (EfficientNet) or "hardsigmoid" (MobileNetV3).  The gate is the Mul's
+        first input, as in torchvision's ``scale * input``.
+        """
+        s = self.pool(x, pool, name=f"{name}.avgpool")
+        s = self.conv(s, squeeze_channels, 1, bias=True, name=f"{name}.fc1")
+        s = self.activation(s, act, name=f"{name}.{act}")
+        s = self.conv(s, self.channels(x), 1, bias=True, name=f"{name}.fc2")
+        s = self.activation(s, gate, name=f"{name}.{gate}")
+        return self.mul(s, x, name=f"{name}.scale")
 
     # ------------------------------------------------------------------ build
     def build(self, output: str, doc: str = "") -> onnx.ModelProto:
@@ -778,12 +844,169 @@ def mobilenet_v2_like(
     return g.build(x, doc=f"MobileNetV2-like width={width} size={size} seed={seed}")
 
 
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """torchvision's rounding of a channel count to a multiple of ``divisor`` (at most 10% down)."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def _inverted_residual(
+    g: GraphBuilder, x: str, hidden: int, out_ch: int, kernel: int, stride: int, act: str,
+    se: Optional[Tuple[int, str, str]], pool: str, name: str,
+) -> str:
+    """MBConv / MobileNetV3 bneck: [1x1 expand] -> depthwise -> [SE] -> linear 1x1 project [+ x].
+
+    The expand conv is left out when ``hidden`` equals the input width; ``se``
+    is (squeeze channels, SE activation, gate) or None.
+    """
+    in_ch = g.channels(x)
+    residual = stride == 1 and in_ch == out_ch
+    y = x
+    if hidden != in_ch:
+        y = g.conv_bn_act(y, hidden, 1, 1, 0, act=act, name=f"{name}.expand")
+    y = g.conv_bn_act(y, hidden, kernel, stride, kernel // 2, group=hidden, act=act,
+                      name=f"{name}.depthwise")
+    if se is not None:
+        squeeze, se_act, gate = se
+        y = g.squeeze_excitation(y, squeeze, se_act, gate, pool, name=f"{name}.se")
+    y = g.conv_bn_act(y, out_ch, 1, 1, 0, act=None, name=f"{name}.project",
+                      gamma=0.5 if residual else 1.0)
+    return g.add(y, x, name=f"{name}.add") if residual else y
+
+
+# ----------------------------------------------------------- EfficientNet-B0
+# (expansion t, kernel k, output channels c, repeats n, first stride s) per
+# stage: Tan & Le 2019, Table 1 (torchvision's efficientnet_b0).
+EFFICIENTNET_B0_BLOCKS: Tuple[Tuple[int, int, int, int, int], ...] = (
+    (1, 3, 16, 1, 1),
+    (6, 3, 24, 2, 2),
+    (6, 5, 40, 2, 2),
+    (6, 3, 80, 3, 2),
+    (6, 5, 112, 3, 1),
+    (6, 5, 192, 4, 2),
+    (6, 3, 320, 1, 1),
+)
+
+
+def efficientnet_b0_like(
+    width: float = 1.0,
+    size: int = 224,
+    num_classes: int = 1000,
+    seed: int = 0,
+    opset: int = 17,
+    blocks: Optional[Sequence[Tuple[int, int, int, int, int]]] = None,
+    pool: str = "gap",
+    stem_channels: int = 32,
+    last_channels: int = 1280,
+) -> onnx.ModelProto:
+    """EfficientNet-B0 as PyTorch exports torchvision's model (SiLU as Mul(x, Sigmoid(x))).
+
+    Stem conv3x3/2 + BN + SiLU; MBConv blocks: 1x1 expand conv + BN + SiLU
+    (skipped when t == 1), depthwise kxk conv + BN + SiLU, squeeze-excitation
+    (pool -> 1x1 conv to max(1, block input / 4) -> SiLU -> 1x1 conv ->
+    Sigmoid -> Mul with the depthwise output), 1x1 project conv + BN with no
+    activation, residual Add when stride 1 and in == out channels (stochastic
+    depth is the identity at inference); then a 1x1 conv to
+    ``last_channels`` + BN + SiLU, global pooling, Flatten, Gemm (dropout is
+    gone at export).  ``blocks`` is a list of (t, k, c, n, s) stages; default
+    ``EFFICIENTNET_B0_BLOCKS``.  Widths scale with ``width``; ``pool`` also
+    sets the squeeze-excitation pooling.
+    """
+    if blocks is None:
+        blocks = EFFICIENTNET_B0_BLOCKS
+    g = GraphBuilder("efficientnet_b0_like", size, seed=seed, opset=opset)
+    x = g.conv_bn_act(g.input, _scaled(stem_channels, width), 3, 2, 1, act="silu", name="stem")
+    idx = 0
+    for t, k, ch, n, s in blocks:
+        for i in range(n):
+            in_ch = g.channels(x)
+            se = (max(1, in_ch // 4), "silu", "sigmoid")
+            x = _inverted_residual(g, x, in_ch * t, _scaled(ch, width), k, s if i == 0 else 1,
+                                   "silu", se, pool, f"blocks.{idx}")
+            idx += 1
+    x = g.conv_bn_act(x, _scaled(last_channels, width), 1, 1, 0, act="silu", name="head")
+    x = g.flatten(g.pool(x, pool, name="avgpool"), name="flatten")
+    x = g.gemm(x, num_classes, name="classifier", out_std=LOGIT_STD)
+    return g.build(x, doc=f"EfficientNet-B0-like width={width} size={size} seed={seed}")
+
+
+# ---------------------------------------------------- MobileNetV3-Large-like
+# (kernel, expanded channels, output channels, squeeze-excitation, activation,
+# stride) per block: Howard et al. 2019, Table 1 (torchvision's
+# mobilenet_v3_large).
+MOBILENET_V3_LARGE_BLOCKS: Tuple[Tuple[int, int, int, bool, str, int], ...] = (
+    (3, 16, 16, False, "relu", 1),
+    (3, 64, 24, False, "relu", 2),
+    (3, 72, 24, False, "relu", 1),
+    (5, 72, 40, True, "relu", 2),
+    (5, 120, 40, True, "relu", 1),
+    (5, 120, 40, True, "relu", 1),
+    (3, 240, 80, False, "hardswish", 2),
+    (3, 200, 80, False, "hardswish", 1),
+    (3, 184, 80, False, "hardswish", 1),
+    (3, 184, 80, False, "hardswish", 1),
+    (3, 480, 112, True, "hardswish", 1),
+    (3, 672, 112, True, "hardswish", 1),
+    (5, 672, 160, True, "hardswish", 2),
+    (5, 960, 160, True, "hardswish", 1),
+    (5, 960, 160, True, "hardswish", 1),
+)
+
+
+def mobilenet_v3_large_like(
+    width: float = 1.0,
+    size: int = 224,
+    num_classes: int = 1000,
+    seed: int = 0,
+    opset: int = 17,
+    blocks: Optional[Sequence[Tuple[int, int, int, bool, str, int]]] = None,
+    pool: str = "gap",
+    stem_channels: int = 16,
+    last_conv_channels: int = 960,
+    last_channels: int = 1280,
+) -> onnx.ModelProto:
+    """MobileNetV3-Large as PyTorch exports torchvision's model.
+
+    Stem conv3x3/2 + BN + HardSwish; bneck blocks: 1x1 expand conv + BN + act
+    (skipped when the expansion equals the input width), depthwise kxk conv +
+    BN + act, optional squeeze-excitation (pool -> 1x1 conv to the expansion
+    / 4 rounded to a multiple of 8 -> Relu -> 1x1 conv -> HardSigmoid -> Mul),
+    1x1 project conv + BN with no activation, residual Add when stride 1 and
+    in == out channels; act is Relu or HardSwish per the table.  Then a 1x1
+    conv to ``last_conv_channels`` + BN + HardSwish, global pooling, Flatten,
+    Gemm to ``last_channels`` + HardSwish, Gemm (dropout is gone at export).
+    BN epsilon is 1e-3 as in torchvision.  HardSwish is one op from opset 14,
+    ``x * HardSigmoid(x)`` before.  ``blocks`` is a list of (k, expanded, c,
+    se, act, s); default ``MOBILENET_V3_LARGE_BLOCKS``.  Widths scale with
+    ``width``; ``pool`` also sets the squeeze-excitation pooling.
+    """
+    if blocks is None:
+        blocks = MOBILENET_V3_LARGE_BLOCKS
+    g = GraphBuilder("mobilenet_v3_large_like", size, seed=seed, opset=opset, bn_epsilon=1e-3)
+    x = g.conv_bn_act(g.input, _scaled(stem_channels, width), 3, 2, 1, act="hardswish",
+                      name="stem")
+    for idx, (k, expanded, ch, use_se, act, s) in enumerate(blocks):
+        hidden = _scaled(expanded, width)
+        se = (_make_divisible(hidden // 4), "relu", "hardsigmoid") if use_se else None
+        x = _inverted_residual(g, x, hidden, _scaled(ch, width), k, s, act, se, pool,
+                               f"blocks.{idx}")
+    x = g.conv_bn_act(x, _scaled(last_conv_channels, width), 1, 1, 0, act="hardswish",
+                      name="head")
+    x = g.flatten(g.pool(x, pool, name="avgpool"), name="flatten")
+    x = g.hardswish(g.gemm(x, _scaled(last_channels, width), name="classifier.fc1"),
+                    name="classifier.hardswish")
+    x = g.gemm(x, num_classes, name="classifier.fc2", out_std=LOGIT_STD)
+    return g.build(x, doc=f"MobileNetV3-Large-like width={width} size={size} seed={seed}")
+
+
 # ---------------------------------------------------------------- utilities
 BUILDERS = {
     "vgg16": vgg16,
     "resnet50": resnet50,
     "inception_v3": inception_v3,
     "mobilenet_v2_like": mobilenet_v2_like,
+    "efficientnet_b0_like": efficientnet_b0_like,
+    "mobilenet_v3_large_like": mobilenet_v3_large_like,
 }
 _ALIASES = {
     "vgg": "vgg16",
@@ -794,6 +1017,11 @@ _ALIASES = {
     "mobilenet": "mobilenet_v2_like",
     "mobilenet_v2": "mobilenet_v2_like",
     "mobilenetv2": "mobilenet_v2_like",
+    "efficientnet": "efficientnet_b0_like",
+    "efficientnet_b0": "efficientnet_b0_like",
+    "mobilenet_v3": "mobilenet_v3_large_like",
+    "mobilenet_v3_large": "mobilenet_v3_large_like",
+    "mobilenetv3": "mobilenet_v3_large_like",
 }
 
 
@@ -851,7 +1079,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--batchnorm", action="store_true", help="vgg16 only: BN after each conv")
     p.add_argument("--pool", choices=("gap", "reducemean"), default=None,
-                   help="global pooling op (resnet50, inception_v3, mobilenet)")
+                   help="global pooling op (every model but vgg16)")
     args = p.parse_args(argv)
 
     key = _ALIASES.get(args.name.lower().replace("-", "_"), args.name.lower().replace("-", "_"))
