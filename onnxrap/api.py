@@ -33,6 +33,7 @@ class Explanation:
     layer_sums: list = field(default_factory=list)  # (op name, op type, sum at output, sum at inputs) per sample
     recomputed: list = field(default_factory=list)  # samples redone in float64 to keep conservation
     unconserved: list = field(default_factory=list)  # samples a conserving method's sum misses even in float64
+    nonfinite: list = field(default_factory=list)  # samples whose relevance holds NaN or Inf (a rule overflowed)
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -141,20 +142,29 @@ class Explainer:
         self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
         sums = [] if trace else None
+        # A rule that overflows (LRP-epsilon's R / z near z = 0) shows as non-finite relevance, said below
+        # per sample; NumPy's warnings from deep inside the walk would name no input.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            relevance, logits, targets, seeds = self._attribute(m, x, target, sums, contrast, trace)
+            relevance, recomputed, unconserved = self._keep_conservation(m, relevance, logits, seeds, x, trace)
+        nonfinite = [int(i) for i in np.flatnonzero(~np.isfinite(relevance).reshape(len(relevance), -1).all(axis=1))]
+        label = m.label if contrast is None else f"{m.label} contrast={contrast}"
+        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved,
+                           nonfinite)
+
+    def _attribute(self, m, x, target, sums, contrast, trace):
+        """Relevance, logits, targets and the seeds' targets (a contrast's: its seed weights) on the engine
+        that serves this call."""
         if contrast is not None:  # a seed weighing the classes: eager (the compiled graph seeds a class index)
             if self.engine == "onnx":
                 self.engine_note = "eager: a contrast's seed weighs the classes; the compiled graph takes a class index"
             relevance, logits, seeds = self._attribute_eager(m, x, target, self.dtype, sums, contrast)
-            targets = seeds.argmax(axis=1)
-        elif not trace and self._engine_for(m, x, target) == "onnx":
+            return relevance, logits, seeds.argmax(axis=1), seeds
+        if not trace and self._engine_for(m, x, target) == "onnx":
             relevance, logits, targets = self._attribute_compiled(m, x, target, self.dtype)
-            seeds = targets
         else:
             relevance, logits, targets = self._attribute_eager(m, x, target, self.dtype, sums)
-            seeds = targets
-        relevance, recomputed, unconserved = self._keep_conservation(m, relevance, logits, seeds, x, trace)
-        label = m.label if contrast is None else f"{m.label} contrast={contrast}"
-        return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved)
+        return relevance, logits, targets, targets
 
     def _attribute_eager(self, m, x, target, dtype, sums, contrast=None):
         """Relevance, logits and targets with the rules run on the backend's arrays; with a

@@ -44,3 +44,30 @@ def test_the_cli_warns_when_a_registered_method_misses(tmp_path, capsys, monkeyp
     assert "leaky-rap: warning: the relevance sums to" in err and "even in float64" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["inputs"][0]["methods"]["leaky-rap"]["conserved"] is False
+
+
+class Overflows(Rule):
+    """Divides by zero at every activation: relevance that is Inf or NaN."""
+
+    def __call__(self, op, ctx, R):
+        return [R / (R * 0)]
+
+
+def test_relevance_that_overflows_is_reported_per_sample_without_numpy_warnings(recwarn):
+    broken = methods.Composite({"activation": Overflows()}, base="lrp-eps", name="overflowing")
+    exp = Explainer(DIGITS).explain(np.random.default_rng(2).random((2, 1, 32, 32), dtype=np.float32), method=broken)
+    assert exp.nonfinite == [0, 1]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert Explainer(DIGITS).explain(np.random.default_rng(2).random((2, 1, 32, 32), dtype=np.float32),
+                                     method="lrp-eps").nonfinite == []
+
+
+def test_the_cli_warns_about_relevance_that_overflows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(methods.FACTORIES, "overflowing",
+                        lambda: methods.Composite({"activation": Overflows()}, base="lrp-eps", name="overflowing"))
+    code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "--method", "overflowing,rap", "-o", tmp_path,
+                            "--quiet"], capsys)
+    assert code == 0
+    assert "overflowing: warning: the relevance holds NaN or Inf" in err and "RuntimeWarning" not in err
+    entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]["methods"]
+    assert entry["overflowing"]["finite"] is False and entry["rap"]["finite"] is True
