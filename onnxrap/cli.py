@@ -456,12 +456,13 @@ def cmd_inspect(args):
     others = (f" (the first of {len(outputs)} outputs: {', '.join(outputs)}; --output picks another)"
               if args.output_name is None and len(outputs) > 1 else "")
     print(f"output: {graph.output_name} {shown_shape(graph._shapes.get(graph.output_name))}{via}{others}")
+    known = {op_type for _, op_type in PARSERS}
     bad = collections.Counter(op_type for _, op_type, _ in graph.unsupported)
     counts = collections.Counter(n.op_type for n in graph.data_nodes)
     print("ops on the data path:")
     for op_type, n in sorted(counts.items()):
-        status = "supported" if op_type in PARSERS and not bad[op_type] else (
-            f"NOT SUPPORTED ({bad[op_type]} of {n})" if op_type in PARSERS else "NOT SUPPORTED")
+        status = "supported" if op_type in known and not bad[op_type] else (
+            f"NOT SUPPORTED ({bad[op_type]} of {n})" if op_type in known else "NOT SUPPORTED")
         print(f"  {op_type:<22} {n:>5}  {status}")
     folded = collections.Counter(n.op_type for n in graph.folded_nodes)
     if folded:

@@ -203,3 +203,16 @@ def test_a_bias_per_output_unit_is_absorbed():
                        [const("w", np.ones((4, 3))), const("b", [[0.1, -0.2, 0.3]])])
     (op,) = Graph(model).ops
     np.testing.assert_allclose(op.bias_values, [0.1, -0.2, 0.3], rtol=1e-6)
+
+
+def test_an_op_of_a_custom_domain_is_not_read_as_the_standard_op_of_its_name():
+    """A "Relu" of com.example computes what its authors wrote; it was explained as ONNX's Relu."""
+    custom = helper.make_node("Relu", ["h"], ["r"], name="their_relu", domain="com.example")
+    graph = helper.make_graph([node("Gemm", ["x", "w"], ["h"], name="fc"), custom, node("Identity", ["r"], ["y"])],
+                              "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [const("w", np.linspace(-1, 1, 12).reshape(4, 3))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    with pytest.raises(UnsupportedOpsError, match=r"their_relu \(Relu: an op of the custom domain com.example\)"):
+        Graph(model)

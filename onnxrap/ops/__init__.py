@@ -91,27 +91,29 @@ def _attr_value(attr):
     return value
 
 
-PARSERS: dict[str, Callable[[NodeView], Op]] = {}
+PARSERS: dict[tuple[str, str], Callable[[NodeView], Op]] = {}  # (domain, op type) -> parser; "" is ai.onnx
 
 
-def register(*op_types: str):
-    """Register a parser ``f(view) -> Op`` for ONNX op types."""
+def register(*op_types: str, domain: str = ""):
+    """Register a parser ``f(view) -> Op`` for ONNX op types of ``domain`` (default: the standard ops)."""
 
     def wrap(fn):
         for t in op_types:
-            if t in PARSERS:
+            if (domain, t) in PARSERS:
                 raise ModelError(f"op type {t} registered twice")
-            PARSERS[t] = fn
+            PARSERS[domain, t] = fn
         return fn
 
     return wrap
 
 
 def parse(view: NodeView) -> list[Op]:
-    """The ops of one ONNX node (a fused node gives several)."""
-    parser = PARSERS.get(view.op_type)
+    """The ops of one ONNX node (a fused node gives several).  The domain counts: a custom op named like a
+    standard one computes what its authors wrote, not what ONNX says."""
+    domain = "" if view.node.domain in ("", "ai.onnx") else view.node.domain
+    parser = PARSERS.get((domain, view.op_type))
     if parser is None:
-        raise Unsupported("")
+        raise Unsupported(f"an op of the custom domain {domain}" if domain else "")
     ops = parser(view)
     return ops if isinstance(ops, list) else [ops]
 

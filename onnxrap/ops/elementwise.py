@@ -180,7 +180,8 @@ def smooth(name, t, x, y, attrs):
                       params={"alpha": alpha, "gamma": gamma})
 
 
-@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish", "QuickGelu")
+@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish")
+@register("QuickGelu", domain="com.microsoft")
 def _smooth(v):
     return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)
 

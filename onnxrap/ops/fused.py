@@ -76,11 +76,11 @@ def _split(v, linear):
     return Fused(v.name, v.op_type, ops)
 
 
-@register("FusedConv")
+@register("FusedConv", domain="com.microsoft")
 def _fused_conv(v):
     return _split(v, parse_conv(v))
 
 
-@register("FusedGemm")
+@register("FusedGemm", domain="com.microsoft")
 def _fused_gemm(v):
     return _split(v, parse_gemm(v))
