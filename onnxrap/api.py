@@ -147,7 +147,8 @@ class Explainer:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             relevance, logits, targets, seeds = self._attribute(m, x, target, sums, contrast, trace)
             relevance, recomputed, unconserved = self._keep_conservation(m, relevance, logits, seeds, x, trace)
-        nonfinite = [int(i) for i in np.flatnonzero(~np.isfinite(relevance).reshape(len(relevance), -1).all(axis=1))]
+        per_sample = np.moveaxis(np.isfinite(relevance), self.graph.sample_axis, 0)
+        nonfinite = [int(i) for i in np.flatnonzero(~per_sample.reshape(len(per_sample), -1).all(axis=1))]
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
         return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved,
                            nonfinite)
@@ -272,8 +273,10 @@ class Explainer:
             return relevance, [], []
         logit = (targets * logits).sum(axis=1) if targets.ndim == 2 else logits[np.arange(len(targets)), targets]
 
+        axis = self.graph.sample_axis
+
         def missing(r):
-            sums = r.sum(axis=tuple(range(1, r.ndim)), dtype=np.float64)
+            sums = r.sum(axis=tuple(a for a in range(r.ndim) if a != axis), dtype=np.float64)
             return np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
 
         bad = missing(relevance)
@@ -285,8 +288,9 @@ class Explainer:
         attribute = self._attribute_compiled if engine == "onnx" else \
             lambda *args: self._attribute_eager(*args, None)  # noqa: E731
         fixed = self.graph.fixed_batch
-        if fixed and fixed > 1:  # a model exported for a fixed batch takes only whole batches
-            relevance[redo] = attribute(m, x, targets, np.float64)[0][redo]
+        samples = (slice(None),) * axis + (redo,)
+        if (fixed and fixed > 1) or axis:  # whole batches only: a fixed batch, or samples along axis 1
+            relevance[samples] = attribute(m, x, targets, np.float64)[0][samples]
         else:
             relevance[redo] = attribute(m, x[redo], targets[redo], np.float64)[0]
         return relevance, [int(i) for i in redo], [int(i) for i in np.flatnonzero(missing(relevance))]
@@ -294,7 +298,7 @@ class Explainer:
     def _pieces(self, x):
         """Batches for ONNX Runtime.  A fixed-batch model gets whole batches only: padding would add
         samples nobody asked to explain, so another count is left to the capture's shape check."""
-        if not x.ndim:
+        if not x.ndim or self.graph.sample_axis:  # features x samples (Gemm transA): one piece
             return [x]
         fixed = self.graph.fixed_batch
         return [part for part, _ in batches(x, self.max_batch, fixed if fixed and len(x) % fixed == 0 else None)]

@@ -353,7 +353,14 @@ class Graph:
         return self._types.get(self.input_name, onnx.TensorProto.FLOAT)
 
     @property
+    def sample_axis(self):
+        """The input's axis of samples: 1 where only Gemms with transA read it (features x samples), else 0."""
+        readers = [op for op in self.ops if self.input_name in op.inputs]
+        return 1 if readers and all(getattr(op, "trans_input", False) for op in readers) else 0
+
+    @property
     def fixed_batch(self):
         """The batch size the model was exported for, or None where it is free."""
-        first = (self.input_shape or (None,))[0]
+        shape = self.input_shape or ()
+        first = shape[self.sample_axis] if len(shape) > self.sample_axis else None
         return first if isinstance(first, int) and first > 0 else None

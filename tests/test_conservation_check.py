@@ -71,3 +71,15 @@ def test_the_cli_warns_about_relevance_that_overflows(tmp_path, capsys, monkeypa
     assert "overflowing: warning: the relevance holds NaN or Inf" in err and "RuntimeWarning" not in err
     entry = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]["methods"]
     assert entry["overflowing"]["finite"] is False and entry["rap"]["finite"] is True
+
+
+def test_features_by_samples_in_float32_are_checked_per_sample():
+    """Gemm transA reads the input as (features, samples): the float32 check summed the wrong axis (a
+    broadcast error) and ONNX Runtime's batches would have cut the features apart."""
+    from test_rules_dense import mlp
+
+    model, _ = mlp(2, n_in=40, trans_a=True)
+    x = np.random.default_rng(3).random((40, 5), dtype=np.float32)  # 40 features > one ORT batch of 16
+    exp = Explainer(model, dtype="float32").explain(x, target=np.array([0, 1, 2, 3, 0]))
+    assert exp.relevance.shape == (40, 5) and exp.unconserved == [] and exp.nonfinite == []
+    np.testing.assert_allclose(exp.relevance.sum(axis=0), exp.target_logit, rtol=1e-4)
