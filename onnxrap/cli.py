@@ -451,7 +451,8 @@ def cmd_inspect(args):
           f"producer {model.producer_name or '?'} {model.producer_version})")
     elem = onnx.TensorProto.DataType.Name(graph.input_type).lower()
     print(f"input: {graph.input_name} {elem} {shown_shape(graph.input_shape)} (layout {graph.layout})")
-    via = "" if graph.logits_name == graph.output_name else f" (explained through its Softmax: {graph.logits_name})"
+    squasher = next((n.op_type for n in model.graph.node if graph.output_name in n.output), "")  # Softmax, Sigmoid
+    via = "" if graph.logits_name == graph.output_name else f" (explained through its {squasher}: {graph.logits_name})"
     outputs = [o.name for o in model.graph.output]
     others = (f" (the first of {len(outputs)} outputs: {', '.join(outputs)}; --output picks another)"
               if args.output_name is None and len(outputs) > 1 else "")

@@ -231,3 +231,13 @@ def test_onnxruntime_errors_lose_their_cpp_location():
            "onnxruntime::Model::Model(onnx::ModelProto&&, const onnxruntime::ModelOptions&) "
            "Unsupported model IR version: 14, max supported IR version: 13\nmore")
     assert first_line(Exception(raw)) == "Unsupported model IR version: 14, max supported IR version: 13"
+
+
+def test_inspect_names_a_final_sigmoid_as_what_it_explains_through(tmp_path, capsys):
+    model = tiny_model(tmp_path / "multilabel.onnx",
+                       [helper.make_node("Relu", ["x"], ["scores"], name="act"),
+                        helper.make_node("Sigmoid", ["scores"], ["y"], name="probabilities")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    code, out, err = run_cli(["inspect", model], capsys)
+    assert "explained through its Sigmoid: scores" in out
