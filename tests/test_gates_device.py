@@ -3,29 +3,12 @@ arrays refuse NumPy as CuPy's do): the same numbers as on the host, and no wait 
 import numpy as np
 import pytest
 
-import onnxrap.api
-import strict_backend
 from onnx_helpers import const, make_model, node
 from onnxrap import Explainer
 from test_gates_models import FIXTURES, activation_chain
+from test_host_device import strict_gpu, waits  # noqa: F401 (fixtures: the stand-in GPU, what it saw in the walk)
 
 METHODS = ["rap", "gradient", "lrp-a1b0", "rap-paper"]
-
-
-@pytest.fixture
-def strict_gpu(monkeypatch):
-    device = strict_backend.strict_device()
-    monkeypatch.setattr(onnxrap.api, "resolve_device", lambda name, tf32=False: device)
-    walk, during = onnxrap.api.propagate, []
-
-    def watched(*args, **kwargs):
-        before = len(strict_backend.EVENTS)
-        out = walk(*args, **kwargs)
-        during.extend(strict_backend.EVENTS[before:])
-        return out
-
-    monkeypatch.setattr(onnxrap.api, "propagate", watched)
-    return during
 
 
 def prelu_model():
@@ -38,7 +21,7 @@ def prelu_model():
 
 @pytest.mark.parametrize("name", ["efficientnet_b0_opset17", "mobilenetv3_opset17", "chain", "prelu"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_same_numbers_on_device_arrays(strict_gpu, name, dtype):
+def test_same_numbers_on_device_arrays(strict_gpu, waits, name, dtype):
     if name in ("chain", "prelu"):
         model = activation_chain() if name == "chain" else prelu_model()
         x = np.random.default_rng(8).standard_normal((2, 6 if name == "chain" else 5)).astype(np.float32)
@@ -48,6 +31,6 @@ def test_same_numbers_on_device_arrays(strict_gpu, name, dtype):
     for method in METHODS:
         e = device.explain(x, method=method)  # the first walk moves the constants to the device, once
         np.testing.assert_array_equal(e.relevance, host.explain(x, method=method).relevance, err_msg=method)
-        strict_gpu.clear()
+        waits.clear()
         device.explain(x, method=method)
-        assert strict_gpu == [], method  # then the walk never waits for the device nor crosses to the host
+        assert waits == [], method  # then the walk never waits for the device nor crosses to the host
