@@ -1,4 +1,5 @@
-"""Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps).
+"""Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), and
+Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
 from output positions to input positions.  The map is ONNX's own semantics
@@ -104,7 +105,7 @@ class IndexRouting(Op):
         return [bk.scatter_add(grad.reshape(n, -1), index, x.size // n).reshape(x.shape)]
 
 
-def _routing(v, index_inputs):
+def index_routing(v, index_inputs):
     """The node with every input but the data a constant (reading them raises Unsupported otherwise)."""
     constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
@@ -117,19 +118,19 @@ def _routing(v, index_inputs):
 
 @register("Gather")
 def _gather(v):
-    return _routing(v, [1])
+    return index_routing(v, [1])
 
 
 @register("GatherElements")
 def _gather_elements(v):
-    return _routing(v, [1])
+    return index_routing(v, [1])
 
 
 @register("GatherND")
 def _gather_nd(v):
-    return _routing(v, [1])
+    return index_routing(v, [1])
 
 
 @register("Slice")
 def _slice(v):
-    return _routing(v, [1, 2, 3, 4])  # starts, ends, axes, steps (attributes before opset 10: kept on the node)
+    return index_routing(v, [1, 2, 3, 4])  # starts, ends, axes, steps (attributes before opset 10: kept on the node)

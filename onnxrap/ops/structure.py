@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Op, Unsupported, register
+from .routing import index_routing
 
 
 class Sum(Op):
@@ -163,7 +164,7 @@ class Pad(Op):
 @register("Pad")
 def _pad(v):
     mode = v.attr("mode", "constant")
-    if mode != "constant":
+    if mode not in ("constant", "edge", "reflect", "wrap"):
         raise Unsupported(f"mode={mode}")
     if v.has_input(1):  # opset 11 moved pads and value to inputs
         pads = [int(p) for p in v.const(1)]
@@ -186,4 +187,6 @@ def _pad(v):
         raise Unsupported("negative pads (cropping)")
     if pads[0] or pads[rank]:
         raise Unsupported("padding the batch axis")
+    if mode != "constant":  # every padded element copies an input element: index routing (routing.py)
+        return index_routing(v, [1, 2, 3])
     return Pad(v.name, v.op_type, [v.node.input[0]], v.node.output[0], pads, value)
