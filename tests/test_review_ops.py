@@ -216,3 +216,23 @@ def test_an_op_of_a_custom_domain_is_not_read_as_the_standard_op_of_its_name():
     model.ir_version = 8
     with pytest.raises(UnsupportedOpsError, match=r"their_relu \(Relu: an op of the custom domain com.example\)"):
         Graph(model)
+
+
+def test_reduce_mean_with_no_axes_and_noop_is_an_identity():
+    """ONNX: no axes and noop_with_empty_axes=1 leave the input as it is (it was refused)."""
+    from onnxrap import Explainer
+
+    model = _one("ReduceMean", {"noop_with_empty_axes": 1}, shape=(None, 3), opset=18, out_shape=[None, 3])
+    x = np.random.default_rng(4).normal(size=(2, 3)).astype(np.float32)
+    assert np.array_equal(run(model, x)[0], x)
+    gradient = Explainer(model, dtype="float64").explain(x, method="gradient", target=1).relevance
+    assert np.array_equal(gradient, np.tile([0.0, 1.0, 0.0], (2, 1)))
+
+
+def test_max_pool_storage_order_matters_only_for_its_indices():
+    kept = _one("MaxPool", {"kernel_shape": [2, 2], "storage_order": 1}, out_shape=[2, 3, 2, 2])
+    assert [op.op_type for op in Graph(kept).ops] == ["MaxPool", "Identity"]
+    n = node("MaxPool", ["x"], ["a", "where"], name="n", kernel_shape=[2, 2], storage_order=1)
+    with_indices = make_model([n, node("Identity", ["a"], ["y"])], [("x", [2, 3, 4, 5])], [("y", None)],
+                              [], opset=13, check=False)
+    _refused(with_indices, "n", "storage_order")

@@ -14,6 +14,7 @@ import numpy as np
 from ..backend import numpy_backend, window_spec
 from ..errors import ModelError
 from . import Op, Unsupported, register
+from .elementwise import Identity
 
 
 def _window_attrs(v):
@@ -71,8 +72,8 @@ class MaxPool(_Windowed):
 
 @register("MaxPool")
 def _maxpool(v):
-    if v.attr("storage_order", 0):
-        raise Unsupported("storage_order=1")
+    if v.attr("storage_order", 0) and len(v.node.output) > 1 and v.node.output[1]:
+        raise Unsupported("storage_order=1 for its Indices output")  # the order only lays out the indices
     return MaxPool(v.name, v.op_type, [v.node.input[0]], v.node.output[0], **_window_attrs(v))
 
 
@@ -176,8 +177,8 @@ def _reduce_mean(v):
     else:
         axes = v.attr("axes")
     if not axes:
-        if v.attr("noop_with_empty_axes", 0):
-            raise Unsupported("ReduceMean with no axes and noop_with_empty_axes")
+        if v.attr("noop_with_empty_axes", 0):  # ONNX: then the op is an identity
+            return Identity(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
         raise Unsupported("reducing over every axis, the batch axis included")
     shape = v.input_shape(0)
     if any(a == 0 or (shape and a % len(shape) == 0) for a in axes):
