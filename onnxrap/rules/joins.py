@@ -1,9 +1,10 @@
 """Rules where data streams meet: residual Add, Concat and gates (a signal times a factor in [0, 1])."""
 from __future__ import annotations
 
-import math
+import itertools
 
 from . import Rule
+from .linear import uniform_shift
 
 
 class AddShare(Rule):
@@ -46,13 +47,10 @@ class ConcatSlices(Rule):
         parts = [R[index] for _, index in slices]
         if len(slices) == len(op.parts):  # no constant part: nothing to carry
             return parts
-        bk = ctx.bk
-        S = bk.sample_sum
-        excess = S(R) - sum(S(p) for p in parts)
-        count = sum(S(p != 0).astype(R.dtype) for p in parts)
-        size = sum(math.prod(p.shape[1:]) for p in parts)
-        shift, spread = bk.sdiv(excess, count), excess * (count == 0) / size
-        return [p + (p != 0) * shift + spread for p in parts]
+        axis = op.axis % R.ndim
+        joined = uniform_shift(ctx.bk, ctx.bk.xp.concatenate(parts, axis=axis), R, conserve=True)
+        ends = list(itertools.accumulate(p.shape[axis] for p in parts))
+        return [joined[(slice(None),) * axis + (slice(end - p.shape[axis], end),)] for p, end in zip(parts, ends)]
 
 
 class SignalTakesAll(Rule):
