@@ -602,9 +602,10 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
         exp, _ = per_method[m]
         relevance, heatmap = exp.relevance[k], exp.heatmap[k]
         wide = relevance.astype(np.float64)  # sums of large float32 relevance would overflow in float32
+        total = float(wide.sum())
         mass = float(np.abs(wide).sum()) / max(abs(float(logits[target])), 1e-30)
         recomputed = k in exp.recomputed
-        entry["methods"][m] = {"relevance_sum": float(wide.sum()),
+        entry["methods"][m] = {"relevance_sum": total,
                                "positive_sum": float(wide[wide > 0].sum()),
                                "negative_sum": float(wide[wide < 0].sum()),
                                "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
@@ -616,12 +617,12 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
         if recomputed:
             note(f"{path}: {m}: recomputed in float64: float32 rounding broke conservation")
         if k in exp.unconserved:
-            note(f"{path}: {m}: warning: the relevance sums to {wide.sum():.6g}, not to the explained score "
+            note(f"{path}: {m}: warning: the relevance sums to {total:.6g}, not to the explained score "
                  f"{score:.6g}, even in float64: its rules lose relevance on this model (please report it)")
         if mass > MASS_WARNING:
             note(f"{path}: {m}: note: the relevance is large and cancels (|R| sums to {mass:.3g} times the logit); "
                  "its heatmap shows that mass more than the logit's make-up")
-        panels.append((f"{m}  (" + (f"sum {wide.sum():.4g})" if k not in exp.nonfinite else "holds NaN or Inf)"), heatmap))
+        panels.append((f"{m}  (" + (f"sum {total:.4g})" if k not in exp.nonfinite else "holds NaN or Inf)"), heatmap))
         if args.save_npy:
             npy = out.save_npy(fitted_name(f"{stem}_{m}{versus}", ".npy"), relevance)
             entry["methods"][m]["npy"] = str(npy)

@@ -10,6 +10,7 @@ The caller's ``ModelProto`` is read, never changed.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -352,9 +353,10 @@ class Graph:
     def input_type(self):
         return self._types.get(self.input_name, onnx.TensorProto.FLOAT)
 
-    @property
+    @functools.cached_property
     def sample_axis(self):
-        """The input's axis of samples: 1 where only Gemms with transA read it (features x samples), else 0."""
+        """The input's axis of samples: 1 where only Gemms with transA read it (features x samples), else 0.
+        Read on every explain; the ops are fixed once the graph is built, so it is found once."""
         readers = [op for op in self.ops if self.input_name in op.inputs]
         return 1 if readers and all(getattr(op, "trans_input", False) for op in readers) else 0
 

@@ -143,12 +143,13 @@ class RapHidden(_LinearRule):
                      self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj)]
         else:  # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
             parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self.linear_output(op, ctx))]
+        C = sum(parts) if not self.per_sign or ctx.contrast is not None else None
         if self.per_sign:
             out = sum(uniform_shift(bk, p, R, self.conserve) for p in parts)
         else:
-            out = uniform_shift(bk, sum(parts), R, self.conserve)
+            out = uniform_shift(bk, C, R, self.conserve)
         if ctx.contrast is not None:
-            out = self._keep_signs(bk, sum(parts), R, out, ctx.contrast)
+            out = self._keep_signs(bk, C, R, out, ctx.contrast)
         return [op.give(out)]
 
     @staticmethod
