@@ -1,7 +1,8 @@
 """Attribution methods: compositions of rules, registered by name.
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
-looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
+(an input negative only down to a finite floor, a SiLU's output), ``conv.signed``
 (an input that may be negative, see signs.py), ``conv.projection`` (an output that
 reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
@@ -167,7 +168,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed", "projection")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "floored", "signed", "projection")})
 
 
 class Wrapper(Method):
