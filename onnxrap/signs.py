@@ -120,7 +120,7 @@ def _self_gated(op, bounds, producers):
         for step in reversed(chain):
             values[step.output] = step.forward(numpy_backend(), values)
         product = x * values[op.inputs[op.gate]]
-    if not np.isfinite(product).all() or (low < x[-1] and abs(product[-1]) > 1e-6 * abs(product.min())):
+    if not np.isfinite(product).all() or (low < _SELF_GATE_GRID[-1] and abs(product[-1]) > 1e-6 * abs(product.min())):
         return None
     return float(min(product.min(), 0.0)), bounds[op.output][1]
 

@@ -3,17 +3,18 @@ output, negative only down to a finite bound): rap's maps on EfficientNet-B0-sty
 positive with the size rule there (docs/rules.md, signed.floored; EVALUATION.md, section D).
 
 Registers ``rap-f-KEY``: ``rap`` with the candidate KEY at ``conv.floored`` / ``dense.floored``
-(``rap-f-abs``, the size rule there, is rap before), and ``rap-fn-KEY``: the same, but rap's
+(``rap-f-abs``, the size rule there, is rap itself), and ``rap-fn-KEY``: the same, but rap's
 projection rule (NetSignShare) at the floored ops that are projections, as at a projection
-reading a Relu's output.  Then:
+reading a Relu's output (``rap-fn-prod`` is ``rap-floored``).  Then:
 
     python tools/floored_study.py stats MODEL DATA.npz [--methods a,b] [--limit N]
     python tools/floored_study.py figure MODEL DATA.npz --index 0,1,2 [--methods a,b] -o OUT.png
     python tools/floored_study.py cli evaluate MODEL DATA.npz --methods rap-f-prod,... -o OUT
 
 ``stats``: per method, the share of negative and positive pixels (heatmap summed over channels), of
-negative pixels on the ink (x != 0), of ink pixels whose sign is gradient x input's, sum |R| / |logit|, the largest relative error of the sum, and how many inputs needed the float64
-redo.  ``figure``: inputs beside their heatmaps.  ``cli``: the onnxrap CLI with the candidates known.
+negative pixels on the ink (x != 0), of ink pixels whose sign is gradient x input's, sum |R| / |logit|,
+the largest relative error of the sum, and how many inputs needed the float64 redo.  ``figure``:
+inputs beside their heatmaps.  ``cli``: the onnxrap CLI with the candidates known.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxrap import methods  # noqa: E402
 from onnxrap.rules.linear import RapHidden  # noqa: E402
-from onnxrap.rules.signed import AbsShare, NetSignShare, SignedProductA2  # noqa: E402
+from onnxrap.rules.signed import AbsShare, FlooredShare, SignedProductA2  # noqa: E402
 
 
 class PositivePartA2(RapHidden):
@@ -59,16 +60,6 @@ class PositiveA2NegativeSize(RapHidden):
         return [self._part(bk, Rp, xp, w.pos, 1.0, w.neg, -1.0, conv, fwd, adj), small * adj((s_n, w_abs))]
 
 
-class AtProjections:
-    """``projection`` at the floored ops that are also projections (a static position), ``other`` elsewhere."""
-
-    def __init__(self, projection, other):
-        self.projection, self.other = projection, other
-
-    def __call__(self, op, ctx, R):
-        return (self.projection if "projection" in op.positions else self.other)(op, ctx, R)
-
-
 CANDIDATES = {"abs": AbsShare(), "a2": RapHidden(per_sign=False, conserve=True), "prod": SignedProductA2(),
               "plus": PositivePartA2(), "posabs": PositiveA2NegativeSize()}
 
@@ -85,7 +76,7 @@ def _register(name, keys, rule):
 
 for _key, _rule in CANDIDATES.items():
     _register(f"rap-f-{_key}", ("conv.floored", "dense.floored"), _rule)
-    _register(f"rap-fn-{_key}", ("conv.floored", "dense.floored"), AtProjections(NetSignShare(), _rule))
+    _register(f"rap-fn-{_key}", ("conv.floored", "dense.floored"), FlooredShare(hidden=_rule))
 
 
 def _load(model, data, limit):
@@ -130,7 +121,7 @@ def figure(argv):
     p.add_argument("model")
     p.add_argument("data", type=Path)
     p.add_argument("--index", default="0,1,2,3")
-    p.add_argument("--methods", default="rap-f-abs,rap,gradient-x-input")
+    p.add_argument("--methods", default="rap,rap-floored,gradient-x-input")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args(argv)
     e, x, y = _load(args.model, args.data, None)

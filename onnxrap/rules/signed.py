@@ -18,6 +18,7 @@ fewer predictions than A2 after the most positive pixels are removed).
 """
 from __future__ import annotations
 
+from . import Rule
 from .linear import RapHidden, _LinearRule, uniform_shift
 
 
@@ -95,3 +96,16 @@ class SignedProductA2(RapHidden):
         down_n, up_n = fwd(xn, wp, wn)  # x- W+ <= 0, x- W- >= 0
         ta, tb = bk.rap_shares(R, up_p + up_n, -(down_p + down_n), op.family == "conv")
         return [xp * adj((ta, wp), (-tb, wn)) + xn * adj((ta, wn), (-tb, wp))]
+
+
+class FlooredShare(Rule):
+    """rap-floored at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
+    rap uses behind a Relu, ``hidden`` (SignedProductA2) at most ops and ``projection`` (NetSignShare)
+    at a projection, whose output reaches a signed input unrectified (a static position)."""
+
+    def __init__(self, hidden=None, projection=None):
+        self.hidden = hidden if hidden is not None else SignedProductA2()
+        self.projection = projection if projection is not None else NetSignShare()
+
+    def __call__(self, op, ctx, R):
+        return (self.projection if "projection" in op.positions else self.hidden)(op, ctx, R)
