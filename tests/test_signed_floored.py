@@ -181,3 +181,15 @@ def test_trained_efficientnet_negative_evidence_is_faithful():
     kept, lost = logit_without(negative), logit_without(positive)
     assert (kept > lost).all()
     assert kept.mean() > 0.9 * rap.target_logit.mean() and lost.mean() < 0.5 * rap.target_logit.mean()
+
+
+def test_rap_floored_compiles():
+    # FlooredShare chooses by a static position, so the tracer writes the chosen rule's ops.
+    from onnxrap.compile import CompiledModel, compile_graph
+
+    holdout = np.load(Path(__file__).resolve().parents[1] / "models" / "digits_holdout.npz")
+    ex = Explainer(FIXTURES / "floored" / "digits_effnet_s0.onnx")
+    x = holdout["x"][:4]
+    eager = ex.explain(x, method="rap-floored").relevance
+    _, compiled = CompiledModel(compile_graph(ex.graph, methods.get("rap-floored"))).run(x)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5 * np.abs(eager).max())
