@@ -15,7 +15,7 @@ import numpy as np
 from .ops.elementwise import ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
-from .ops.structure import Pad
+from .ops.structure import Pad, Transpose
 
 # Explained through: their input is the logits.  A multi-label head's final Sigmoid too: rap conserves
 # the score it is seeded with, and a probability is not one that a linear head's relevance can sum to.
@@ -125,6 +125,30 @@ class AbsorbBias(Pass):
         index.rewire(op, lambda: op.absorb_bias(bias.astype(np.float64), add.output))
 
 
+class PadAfterTranspose(Pass):
+    """A constant Pad read by a Transpose that feeds a Conv moves behind the Transpose, its pads permuted, so
+    that FoldPad meets it: tf2onnx's TFLite path pads the NHWC image, then transposes it to NCHW (Keras'
+    ZeroPadding2D before a Conv); every other exporter writes the Conv's own pads.  The transposed
+    unpadded tensor is not in the ONNX graph: onnxrap computes it (synthetic)."""
+
+    def apply(self, index):
+        for pad in [op for op in index.ops if isinstance(op, Pad)]:
+            for transpose in list(index.users(pad.output)):
+                if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output)):
+                    self._swap(index, pad, transpose)
+            if not index.users(pad.output) and pad.output != index.logits_name:
+                index.remove(pad)
+
+    @staticmethod
+    def _swap(index, pad, transpose):
+        rank, perm = len(pad.pads) // 2, transpose.perm
+        moved = Transpose(transpose.name, transpose.op_type, pad.inputs, f"{transpose.output}/unpadded", perm)
+        moved.synthetic = True
+        pads = [pad.pads[a] for a in perm] + [pad.pads[rank + a] for a in perm]
+        index.replace(transpose, [moved, Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads,
+                                             pad.value)])
+
+
 class FoldPad(Pass):
     """A zero Pad of the spatial axes feeding Convs becomes their pads; it goes when nothing else reads it."""
 
@@ -145,5 +169,5 @@ class FoldPad(Pass):
             index.remove(pad)
 
 
-CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), FoldPad())
+CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), PadAfterTranspose(), FoldPad())
 
