@@ -165,6 +165,10 @@ class Graph:
         if wanted is not None:
             if wanted not in candidates:
                 raise ModelError(f"{self.label}: no input named {wanted!r} (inputs: {', '.join(candidates)})")
+            others = [name for name in candidates if name != wanted]
+            if others:  # ONNX Runtime runs a model only with every input fed; onnxrap feeds one
+                raise ModelError(f"{self.label}: the model also needs input(s) {', '.join(others)}, which onnxrap "
+                                 "cannot feed (an exporter that left constants as inputs writes such a model)")
             return wanted
         if not candidates:
             raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
