@@ -1,9 +1,10 @@
 """Real Keras models converted by tf2onnx (tests/fixtures/keras, tools/make_keras_fixtures.py).
 
 Six small models built from Keras' own application blocks (MobileNetV2 and V3, EfficientNet, ResNet,
-DenseNet) and a Sequential CNN, each through up to four exporter paths: tf2onnx on a tf.function, tf2onnx's
-command line on a SavedModel, Keras 3's ``model.export(format="onnx")`` and Keras -> TFLite -> tf2onnx.
-They take raw [0, 255] NHWC pixels and scale them inside the graph.  Only onnx, onnxruntime and numpy are
+DenseNet) and a Sequential CNN, each through the exporter paths users take: tf2onnx on a tf.function,
+tf2onnx's command line on a SavedModel (also with ``--inputs-as-nchw``), Keras 3's
+``model.export(format="onnx")`` and Keras -> TFLite -> tf2onnx (float, int8 weights, int8 throughout).
+They take raw [0, 255] pixels and scale them inside the graph.  Only onnx, onnxruntime and numpy are
 needed here: TensorFlow wrote the files once.
 """
 from __future__ import annotations
@@ -43,8 +44,9 @@ def load(name):
 def test_the_fixtures_are_what_the_readme_says():
     ops = {name: entry["op_types"] for name, entry in MANIFEST["files"].items()}
     assert len(FAMILIES) == 6 and all(f"{family}_tflite" in ops for family in FAMILIES)
-    assert all(entry["bytes"] < 1_000_000 and entry["input"][1][1:] == [32, 32, 3]
-               for entry in MANIFEST["files"].values())
+    assert all(entry["bytes"] < 1_000_000 and entry["input"][1][1:] == ([3, 32, 32] if name.endswith("-nchw")
+                                                                        else [32, 32, 3])
+               for name, entry in MANIFEST["files"].items())
     # hard-swish: spelt out as x * Relu6(x + 3) / 6 by tf2onnx, a HardSwish op by the TFLite path
     assert "HardSwish" not in ops["mobilenet_v3_small_tf2onnx"] and ops["mobilenet_v3_small_tflite"]["HardSwish"] == 5
     assert ops["efficientnet_small_saved"]["Sigmoid"] == 13  # 7 swish, 6 in the squeeze-excitations' gates
@@ -58,7 +60,8 @@ def test_the_fixtures_are_what_the_readme_says():
 def test_inspect_is_clean(name, capsys):
     code, out, err = run_cli(["inspect", FIXTURES / f"{name}.onnx"], capsys)
     assert code == 0, err
-    assert "explainable: yes" in out and "NOT SUPPORTED" not in out and "(layout nhwc)" in out
+    layout = "nchw" if name.endswith("-nchw") else "nhwc"  # tf2onnx --inputs-as-nchw transposes the input
+    assert "explainable: yes" in out and "NOT SUPPORTED" not in out and f"(layout {layout})" in out
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -109,18 +112,27 @@ def test_every_exporter_path_explains_alike(family, method):
     # converter folds BatchNormalization into the weights in float32, and rap-reference, the authors' rules
     # without a stabiliser, turns that rounding into up to 7e-5 (gradient and rap: below 1e-7).
     tolerance = 2e-4 if method == "rap-reference" else 1e-6
-    maps = {name: Explainer(FIXTURES / f"{name}.onnx", dtype="float64").explain(x, method=method).relevance
-            for name in names}
+    maps = {}
+    for name in names:  # an NCHW file takes the images transposed, and its map comes back transposed
+        ex = Explainer(FIXTURES / f"{name}.onnx", dtype="float64")
+        if name.endswith("-nchw"):
+            maps[name] = ex.explain(x.transpose(0, 3, 1, 2), method=method).relevance.transpose(0, 2, 3, 1)
+        else:
+            maps[name] = ex.explain(x, method=method).relevance
     for name in names[1:]:
         assert rel_l2(maps[name], maps[names[0]]) < tolerance, name
 
 
-def test_a_black_half_stays_black_in_the_nhwc_heatmap():
+@pytest.mark.parametrize("name", ["resnet_small_tflite", "resnet_small_saved-nchw"])
+def test_a_black_half_stays_black_in_the_heatmap(name):
     """The heatmap is in the image's layout: with the left half of the picture black (0),
     gradient x input is 0 on the left half of the heatmap, columns, not rows."""
-    ex, case = load("resnet_small_tflite")
+    ex, case = load(name)
     x = case["x"][:1].copy()
-    x[:, :, :16, :] = 0  # NHWC: columns 0-15
+    if name.endswith("-nchw"):
+        x[:, :, :, :16] = 0  # columns 0-15
+    else:
+        x[:, :, :16, :] = 0
     heatmap = ex.explain(x, method="gradient-x-input").heatmap
     assert heatmap.shape == (1, 32, 32)
     assert np.all(heatmap[:, :, :16] == 0) and np.abs(heatmap[:, :16, 16:]).max() > 0

@@ -17,6 +17,7 @@ Exporter paths, each written as ``<model>_<path>.onnx``:
   (``from_keras`` fails on Keras 3 models in tf2onnx 1.17: KeyError on a ``keras_tensor`` name)
 * ``saved``     ``model.export(DIR)`` (a SavedModel) then ``python -m tf2onnx.convert --saved-model DIR
   --opset 17``: the command line most users run
+* ``saved-nchw``  the same with ``--inputs-as-nchw``: the file takes NCHW images (its ``x`` is transposed)
 * ``keras``     Keras 3's ``model.export(PATH, format="onnx")`` (tf2onnx inside, its default opset)
 * ``tflite-dynamic``  the same with ``optimizations=[tf.lite.Optimize.DEFAULT]``: int8 weights (those over
   1024 values) behind DequantizeLinear, float arithmetic
@@ -58,7 +59,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("tf2onnx", "saved", "keras", "tflite", "tflite-dynamic", "tflite-int8")
+PATHS = ("tf2onnx", "saved", "saved-nchw", "keras", "tflite", "tflite-dynamic", "tflite-int8")
 QUANTIZED = ("tflite-dynamic", "tflite-int8")  # other weights or arithmetic than Keras': compared loosely
 
 
@@ -202,9 +203,14 @@ def convert(model, path, out, work):
     if path == "tf2onnx":
         fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
         tf2onnx.convert.from_function(fn, input_signature=spec, opset=13, output_path=str(out))
-    elif path == "saved":
+    elif path in ("saved", "saved-nchw"):
         model.export(str(work / "saved"), format="tf_saved_model", verbose=False)
-        _run_tf2onnx(["--saved-model", str(work / "saved"), "--opset", "17", "--output", str(out)])
+        options = ["--opset", "17"]
+        if path == "saved-nchw":  # tf2onnx transposes the input itself: the file takes NCHW
+            (signature,) = tf.saved_model.load(str(work / "saved")).signatures["serving_default"] \
+                .structured_input_signature[1].values()
+            options += ["--inputs-as-nchw", signature.name]
+        _run_tf2onnx(["--saved-model", str(work / "saved"), *options, "--output", str(out)])
     elif path == "keras":
         model.export(str(out), format="onnx", verbose=False)
     elif path.startswith("tflite"):
@@ -283,11 +289,12 @@ def main(argv=None):
         probabilities = model.predict(x, verbose=0)
         for path in args.paths.split(","):
             name = f"{model_name}_{path}"
+            x_path = x.transpose(0, 3, 1, 2) if path.endswith("-nchw") else x
             with tempfile.TemporaryDirectory() as work:
                 try:
                     convert(model, path, out / f"{name}.onnx", Path(work))
                     proto = onnx.load(str(out / f"{name}.onnx"))
-                    ort_probabilities = ort_run(proto, x)  # some exports are written but do not run
+                    ort_probabilities = ort_run(proto, x_path)  # some exports are written but do not run
                 except Exception as exc:
                     manifest["failed"][name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
                     manifest["files"].pop(name, None)
@@ -300,8 +307,8 @@ def main(argv=None):
             manifest["failed"].pop(name, None)
             worst = float(np.abs(ort_probabilities - probabilities).max())
             assert worst < (1e-2 if path in QUANTIZED else 1e-4), (name, worst)
-            np.savez_compressed(out / f"{name}.npz", x=x, keras_probabilities=probabilities,
-                                ort_logits=ort_run(logits_model(proto), x), ort_probabilities=ort_probabilities)
+            np.savez_compressed(out / f"{name}.npz", x=x_path, keras_probabilities=probabilities,
+                                ort_logits=ort_run(logits_model(proto), x_path), ort_probabilities=ort_probabilities)
             entry = {"opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
                      "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
                      "input": [proto.graph.input[0].name,
