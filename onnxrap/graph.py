@@ -145,7 +145,7 @@ class Graph:
             t = vi.type.tensor_type
             self._types[vi.name] = t.elem_type
             if t.HasField("shape"):
-                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
                                               for d in t.shape.dim)
         nodes = list(model.graph.node)
         names = _node_names(model.graph)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops.elementwise import ConstantArithmetic
+from .ops.elementwise import FLOAT_TYPES, ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
 from .ops.structure import Pad, Transpose
@@ -22,12 +22,33 @@ from .ops.structure import Pad, Transpose
 OUTPUT_SQUASHERS = {"Softmax", "LogSoftmax", "Sigmoid"}
 
 
+def _passes_values_on(node):
+    """Whether the ONNX node hands on its input's values and shape, so that a squasher before it is still
+    final (paddle2onnx ends its graphs with Softmax -> Identity).  Not a Dropout with a training_mode
+    input: its value is known only once constants are folded."""
+    if node.op_type == "Identity":
+        return True
+    if node.op_type == "Dropout":
+        return len(node.input) < 3 or not node.input[2]
+    if node.op_type == "Cast":
+        return any(a.name == "to" and a.i in FLOAT_TYPES for a in node.attribute)
+    return False
+
+
 def logits_behind_squashers(output, nodes, producer):
-    """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits.
-    ``producer`` maps a tensor to the index of the ONNX node in ``nodes`` writing it."""
-    logits = output
-    while logits in producer and nodes[producer[logits]].op_type in OUTPUT_SQUASHERS:
-        logits = nodes[producer[logits]].input[0]
+    """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits; the
+    output itself where no squasher ends the graph.  No-ops (Identity, inference Dropout, a Cast between
+    float types) after or between squashers are looked through.  ``producer`` maps a tensor to the index
+    of the ONNX node in ``nodes`` writing it."""
+    logits = tensor = output
+    while tensor in producer:
+        node = nodes[producer[tensor]]
+        if node.op_type in OUTPUT_SQUASHERS:
+            logits = tensor = node.input[0]
+        elif _passes_values_on(node):
+            tensor = node.input[0]
+        else:
+            break
     return logits
 
 

@@ -14,7 +14,8 @@ method may map ``conv.signed`` / ``dense.signed``).  A linear op whose output
 reaches such an input with no rectifier on the way (the projection convolution
 of a linear bottleneck, writing into a residual stream) gets the position
 ``projection``.  A Mul of two data tensors is a gate where exactly one factor
-is bounded in [0, 1] (``Gate.pick_gate``); its output has its signal's sign.
+is bounded in [0, 1], or, failing that, in [0, c] with c finite (``Gate.pick_gate``); its output has
+its signal's sign.
 """
 from __future__ import annotations
 

@@ -294,3 +294,12 @@ def test_output_path_and_labels_errors_leave_nothing_behind(tmp_path, capsys):
     code, _, err = run_cli(["audit", DIGITS, HOLDOUT, "-o", report, "--labels", labels, "--quiet"], capsys)
     assert_one_line_error(code, err, "2 labels, but the model has 10 classes")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "labels.txt"]
+
+
+def test_a_run_that_stored_no_record_does_not_block_a_corrected_one(tmp_path):
+    out = tmp_path / "report"
+    AuditStore(out, "first settings", ["rap"]).close()  # e.g. the first batch failed: state file, no record
+    assert (out / "audit-state.json").exists() and (out / "records.jsonl").stat().st_size == 0
+    store = AuditStore(out, "corrected settings", ["rap"])  # opens without --restart
+    store.close()
+    assert json.loads((out / "audit-state.json").read_text())["fingerprint"] == "corrected settings"

@@ -33,10 +33,12 @@ ACTIVATIONS = [
 
 
 def one_node(op_type, opset, attrs, extra):
-    """``op_type`` on x, then an Identity: a final Sigmoid would be explained through, as a Softmax is."""
+    """``op_type`` on x, then adding 0: a final Sigmoid would be explained through, as a Softmax is (also
+    behind an Identity)."""
     inits = [const(f"c{k}", c) for k, c in enumerate(extra)]
-    nodes = [node(op_type, ["x"] + [i.name for i in inits], ["a"], **attrs), node("Identity", ["a"], ["y"])]
-    return make_model(nodes, [("x", [1, 3, 5])], [("y", [1, 3, 5])], inits, opset=opset)
+    nodes = [node(op_type, ["x"] + [i.name for i in inits], ["a"], **attrs), node("Add", ["a", "zero"], ["y"])]
+    return make_model(nodes, [("x", [1, 3, 5])], [("y", [1, 3, 5])], inits + [const("zero", np.float32(0))],
+                      opset=opset)
 
 
 def the_op(model):

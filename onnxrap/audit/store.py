@@ -96,15 +96,18 @@ class AuditStore:
         self.checkpoint_path = self.dir / "checkpoint.npz"
         state_path = self.dir / "audit-state.json"
         state = {"version": STATE_VERSION, "fingerprint": fingerprint}
+        stale = False
         if state_path.exists() and not restart:
             try:
                 old = json.loads(state_path.read_text())
             except ValueError:
                 old = None
-            if old != state and self.records_path.exists():
+            stale = old != state
+            # Only records are worth keeping: a run that failed before its first record left nothing to lose.
+            if stale and self.records_path.exists() and self.records_path.stat().st_size:
                 raise InputError(f"{self.dir}: holds an audit made with another model, data, methods, "
                                  "preprocessing or onnxrap version; pass --restart to replace it, or choose another -o")
-        if restart:
+        if restart or stale:
             for p in (self.records_path, self.checkpoint_path):
                 p.unlink(missing_ok=True)
         atomic_write(state_path, lambda tmp: Path(tmp).write_text(json.dumps(state)))

@@ -1,5 +1,5 @@
 """Elementwise ops: activations, BatchNormalization, arithmetic with a constant, gates (Mul of data by a
-factor in [0, 1]), identities."""
+non-negative bounded factor), identities."""
 from __future__ import annotations
 
 import numpy as np
@@ -260,8 +260,10 @@ _ROUNDING = 1e-6  # a float32 constant's rounding: Relu6(x + 3) * float32(1/6) r
 
 
 class Gate(Op):
-    """A Mul of two data tensors where one, the gate, is a factor in [0, 1] (a Sigmoid's or HardSigmoid's
-    output, maybe per channel as in squeeze-excitation; SiLU is ``x * Sigmoid(x)``) and the other the signal.
+    """A Mul of two data tensors where one, the gate, is a non-negative bounded factor and the other the
+    signal: a Sigmoid's or HardSigmoid's output in [0, 1] (maybe per channel as in squeeze-excitation;
+    SiLU is ``x * Sigmoid(x)``), or a factor in [0, c] with c finite, as paddle2onnx's hard-swish
+    ``x * Clip(x + 3, 0, 6) / 6`` multiplies by ``Clip(x + 3, 0, 6)`` in [0, 6].
 
     signs.py proves the bounds and calls ``pick_gate``, which sets ``gate`` (0 or 1, the gate's place
     among ``inputs``); a Mul with no single gate keeps ``None`` and the graph lists it as unsupported.
@@ -274,15 +276,19 @@ class Gate(Op):
         self.gate = None
 
     def pick_gate(self, bounds):
-        """Take the one input whose ``(low, high)`` of ``bounds`` lies in [0, 1] as the gate; return why
-        there is none (None where there is)."""
-        gates = [k for k, (low, high) in enumerate(bounds) if low >= 0 and high <= 1 + _ROUNDING]
+        """Take as the gate the one input whose ``(low, high)`` of ``bounds`` lies in [0, 1], or, where
+        none does, the one that lies in [0, c] with c finite; return why there is none (None where there
+        is).  [0, 1] is asked first so that a Sigmoid still gates a Relu6's output (in [0, 6])."""
+        unit = [k for k, (low, high) in enumerate(bounds) if low >= 0 and high <= 1 + _ROUNDING]
+        bounded = [k for k, (low, high) in enumerate(bounds) if low >= 0 and np.isfinite(high)]
+        gates = unit or bounded
         self.gate = gates[0] if len(gates) == 1 else None
         if not gates:
-            return ("Mul of two data tensors that is not a gate: neither factor is bounded in [0, 1] "
-                    "(as a Sigmoid's or HardSigmoid's output is)")
+            return ("Mul of two data tensors that is not a gate: neither factor is bounded in [0, c] with c "
+                    "finite (as a Sigmoid's, HardSigmoid's or Clip(x + 3, 0, 6)'s output is)")
         if len(gates) == 2:
-            return "Mul of two data tensors both bounded in [0, 1]: which one gates the other is ambiguous"
+            span = "[0, 1]" if unit else "[0, c] with c finite, neither in [0, 1]"
+            return f"Mul of two data tensors both bounded in {span}: which one gates the other is ambiguous"
         return None
 
     @property
@@ -328,12 +334,12 @@ class Identity(Op):
         return [grad]
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
 @register("Identity", "Dropout", "Cast")
 def _identity(v):
-    if v.op_type == "Cast" and v.attr("to") not in _FLOAT_TYPES:
+    if v.op_type == "Cast" and v.attr("to") not in FLOAT_TYPES:
         raise Unsupported(f"Cast to {onnx.TensorProto.DataType.Name(v.attr('to'))} rounds the data "
                           "(only casts between float types are explained)")
     if v.op_type == "Dropout" and v.has_input(2) and bool(v.const(2)):

@@ -1,4 +1,4 @@
-"""Rules where data streams meet: residual Add, Concat and gates (a signal times a factor in [0, 1])."""
+"""Rules where data streams meet: residual Add, Concat and gates (a signal times a factor in [0, c])."""
 from __future__ import annotations
 
 import itertools
@@ -54,7 +54,7 @@ class ConcatSlices(Rule):
 
 
 class SignalTakesAll(Rule):
-    """A gate (``Gate``: signal times a factor in [0, 1]): the signal gets all of R, the gate none.
+    """A gate (``Gate``: signal times a factor in [0, 1] or [0, c]): the signal gets all of R, the gate none.
 
     Arras et al.'s "signal-take-all" for LSTM gates (2017, 2019): the gate only rescales the
     signal, so relevance stays with the signal, and the sum of R is kept (summed back over any
