@@ -35,16 +35,28 @@ def _passes_values_on(node):
     return False
 
 
+def _rounds_to_a_grid(node, nodes, producer):
+    """Whether the ONNX node is a DequantizeLinear of a QuantizeLinear's output: a float rounded to an
+    integer grid and back."""
+    return node.op_type == "DequantizeLinear" and node.input[0] in producer and \
+        nodes[producer[node.input[0]]].op_type == "QuantizeLinear"
+
+
 def logits_behind_squashers(output, nodes, producer):
     """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits; the
     output itself where no squasher ends the graph.  No-ops (Identity, inference Dropout, a Cast between
-    float types) after or between squashers are looked through.  ``producer`` maps a tensor to the index
+    float types) after or between squashers are looked through, and so is a Quantize -> DequantizeLinear pair
+    rounding the logits or the probabilities.  ``producer`` maps a tensor to the index
     of the ONNX node in ``nodes`` writing it."""
     logits = tensor = output
     while tensor in producer:
         node = nodes[producer[tensor]]
         if node.op_type in OUTPUT_SQUASHERS:
             logits = tensor = node.input[0]
+        elif tensor == logits and _rounds_to_a_grid(node, nodes, producer):
+            # an int8 model rounds its logits and probabilities (tf2onnx's fully quantised TFLite models):
+            # the float value before the rounding is explained
+            logits = tensor = nodes[producer[node.input[0]]].input[0]
         elif _passes_values_on(node):
             tensor = node.input[0]
         else:

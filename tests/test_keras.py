@@ -25,11 +25,20 @@ from onnxrap.graph import Graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "keras"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-# int8 activations (QuantizeLinear / DequantizeLinear on the data path): onnxrap refuses them, naming every node
-QUANTIZED_ACTIVATIONS = sorted(name for name, entry in MANIFEST["files"].items()
-                               if {"QuantizeLinear", "DynamicQuantizeLinear"} & set(entry["op_types"]))
-MODELS = sorted(set(MANIFEST["files"]) - set(QUANTIZED_ACTIVATIONS))
+# The Dense layer of a dynamic-range model quantises its input with a scale computed from the data
+REFUSED = sorted(name for name, entry in MANIFEST["files"].items() if "DynamicQuantizeLinear" in entry["op_types"])
+MODELS = sorted(set(MANIFEST["files"]) - set(REFUSED))
 FAMILIES = sorted({name.rsplit("_", 1)[0] for name in MODELS})
+INT8 = [name for name in MODELS if name.endswith("_tflite-int8")]
+# The int8 MobileNetV3's top logit (a random network's) lies past its grid's end after rounding on the way:
+# the rounding holds it, its gradient is 0, and rap, seeded with it at the head, explains nothing.
+SATURATED = "mobilenet_v3_small_tflite-int8"
+SATURATED_REASON = "the top logit saturates the int8 grid: gradient 0, rap 0 (a random network's ranges)"
+
+
+def unless_saturated(names):
+    return [pytest.param(name, marks=pytest.mark.xfail(reason=SATURATED_REASON, strict=True))
+            if name == SATURATED else name for name in names]
 METHODS = ["rap", "rap-reference", "lrp-a2b1", "gradient-x-input"]
 
 _explainers = {}
@@ -64,25 +73,28 @@ def test_inspect_is_clean(name, capsys):
     assert "explainable: yes" in out and "NOT SUPPORTED" not in out and f"(layout {layout})" in out
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", unless_saturated(MODELS))
 def test_rap_conserves_and_the_logits_are_onnx_runtimes(name):
     """rap sums to the logit; onnxrap's capture (extra outputs) leaves ONNX Runtime's logits as they were,
-    and they are Keras' own before its softmax."""
+    and they are Keras' own before its softmax.  An int8 model's logits are its head's float output before
+    the rounding to the grid (the probabilities it outputs are rounded to 1/256)."""
     ex, case = load(name)
     e = ex.explain(case["x"], method="rap")
     assert e.relevance.shape == case["x"].shape and np.all(np.isfinite(e.relevance))
     np.testing.assert_allclose(e.logits, case["ort_logits"], rtol=1e-5, atol=1e-6)
     softmax = np.exp(e.logits - e.logits.max(axis=1, keepdims=True))
     softmax /= softmax.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(softmax, case["ort_probabilities"], atol=1e-6)
+    np.testing.assert_allclose(softmax, case["ort_probabilities"], atol=1e-6 if name not in INT8 else 4e-3)
     if "tflite-" not in name:  # quantised weights move Keras' probabilities by up to 1e-4
         np.testing.assert_allclose(softmax, case["keras_probabilities"], atol=1e-5)
     np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3), dtype=np.float64), e.target_logit, rtol=1e-5)
     assert e.recomputed == []
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name, method", [
+    pytest.param(name, method, marks=pytest.mark.xfail(reason=SATURATED_REASON, strict=True))
+    if name == SATURATED and method in ("rap", "gradient-x-input") else (name, method)
+    for name in MODELS for method in METHODS])
 def test_compiled_agrees_with_eager(name, method):
     ex, case = load(name)
     eager = ex.explain(case["x"][:1], method=method)
@@ -187,17 +199,61 @@ def test_int8_weights_fold_to_what_onnx_runtime_dequantizes(name):
         np.testing.assert_array_equal(graph.constants[n.output[0]], value)
 
 
-@pytest.mark.parametrize("name", QUANTIZED_ACTIVATIONS)
-def test_int8_activations_are_refused_with_every_node_named(name, tmp_path, capsys):
-    """A fully quantised TFLite model rounds every activation to int8 (QuantizeLinear/DequantizeLinear pairs;
-    the Dense layer of a dynamic-range model quantises its input with DynamicQuantizeLinear).  No rule
-    explains that rounding yet: the refusal is one line naming the nodes."""
-    np.save(tmp_path / "x.npy", load(name.replace("_tflite-int8", "_tflite").replace("_tflite-dynamic", "_tflite"))[1]["x"][0])
+@pytest.mark.parametrize("name", REFUSED)
+def test_a_scale_computed_from_the_data_is_refused_in_one_line(name, tmp_path, capsys):
+    """TFLite's dynamic-range quantisation quantises the Dense layer's *input* with DynamicQuantizeLinear,
+    whose scale depends on the data: refused, naming the nodes."""
+    np.save(tmp_path / "x.npy", load(name.replace("_tflite-dynamic", "_tflite"))[1]["x"][0])
     code, out, _ = run_cli(["inspect", FIXTURES / f"{name}.onnx"], capsys)
-    assert code == 2 and "explainable: no" in out
+    assert code == 2 and "explainable: no" in out and "DynamicQuantizeLinear" in out
     code, _, err = run_cli(["explain", FIXTURES / f"{name}.onnx", tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, "QuantizeLinear")
+    assert_one_line_error(code, err, "(DynamicQuantizeLinear)", "scale computed from the data")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", unless_saturated(INT8))
+def test_an_int8_model_is_explained_as_the_float_model_it_rounds(name):
+    """Full integer quantisation rounds every activation to an int8 grid (QuantizeLinear/DequantizeLinear
+    around every op, Transposes and Reshapes between them on the integers).  The same linear ops read signed
+    inputs as in the float model (a quantised ReLU stays non-negative, a quantised sigmoid a gate), and
+    rap's and the gradient's maps are the float model's up to the rounding."""
+    from onnxrap.ops.linear import Linear
+
+    ex, case = load(name)
+    float_ex, _ = load(name.replace("_tflite-int8", "_tflite"))
+    signed = [[op.signed_input for op in e.graph.ops if isinstance(op, Linear)] for e in (ex, float_ex)]
+    assert signed[0] == signed[1]
+    for method in ("rap", "gradient"):
+        e = ex.explain(case["x"], method=method)
+        reference = float_ex.explain(case["x"], method=method, target=e.target)
+        assert np.corrcoef(e.relevance.ravel(), reference.relevance.ravel())[0, 1] > 0.95, method
+
+
+def test_the_gradient_through_a_rounding_is_1_within_the_grid_and_0_beyond():
+    """x -> QuantizeLinear(scale 0.5, zero point 10, int8) -> DequantizeLinear -> MatMul: the rounding's
+    gradient is the straight-through one where x / 0.5 + 10 lands in [-128, 127], 0 where the grid holds
+    it; rap's relevance passes the rounding and sums to the logit."""
+    from onnx import TensorProto, helper
+
+    w = np.array([[1.0, -2.0], [3.0, 0.5], [-1.0, 1.0]], np.float32)
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("z", TensorProto.INT8, [], [10]),
+             helper.make_tensor("w", TensorProto.FLOAT, [3, 2], w.ravel())]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    x = np.array([[1.2, 3.3, 2.0], [80.0, 1.0, -0.7]], np.float32)  # 80 / 0.5 + 10 = 170: beyond the grid
+    ex = Explainer(model)
+    e = ex.explain(x, method="gradient", target=0)
+    np.testing.assert_allclose(e.relevance, [[1.0, 3.0, -1.0], [0.0, 3.0, -1.0]])
+    rounded = np.clip(np.rint(x / 0.5) + 10, -128, 127) - 10
+    np.testing.assert_allclose(e.logits, (0.5 * rounded) @ w, rtol=1e-6)
+    r = ex.explain(x, method="rap")
+    np.testing.assert_allclose(r.relevance.sum(axis=1), r.target_logit, rtol=1e-5)
+    _, compiled = CompiledModel(compile_graph(ex.graph, methods.get("gradient"))).run(x, [0, 0])
+    np.testing.assert_allclose(compiled, e.relevance, atol=1e-6)
 
 
 def test_dequantize_folds_per_tensor_and_per_axis_by_hand():

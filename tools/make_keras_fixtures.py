@@ -21,8 +21,8 @@ Exporter paths, each written as ``<model>_<path>.onnx``:
 * ``keras``     Keras 3's ``model.export(PATH, format="onnx")`` (tf2onnx inside, its default opset)
 * ``tflite-dynamic``  the same with ``optimizations=[tf.lite.Optimize.DEFAULT]``: int8 weights (those over
   1024 values) behind DequantizeLinear, float arithmetic
-* ``tflite-int8``  the same with a representative dataset: int8 activations too (QuantizeLinear /
-  DequantizeLinear around every op; float input and output)
+* ``tflite-int8``  the same with a representative dataset (the test images and 14 random ones): int8
+  activations too (QuantizeLinear / DequantizeLinear around every op; float input and output)
 * ``tflite``    ``tf.lite.TFLiteConverter.from_keras_model`` then ``python -m tf2onnx.convert --tflite
   --opset 15``: the path of models deployed on devices (at opset 13 tf2onnx writes HardSwish, an opset-14
   op, and ONNX Runtime refuses the file)
@@ -193,8 +193,9 @@ def randomise_statistics(model, rng):
 
 
 # -- the exporter paths ----------------------------------------------------------------
-def convert(model, path, out, work):
-    """Write ``model`` through exporter ``path`` to ``out`` (an .onnx file)."""
+def convert(model, path, out, work, calibration=()):
+    """Write ``model`` through exporter ``path`` to ``out`` (an .onnx file); ``calibration``: images that the
+    int8 path calibrates its ranges on, besides random ones."""
     import tensorflow as tf
     import tf2onnx
 
@@ -217,10 +218,11 @@ def convert(model, path, out, work):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         if path in QUANTIZED:  # int8 weights; with sample inputs, int8 activations too (float in and out)
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if path == "tflite-int8":
+        if path == "tflite-int8":  # calibrated on the test images too: random weights give narrow ranges,
+            # and an image outside them saturates the grid (MobileNetV3's top logit did, its gradient then 0)
             rng = np.random.default_rng(1)
-            converter.representative_dataset = lambda: (
-                [rng.uniform(0, 255, (1, *model.input_shape[1:])).astype(np.float32)] for _ in range(16))
+            samples = [*calibration, *rng.uniform(0, 255, (14, *model.input_shape[1:])).astype(np.float32)]
+            converter.representative_dataset = lambda: ([sample[None]] for sample in samples)
         (work / "model.tflite").write_bytes(converter.convert())
         _run_tf2onnx(["--tflite", str(work / "model.tflite"), "--opset", "15", "--output", str(out)])
     else:
@@ -238,8 +240,8 @@ def op_types(model):
 
 
 def logits_model(model):
-    """The graph with its final Softmax (and an int8 model's quantisation of it) cut off: the Softmax's input
-    becomes the output (what onnxrap explains)."""
+    """The graph cut before its final Softmax and, in an int8 model, before the rounding of its probabilities
+    and logits: the head's float output becomes the output (what onnxrap explains)."""
     cut = onnx.ModelProto()
     cut.CopyFrom(model)
     producer = {o: n for n in cut.graph.node for o in n.output}
@@ -247,8 +249,11 @@ def logits_model(model):
     while last.op_type in ("QuantizeLinear", "DequantizeLinear"):
         last = producer[last.input[0]]
     assert last.op_type == "Softmax", last.op_type
+    logits = last.input[0]
+    if producer[logits].op_type == "DequantizeLinear" and producer[producer[logits].input[0]].op_type == "QuantizeLinear":
+        logits = producer[producer[logits].input[0]].input[0]
     del cut.graph.output[:]
-    cut.graph.output.append(onnx.helper.make_tensor_value_info(last.input[0], onnx.TensorProto.FLOAT, None))
+    cut.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
     return cut
 
 
@@ -292,7 +297,7 @@ def main(argv=None):
             x_path = x.transpose(0, 3, 1, 2) if path.endswith("-nchw") else x
             with tempfile.TemporaryDirectory() as work:
                 try:
-                    convert(model, path, out / f"{name}.onnx", Path(work))
+                    convert(model, path, out / f"{name}.onnx", Path(work), calibration=x)
                     proto = onnx.load(str(out / f"{name}.onnx"))
                     ort_probabilities = ort_run(proto, x_path)  # some exports are written but do not run
                 except Exception as exc:
