@@ -279,6 +279,11 @@ class Graph:
             for t, value in zip([t for t in node.output if t], values):
                 self.constants[t] = np.asarray(value)
 
+    def producer_node(self, tensor):
+        """The ONNX node writing ``tensor``; None for the inputs and initializers."""
+        i = self._node_producer.get(tensor)
+        return None if i is None else self.model.graph.node[i]
+
     def require_constant(self, name):
         if name not in self.constants:
             raise op_registry.Unsupported(f"{name} must be a constant")

@@ -25,11 +25,11 @@ from onnxrap.graph import Graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "keras"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-# The Dense layer of a dynamic-range model quantises its input with a scale computed from the data
-REFUSED = sorted(name for name, entry in MANIFEST["files"].items() if "DynamicQuantizeLinear" in entry["op_types"])
-MODELS = sorted(set(MANIFEST["files"]) - set(REFUSED))
+MODELS = sorted(MANIFEST["files"])
 FAMILIES = sorted({name.rsplit("_", 1)[0] for name in MODELS})
 INT8 = [name for name in MODELS if name.endswith("_tflite-int8")]
+# rounded activations: int8 throughout, or a Dense layer's input quantised with a scale fitted to the data
+ROUNDED = INT8 + [name for name in MODELS if "DynamicQuantizeLinear" in MANIFEST["files"][name]["op_types"]]
 # The int8 MobileNetV3's top logit (a random network's) lies past its grid's end after rounding on the way:
 # the rounding holds it, its gradient is 0, and rap, seeded with it at the head, explains nothing.
 SATURATED = "mobilenet_v3_small_tflite-int8"
@@ -187,40 +187,55 @@ def test_int8_weights_fold_to_what_onnx_runtime_dequantizes(name):
     and zero point per output channel); onnx's reference evaluator has that op only from opset 19, so onnxrap
     folds it itself.  The folded weights are ONNX Runtime's own, bit for bit."""
     model = onnx.load(str(FIXTURES / f"{name}.onnx"))
-    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    weights = {init.name for init in model.graph.initializer}
+    dequantize = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and set(n.input) <= weights]
     assert dequantize and any(a.name == "axis" for n in dequantize for a in n.attribute)
     outputs = [onnx.helper.make_tensor_value_info(n.output[0], onnx.TensorProto.FLOAT, None) for n in dequantize]
     weights_only = onnx.helper.make_model(onnx.helper.make_graph(dequantize, "dequantize", [], outputs,
                                                                   model.graph.initializer),
                                           opset_imports=model.opset_import, ir_version=model.ir_version)
     expected = ort.InferenceSession(weights_only.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
-    graph = Graph(FIXTURES / f"{name}.onnx")
+    from onnx import numpy_helper
+    from onnxrap.graph import _dequantized
+
+    arrays = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     for n, value in zip(dequantize, expected):
-        np.testing.assert_array_equal(graph.constants[n.output[0]], value)
+        np.testing.assert_array_equal(_dequantized(n, [arrays[t] for t in n.input]), value)
+    Graph(FIXTURES / f"{name}.onnx")  # and the graph folds them: no DequantizeLinear of weights is refused
 
 
-@pytest.mark.parametrize("name", REFUSED)
-def test_a_scale_computed_from_the_data_is_refused_in_one_line(name, tmp_path, capsys):
-    """TFLite's dynamic-range quantisation quantises the Dense layer's *input* with DynamicQuantizeLinear,
-    whose scale depends on the data: refused, naming the nodes."""
-    np.save(tmp_path / "x.npy", load(name.replace("_tflite-dynamic", "_tflite"))[1]["x"][0])
-    code, out, _ = run_cli(["inspect", FIXTURES / f"{name}.onnx"], capsys)
-    assert code == 2 and "explainable: no" in out and "DynamicQuantizeLinear" in out
-    code, _, err = run_cli(["explain", FIXTURES / f"{name}.onnx", tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, "(DynamicQuantizeLinear)", "scale computed from the data")
-    assert not (tmp_path / "out").exists()
+def test_a_scale_per_channel_on_the_data_path_is_refused_in_one_line(tmp_path, capsys):
+    """Quantised activations are explained with one scale per tensor (what TFLite and ONNX Runtime's
+    quantiser write); a scale per channel on the data path is refused, naming the nodes."""
+    from onnx import TensorProto, helper
+
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [3], [0.5, 0.25, 1.0]),
+             helper.make_tensor("z", TensorProto.INT8, [3], [0, 1, -1]),
+             helper.make_tensor("w", TensorProto.FLOAT, [3, 2], np.ones(6))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="per_channel_q", axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["r"], name="per_channel_dq", axis=1),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+              tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    code, _, err = run_cli(["explain", tmp_path / "m.onnx", tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "per_channel_q (QuantizeLinear", "per_channel_dq (DequantizeLinear",
+                          "a scale per channel")
 
 
-@pytest.mark.parametrize("name", unless_saturated(INT8))
+@pytest.mark.parametrize("name", unless_saturated(ROUNDED))
 def test_an_int8_model_is_explained_as_the_float_model_it_rounds(name):
     """Full integer quantisation rounds every activation to an int8 grid (QuantizeLinear/DequantizeLinear
-    around every op, Transposes and Reshapes between them on the integers).  The same linear ops read signed
+    around every op, Transposes and Reshapes between them on the integers); dynamic-range quantisation
+    rounds a Dense layer's input to a uint8 grid fitted to it (DynamicQuantizeLinear).  The same linear ops read signed
     inputs as in the float model (a quantised ReLU stays non-negative, a quantised sigmoid a gate), and
     rap's and the gradient's maps are the float model's up to the rounding."""
     from onnxrap.ops.linear import Linear
 
     ex, case = load(name)
-    float_ex, _ = load(name.replace("_tflite-int8", "_tflite"))
+    float_ex, _ = load(name.rsplit("_", 1)[0] + "_tflite")
     signed = [[op.signed_input for op in e.graph.ops if isinstance(op, Linear)] for e in (ex, float_ex)]
     assert signed[0] == signed[1]
     for method in ("rap", "gradient"):

@@ -1,6 +1,7 @@
 """Quantised activations: ``QuantizeLinear`` and ``DequantizeLinear`` on the data path, with constant
 per-tensor scales (the QDQ form tf2onnx writes for a fully int8 TFLite model, and ONNX Runtime's static
-quantiser; tf2onnx moves Transposes and Reshapes between the two).
+quantiser; tf2onnx moves Transposes and Reshapes between the two), and ``DynamicQuantizeLinear`` read by a
+``DequantizeLinear`` (TFLite's dynamic-range quantisation of a Dense layer's input).
 
 Each is an elementwise, non-decreasing activation: QuantizeLinear ``clip(rint(v / s) + z, qmin, qmax)``, the
 integer grid of the zero point's type; DequantizeLinear ``(v - z) * s``.  Relevance passes them as any
@@ -23,8 +24,8 @@ def _grid(graph, node):
     per-tensor quantisation."""
     def constant(i):
         if node.input[i] not in graph.constants:
-            raise Unsupported(f"input {i} ({node.input[i]}) must be a constant (a scale computed from the data, "
-                              "as DynamicQuantizeLinear writes, is not explained)")
+            raise Unsupported(f"input {i} ({node.input[i]}) must be a constant (a scale computed from the data "
+                              "is explained only as DynamicQuantizeLinear writes it)")
         return np.asarray(graph.constants[node.input[i]])
 
     scale = constant(1).astype(np.float64)
@@ -54,8 +55,31 @@ def _dequantize_slope(xp, v, scale, zero, low, high):
     return scale  # v holds integers where ONNX Runtime computed it: the slope is a float of its own
 
 
+def _dynamic_round(xp, v):
+    """DynamicQuantizeLinear then DequantizeLinear: uint8 grid fitted to the whole tensor's range and 0 (as
+    ONNX Runtime computes it, over every sample of the batch at once)."""
+    top, bottom = xp.maximum(v.max(), 0), xp.minimum(v.min(), 0)
+    scale = xp.maximum((top - bottom) / 255, np.finfo(v.dtype).tiny)  # an all-zero tensor stays 0
+    zero = xp.clip(xp.rint(-bottom / scale), 0, 255)
+    return (xp.clip(xp.rint(v / scale) + zero, 0, 255) - zero) * scale
+
+
+@register("DynamicQuantizeLinear")
+def _dynamic_quantize(v):
+    readers = [n for n in v.graph.model.graph.node if set(v.node.output) & set(n.input)]
+    if any(r.op_type != "DequantizeLinear" or list(r.input) != list(v.node.output) for r in readers):
+        raise Unsupported("its outputs are read by other than a DequantizeLinear of all three")
+    return []  # each DequantizeLinear reading it is the pair, a rounding of this node's input
+
+
 @register("QuantizeLinear", "DequantizeLinear")
 def _quantization(v):
+    producer = v.graph.producer_node(v.node.input[0])
+    if v.op_type == "DequantizeLinear" and producer is not None and producer.op_type == "DynamicQuantizeLinear":
+        # TFLite's dynamic-range quantisation of a Dense layer's input: the grid spans the tensor's range,
+        # so nothing saturates and the straight-through slope is 1 everywhere; the sign is kept (0 is on it)
+        return Activation(v.name, "DynamicQuantizeLinear+DequantizeLinear", [producer.input[0]], v.node.output[0],
+                          _dynamic_round, lambda xp, x: 1.0)
     scale, zero, low, high = _grid(v.graph, v.node)
     params = {"scale": scale, "zero": zero, "low": low, "high": high}
     values, slope = (_quantize_values, _quantize_slope) if v.op_type == "QuantizeLinear" else \
