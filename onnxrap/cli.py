@@ -611,7 +611,7 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
                                "positive_sum": float(wide[wide > 0].sum()),
                                "negative_sum": float(wide[wide < 0].sum()),
                                "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
-                               "recomputed_in_float64": recomputed, "conserved": k not in exp.unconserved,
+                               "recomputed_in_float64": recomputed, "conserved": (k not in exp.unconserved) if exp.conserves else None,
                                "finite": k not in exp.nonfinite}
         if k in exp.nonfinite:
             note(f"{path}: {m}: warning: the relevance holds NaN or Inf: its rules overflow on this input "
