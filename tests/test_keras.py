@@ -39,6 +39,8 @@ SATURATED_REASON = "the top logit saturates the int8 grid: gradient 0, rap 0 (a 
 def unless_saturated(names):
     return [pytest.param(name, marks=pytest.mark.xfail(reason=SATURATED_REASON, strict=True))
             if name == SATURATED else name for name in names]
+
+
 METHODS = ["rap", "rap-reference", "lrp-a2b1", "gradient-x-input"]
 
 _explainers = {}
