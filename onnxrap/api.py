@@ -34,6 +34,7 @@ class Explanation:
     recomputed: list = field(default_factory=list)  # samples redone in float64 to keep conservation
     unconserved: list = field(default_factory=list)  # samples a conserving method's sum misses even in float64
     nonfinite: list = field(default_factory=list)  # samples whose relevance holds NaN or Inf (a rule overflowed)
+    conserves: bool = False  # the method promises relevance summing to the explained score
 
     @property
     def heatmap(self) -> np.ndarray:
@@ -151,7 +152,7 @@ class Explainer:
         nonfinite = [int(i) for i in np.flatnonzero(~per_sample.reshape(len(per_sample), -1).all(axis=1))]
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
         return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved,
-                           nonfinite)
+                           nonfinite, m.conserves)
 
     def _attribute(self, m, x, target, sums, contrast, trace):
         """Relevance, logits, targets and the seeds' targets (a contrast's: its seed weights) on the engine

@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__, methods
 from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
 from .errors import InputError, OnnxrapError, SampleError
-from .inputs import DEFAULT_RESIZE, RESIZE_POLICIES
+from .inputs import CHANNEL_ORDERS, DEFAULT_RESIZE, RESIZE_POLICIES
 
 EXIT_USAGE = 2
 MASS_WARNING = 1e3  # sum |R| / |logit| beyond which a heatmap mostly shows cancelling mass
@@ -57,14 +57,25 @@ def _model_options(p):
 def _image_options(p):
     p.add_argument("--size", type=_size, help="resize images to SIZE or HEIGHTxWIDTH (default: the model's input size)")
     p.add_argument("--layout", choices=["nchw", "nhwc"], help="input layout (default: read from the model)")
-    p.add_argument("--preset", help="pixel scaling: imagenet, unit ([0,1]), raw ([0,255]), signed ([-1,1]); "
-                                     "default: the model's onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
+    p.add_argument("--preset", help="pixel scaling: imagenet, unit ([0,1]), raw ([0,255]), signed ([-1,1]), caffe "
+                                     "(BGR, [0,255] minus ImageNet's mean, as Keras' caffe mode); default: the model's "
+                                     "onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
+    p.add_argument("--channel-order", choices=CHANNEL_ORDERS,
+                   help="the colour order the model reads: rgb, or bgr (OpenCV, Caffe, PaddlePaddle); --mean and --std "
+                        "are given in it (default: the model's onnxrap.channel_order metadata, else the preset's: "
+                        "bgr for caffe, rgb otherwise)")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
     p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE,
                    help="an image whose aspect ratio differs from the model's input: center-crop (shorter side "
                         "to fit, the centre kept: the ImageNet convention), pad (fitted whole, padded with the "
                         "mean) or stretch (default: %(default)s)")
+
+
+def preprocessing_options(args):
+    """The image options of ``_image_options`` as keyword arguments of ``inputs.preprocess_factory``."""
+    return dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize,
+                channel_order=args.channel_order)
 
 
 class _Renamed(argparse.Action):
@@ -330,8 +341,7 @@ def _explain_into(out, explainer, args, chosen, per_method, classes, labels, con
     if args.layout:
         explainer.layout = args.layout
     notes = [f"device: {explainer.device.note}"]
-    make_preprocess = preprocess_factory(explainer, layout, notes.append, size=args.size, preset=args.preset,
-                                         mean=args.mean, std=args.std, resize=args.resize)
+    make_preprocess = preprocess_factory(explainer, layout, notes.append, **preprocessing_options(args))
 
     rank = len(explainer.input_shape) if explainer.input_shape else None
     loaded = [load_input(path, make_preprocess, rank, explainer.channel_axis, notes.append) for path in args.inputs]
@@ -425,7 +435,7 @@ def cmd_evaluate(args):
         seed=args.seed, concentration_max=args.concentration_max, resume=args.resume, quiet=args.quiet,
         batch_size=args.batch_size, score_batch_size=args.score_batch_size, device=args.device, tf32=args.tf32,
         input_name=args.input_name, output_name=args.output_name, layout=args.layout,
-        preprocessing=dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize),
+        preprocessing=preprocessing_options(args),
         contrasts=tuple(None if c == "none" else c for c in args.contrast), sanity=args.sanity,
         sanity_steps=args.sanity_steps, sanity_classes=args.sanity_classes))
 
@@ -518,7 +528,7 @@ def _preprocessing_record(preprocess):
         return None
     return {"size": list(preprocess.size) if preprocess.size else None, "resize": preprocess.resize,
             "channels": preprocess.channels, "layout": preprocess.layout, "preset": preprocess.preset,
-            "mean": list(preprocess.mean), "std": list(preprocess.std)}
+            "mean": list(preprocess.mean), "std": list(preprocess.std), "channel_order": preprocess.channel_order}
 
 
 # Longest file name written (bytes): below every common file system's limit of 255, with room for
@@ -611,7 +621,7 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
                                "positive_sum": float(wide[wide > 0].sum()),
                                "negative_sum": float(wide[wide < 0].sum()),
                                "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
-                               "recomputed_in_float64": recomputed, "conserved": k not in exp.unconserved,
+                               "recomputed_in_float64": recomputed, "conserved": (k not in exp.unconserved) if exp.conserves else None,
                                "finite": k not in exp.nonfinite}
         if k in exp.nonfinite:
             note(f"{path}: {m}: warning: the relevance holds NaN or Inf: its rules overflow on this input "

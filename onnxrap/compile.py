@@ -40,7 +40,7 @@ _PROTOBUF_LIMIT = 2**31 - 2**20  # above this a model must keep its weights in e
 # Fusions that fold constants into weights round differently from the eager engine's capture, whose
 # every tensor is a graph output and so never fused; a ReLU mask flipped by that rounding would move
 # a gradient by far more than float32 rounding.
-_ROUNDING_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "MatMulAddFusion"]
+_ROUNDING_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion", "MatMulAddFusion", "QDQSelectorActionTransformer"]
 
 
 def traced_attribute(method):

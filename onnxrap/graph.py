@@ -112,6 +112,21 @@ def _node_names(graph) -> list[str]:
     return names
 
 
+def _dequantized(node, inputs):
+    """``(x - zero_point) * scale`` of constant inputs, with a scale per tensor or along ``axis``; None for
+    blocked quantization (opset 21's ``block_size``), which is left to onnx's evaluator."""
+    attrs = {a.name: a.i for a in node.attribute}
+    if attrs.get("block_size", 0):
+        return None
+    x, scale = np.asarray(inputs[0]), np.asarray(inputs[1])
+    zero = np.asarray(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else np.zeros((), x.dtype)
+    if scale.ndim == 1 and x.ndim > 1:  # one scale per index of the axis
+        shape = [1] * x.ndim
+        shape[attrs.get("axis", 1) % x.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((x.astype(np.float32) - zero.astype(np.float32)) * scale).astype(scale.dtype)
+
+
 class Graph:
     """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
 
@@ -165,6 +180,10 @@ class Graph:
         if wanted is not None:
             if wanted not in candidates:
                 raise ModelError(f"{self.label}: no input named {wanted!r} (inputs: {', '.join(candidates)})")
+            others = [name for name in candidates if name != wanted]
+            if others:  # ONNX Runtime runs a model only with every input fed; onnxrap feeds one
+                raise ModelError(f"{self.label}: the model also needs input(s) {', '.join(others)}, which onnxrap "
+                                 "cannot feed (an exporter that left constants as inputs writes such a model)")
             return wanted
         if not candidates:
             raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
@@ -243,6 +262,13 @@ class Graph:
                 continue
             if not all(t in self.constants for t in node.input if t):
                 continue
+            if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx"):
+                # quantized weights (TFLite's dynamic range, QDQ models); onnx's evaluator has this op
+                # only from opset 19, and the formula is the same at every opset for a scale per tensor or axis
+                value = _dequantized(node, [self.constants[t] if t else None for t in node.input])
+                if value is not None:
+                    self.constants[node.output[0]] = value
+                    continue
             try:
                 ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
                 outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
@@ -252,6 +278,11 @@ class Graph:
                 continue  # left for the capture run to compute
             for t, value in zip([t for t in node.output if t], values):
                 self.constants[t] = np.asarray(value)
+
+    def producer_node(self, tensor):
+        """The ONNX node writing ``tensor``; None for the inputs and initializers."""
+        i = self._node_producer.get(tensor)
+        return None if i is None else self.model.graph.node[i]
 
     def require_constant(self, name):
         if name not in self.constants:

@@ -2,8 +2,9 @@
 
 Size, channel count and layout come from the model's input shape where it
 fixes them; value scaling comes from a preset (``imagenet``, ``unit``,
-``raw``, ``signed``), from the model's ``onnxrap.preprocess`` metadata, or
-from ``--mean``/``--std``.  Pixels are read at their true range on the 8-bit
+``raw``, ``signed``, ``caffe``), from the model's ``onnxrap.preprocess`` metadata, or
+from ``--mean``/``--std``; the channel order (RGB, or BGR as OpenCV, Caffe and PaddlePaddle models
+read images) from ``--channel-order``, the ``onnxrap.channel_order`` metadata or the preset.  Pixels are read at their true range on the 8-bit
 scale (16-bit 65535 and float 1.0 are 8-bit's 255), then go
 ``[0, 255] * scale``, then ``(v - mean) / std`` per channel.  Every step that
 changes what the model sees (EXIF rotation, colour to grey, a resize that
@@ -27,7 +28,10 @@ PRESETS = {
     "unit": (1 / 255, (0.0,), (1.0,)),  # [0, 1]
     "raw": (1.0, (0.0,), (1.0,)),  # [0, 255]
     "signed": (1 / 255, (0.5,), (0.5,)),  # [-1, 1]
+    "caffe": (1.0, (103.939, 116.779, 123.68), (1.0,)),  # Keras' "caffe" mode: BGR, ImageNet's mean in BGR order
 }
+CHANNEL_ORDERS = ("rgb", "bgr")
+PRESET_CHANNEL_ORDER = {"caffe": "bgr"}  # the others leave the image's RGB
 
 # How an image whose aspect ratio differs from the model's input is brought to its size.
 # center-crop (the default) is the ImageNet convention: the shorter side is resized to fit and
@@ -56,9 +60,11 @@ class Preprocess:
     std: tuple[float, ...]
     scale: float
     resize: str = DEFAULT_RESIZE
+    channel_order: str = "rgb"  # the model's; mean and std are given in it
 
     @classmethod
-    def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None, resize=None):
+    def for_model(cls, input_shape, layout, metadata, size=None, preset=None, mean=None, std=None, resize=None,
+                  channel_order=None):
         if input_shape is None or len(input_shape) != 4:
             raise InputError(f"the model's input has shape {shown_shape(input_shape)}; images need a 4-D image input "
                              "(pass a .npy array instead)")
@@ -79,6 +85,12 @@ class Preprocess:
         resize = resize or DEFAULT_RESIZE
         if resize not in RESIZE_POLICIES:
             raise InputError(f"unknown resize policy {resize!r} (known: {', '.join(RESIZE_POLICIES)})")
+        channel_order = (channel_order or metadata.get("onnxrap.channel_order")
+                         or PRESET_CHANNEL_ORDER.get(preset, "rgb")).lower()
+        if channel_order not in CHANNEL_ORDERS:
+            raise InputError(f"unknown channel order {channel_order!r} (known: {', '.join(CHANNEL_ORDERS)})")
+        if channel_order == "bgr" and c == 1:
+            raise InputError("the model takes 1 channel; channel order bgr needs colour (3 or 4 channels)")
         scale, p_mean, p_std = PRESETS[preset]
         for flag, given, default in (("--mean", mean, p_mean), ("--std", std, p_std)):
             if given and not _fits(given, c):
@@ -93,11 +105,12 @@ class Preprocess:
                                  f"(choose --preset unit, raw or signed, or give --mean and --std)")
         return cls(size=tuple(size) if size else None, channels=c, layout=layout, preset=preset,
                    mean=tuple(mean) if mean else p_mean, std=tuple(std) if std else p_std, scale=scale,
-                   resize=resize)
+                   resize=resize, channel_order=channel_order)
 
     def describe(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "image size"
-        return (f"{size}, {self.channels} channel(s), {self.layout}, preset {self.preset} "
+        order = ", BGR" if self.channel_order == "bgr" else ""
+        return (f"{size}, {self.channels} channel(s){order}, {self.layout}, preset {self.preset} "
                 f"(mean {list(self.mean)}, std {list(self.std)}), resize {self.resize}")
 
     def __call__(self, image):
@@ -129,7 +142,8 @@ class Preprocess:
         pixels = np.repeat(pixels, repeat, axis=2)
         if self.channels == 4 and repeat > 1:
             pixels[..., 3] = 255.0  # a grey high-depth image is opaque
-        values = (pixels * self.scale - np.asarray(self.mean)) / np.asarray(self.std)
+        model_pixels = pixels[..., [2, 1, 0, 3][:self.channels]] if self.channel_order == "bgr" else pixels
+        values = (model_pixels * self.scale - np.asarray(self.mean)) / np.asarray(self.std)
         x = values if self.layout == "nhwc" else values.transpose(2, 0, 1)
         display = pixels[..., :3] / 255.0
         return x[None].astype(np.float32), (display[..., 0] if self.channels == 1 else display), notes
@@ -178,7 +192,10 @@ class Preprocess:
         if mode == "F":
             return float(values[0])
         values = [int(round(min(max(v, 0), 255))) for v in values]
-        return values[0] if len(mode) == 1 else tuple((values * self.channels)[:self.channels])
+        values = (values * self.channels)[:self.channels]
+        if self.channel_order == "bgr":  # the mean is in the model's order, the image is RGB
+            values = [values[k] for k in [2, 1, 0, 3][:self.channels]]
+        return values[0] if len(mode) == 1 else tuple(values)
 
     def _resize(self, image):
         from PIL import Image, ImageOps
@@ -204,7 +221,8 @@ class Preprocess:
         return f"resized {what}: fitted whole, the rest padded with the mean"
 
 
-def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None, resize=None):
+def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None, resize=None,
+                       channel_order=None):
     """A function that builds the model's Preprocess on first use (only images need one) and ``note``s it;
     ``.built`` holds it once built."""
     built = []
@@ -213,7 +231,8 @@ def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=Non
         if not built:
             try:
                 built.append(Preprocess.for_model(explainer.input_shape, layout, explainer.metadata, size=size,
-                                                  preset=preset, mean=mean, std=std, resize=resize))
+                                                  preset=preset, mean=mean, std=std, resize=resize,
+                                                  channel_order=channel_order))
             except InputError as exc:  # the model's input and the options do not fit: name the model
                 raise InputError(f"{explainer.graph.label}: {exc}") from None
             note(f"preprocessing: {built[0].describe()}")

@@ -15,7 +15,7 @@ import numpy as np
 from .ops.elementwise import FLOAT_TYPES, ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
-from .ops.structure import Pad
+from .ops.structure import Pad, Transpose
 
 # Explained through: their input is the logits.  A multi-label head's final Sigmoid too: rap conserves
 # the score it is seeded with, and a probability is not one that a linear head's relevance can sum to.
@@ -35,16 +35,28 @@ def _passes_values_on(node):
     return False
 
 
+def _rounds_to_a_grid(node, nodes, producer):
+    """Whether the ONNX node is a DequantizeLinear of a QuantizeLinear's output: a float rounded to an
+    integer grid and back."""
+    return node.op_type == "DequantizeLinear" and node.input[0] in producer and \
+        nodes[producer[node.input[0]]].op_type == "QuantizeLinear"
+
+
 def logits_behind_squashers(output, nodes, producer):
     """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits; the
     output itself where no squasher ends the graph.  No-ops (Identity, inference Dropout, a Cast between
-    float types) after or between squashers are looked through.  ``producer`` maps a tensor to the index
+    float types) after or between squashers are looked through, and so is a Quantize -> DequantizeLinear pair
+    rounding the logits or the probabilities.  ``producer`` maps a tensor to the index
     of the ONNX node in ``nodes`` writing it."""
     logits = tensor = output
     while tensor in producer:
         node = nodes[producer[tensor]]
         if node.op_type in OUTPUT_SQUASHERS:
             logits = tensor = node.input[0]
+        elif tensor == logits and _rounds_to_a_grid(node, nodes, producer):
+            # an int8 model rounds its logits and probabilities (tf2onnx's fully quantised TFLite models):
+            # the float value before the rounding is explained
+            logits = tensor = nodes[producer[node.input[0]]].input[0]
         elif _passes_values_on(node):
             tensor = node.input[0]
         else:
@@ -146,6 +158,30 @@ class AbsorbBias(Pass):
         index.rewire(op, lambda: op.absorb_bias(bias.astype(np.float64), add.output))
 
 
+class PadAfterTranspose(Pass):
+    """A constant Pad read by a Transpose that feeds a Conv moves behind the Transpose, its pads permuted, so
+    that FoldPad meets it: tf2onnx's TFLite path pads the NHWC image, then transposes it to NCHW (Keras'
+    ZeroPadding2D before a Conv); every other exporter writes the Conv's own pads.  The transposed
+    unpadded tensor is not in the ONNX graph: onnxrap computes it (synthetic)."""
+
+    def apply(self, index):
+        for pad in [op for op in index.ops if isinstance(op, Pad)]:
+            for transpose in list(index.users(pad.output)):
+                if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output)):
+                    self._swap(index, pad, transpose)
+            if not index.users(pad.output) and pad.output != index.logits_name:
+                index.remove(pad)
+
+    @staticmethod
+    def _swap(index, pad, transpose):
+        rank, perm = len(pad.pads) // 2, transpose.perm
+        moved = Transpose(transpose.name, transpose.op_type, pad.inputs, f"{transpose.output}/unpadded", perm)
+        moved.synthetic = True
+        pads = [pad.pads[a] for a in perm] + [pad.pads[rank + a] for a in perm]
+        index.replace(transpose, [moved, Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads,
+                                             pad.value)])
+
+
 class FoldPad(Pass):
     """A zero Pad of the spatial axes feeding Convs becomes their pads; it goes when nothing else reads it."""
 
@@ -166,5 +202,5 @@ class FoldPad(Pass):
             index.remove(pad)
 
 
-CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), FoldPad())
+CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), PadAfterTranspose(), FoldPad())
 

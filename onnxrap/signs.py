@@ -51,6 +51,9 @@ def _activation(op, inputs, constants):
     low, high = op.bounds
     if inputs[0][0] >= 0 and op.keeps_nonnegative:
         low = max(low, 0.0)
+    if op.monotone:  # the input's finite bounds map to the output's (an infinite one stays infinite)
+        ends = [float(op.fn(np, np.float64(end), **op.params)) if np.isfinite(end) else end for end in inputs[0]]
+        low, high = max(low, ends[0]), min(high, ends[1])
     return low, high
 
 

@@ -384,6 +384,10 @@ class TraceNumpy:
     def tanh(x):
         return _unary("Tanh", _lift(x, None), np.tanh)
 
+    @staticmethod
+    def rint(x):  # ONNX's Round rounds halves to even, as NumPy's rint (ops/quantize.py)
+        return _unary("Round", _lift(x, None), np.rint)
+
 
 ACTIVE: list = []  # the tracer of the graph being built (constants alone do not name one)
 

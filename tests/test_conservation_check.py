@@ -36,6 +36,14 @@ def test_plain_rap_conserves_and_says_so(tmp_path, capsys):
     assert summary["inputs"][0]["methods"]["rap"]["conserved"] is True
 
 
+def test_a_method_that_promises_no_sum_is_not_said_to_conserve(tmp_path, capsys):
+    code, _, _ = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "--method", "rap,gradient-x-input", "-o", tmp_path,
+                          "--quiet"], capsys)
+    assert code == 0
+    methods_of = json.loads((tmp_path / "summary.json").read_text())["inputs"][0]["methods"]
+    assert methods_of["rap"]["conserved"] is True and methods_of["gradient-x-input"]["conserved"] is None
+
+
 def test_the_cli_warns_when_a_registered_method_misses(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(methods.FACTORIES, "leaky-rap", _leaky_rap)
     code, _, err = run_cli(["explain", DIGITS, DIGIT_IMAGES[0], "--method", "leaky-rap", "-o", tmp_path, "--quiet"],

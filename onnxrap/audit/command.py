@@ -109,7 +109,8 @@ def run(args, per_method):
         explainer.layout = args.layout
     class_names = class_names_of(explainer, args.labels)
     make_preprocess = preprocess_factory(explainer, explainer.layout, note, size=args.size, preset=args.preset,
-                                         mean=args.mean, std=args.std, resize=args.resize)
+                                         mean=args.mean, std=args.std, resize=args.resize,
+                                         channel_order=args.channel_order)
     rank = len(explainer.input_shape) if explainer.input_shape else None
     source = open_source(args.data, make_preprocess, rank, args.labels_csv, class_names, args.limit)
     for m in chosen:
@@ -120,7 +121,7 @@ def run(args, per_method):
                         device=explainer.device.name if args.device == "auto" else args.device,
                         layout=args.layout, size=args.size, preset=args.preset,
                         mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None,
-                        resize=args.resize)
+                        resize=args.resize, channel_order=args.channel_order)
 
     out_dir = Path(args.out_dir)
     store = AuditStore(out_dir, fingerprint(settings, source), chosen, restart=args.restart)

@@ -41,6 +41,7 @@ class Settings:
     mean: tuple | None = None
     std: tuple | None = None
     resize: str | None = None
+    channel_order: str | None = None
 
     def describe(self):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if k != "device"}
@@ -63,7 +64,8 @@ class ExplainWorker:
             self.explainer.layout = settings.layout
         self.make_preprocess = preprocess_factory(self.explainer, self.explainer.layout, lambda note: None,
                                                   size=settings.size, preset=settings.preset, mean=settings.mean,
-                                                  std=settings.std, resize=settings.resize)
+                                                  std=settings.std, resize=settings.resize,
+                                                  channel_order=settings.channel_order)
         shape = self.explainer.input_shape
         self.rank = len(shape) if shape else None
 

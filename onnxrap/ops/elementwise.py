@@ -12,18 +12,20 @@ class Activation(Op):
     """An elementwise activation ``fn`` with derivative ``slope``, both ``(xp, v, **params) -> array``.
 
     ``bounds``: the range of ``fn`` over every input; ``keeps_nonnegative``: ``fn(v) >= 0`` wherever
-    ``v >= 0`` (signs.py reads both).  ``params``: its constants; an array one crosses to the device once.
+    ``v >= 0``; ``monotone``: ``fn`` never decreases, so it maps its input's bounds to its output's (signs.py
+    reads all three).  ``params``: its constants; an array one crosses to the device once.
     """
 
     kind = "activation"
 
     def __init__(self, name, op_type, inputs, output, fn, slope, bounds=(-np.inf, np.inf), keeps_nonnegative=True,
-                 params=None):
+                 params=None, monotone=False):
         super().__init__(name, op_type, inputs, output)
         self.fn = fn
         self.slope = slope
         self.bounds = bounds
         self.keeps_nonnegative = keeps_nonnegative
+        self.monotone = monotone
         self.params = dict(params or {})
 
     def _params(self, bk, dtype):
