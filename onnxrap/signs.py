@@ -13,6 +13,8 @@ negative tensor get ``signed_input = True`` and the position ``signed`` (so a
 method may map ``conv.signed`` / ``dense.signed``), and before it ``floored``
 where the tensor is negative only down to a finite floor and unbounded above
 (a SiLU's or HardSwish's output: ``conv.floored`` / ``dense.floored``).  A linear op whose output
+reaches a signed input with no rectifier and no floor on the way (the projection of an MBConv block
+after SiLU, not its depthwise convolution) gets ``writes_signed_stream = True``.  A linear op whose output
 reaches such an input with no rectifier on the way (the projection convolution
 of a linear bottleneck, writing into a residual stream) gets the position
 ``projection``.  A Mul of two data tensors is a gate where exactly one factor
@@ -134,12 +136,17 @@ def _floored(low, high):
     return -np.inf < low < 0 and high == np.inf
 
 
+def _reaching(writers, sources):
+    return tuple({w.name: w for t in sources for w in writers.get(t, ())}.values())
+
+
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
-    """Set ``signed_input`` on every linear op of ``graph``, mark the positions ``signed`` and
-    ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
+    """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
+    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
     ``(name, op type, why)``."""
     bounds, refused, producers = {}, [], {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
+    streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
@@ -155,16 +162,20 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
             bounds[op.output] = _self_gated(op, bounds, producers) or bounds[op.output]
         producers[op.output] = op
         if isinstance(op, Linear):
-            writers[op.output] = (op,)
-        elif bounds[op.output][0] < 0 and not _floored(*bounds[op.output]):
-            # not rectified: the writers of its inputs reach through it (a floor rectifies, as a Relu does)
-            writers[op.output] = tuple({w.name: w for t in sources for w in writers.get(t, ())}.values())
+            writers[op.output] = streams[op.output] = (op,)
+        elif bounds[op.output][0] < 0:  # not rectified: the writers of its inputs reach through it
+            writers[op.output] = _reaching(writers, sources)
+            if not _floored(*bounds[op.output]):
+                streams[op.output] = _reaching(streams, sources)
         if isinstance(op, Linear):
             low, high = bounds.get(op.inputs[0], UNBOUNDED)
             op.signed_input = low < 0
+            op.writes_signed_stream = getattr(op, "writes_signed_stream", False)
             if op.signed_input:
                 op.positions = op.positions + (("floored",) if _floored(low, high) else ()) + ("signed",)
                 for writer in writers.get(op.inputs[0], ()):
                     if "projection" not in writer.positions:
                         writer.positions = writer.positions + ("projection",)
+                for writer in streams.get(op.inputs[0], ()):
+                    writer.writes_signed_stream = True
     return refused

@@ -263,8 +263,7 @@ def test_signs_after_activations_and_gates(activation, signed):
     assert reader.signed_input is signed
     assert ("signed" in reader.positions) is signed
     first = next(op for op in graph.ops if op.output == "h")
-    # through Tanh, not rectified; SiLU's and HardSwish's floors rectify as a Relu does (signs.py, floored)
-    assert ("projection" in first.positions) is (activation == "Tanh")
+    assert ("projection" in first.positions) is signed  # through SiLU/HardSwish, not rectified
 
 
 def test_a_final_sigmoid_is_explained_through():

@@ -45,7 +45,8 @@ def test_a_floor_is_found_and_rectifies(name):
     ops = two_linear_ops(ACTIVATIONS[name], opset=18)
     assert ops["reader"].positions[:2] == ("head", "floored")  # before "signed": its key wins
     assert ops["reader"].signed_input  # the x- part is still computed
-    assert "projection" not in ops["first"].positions  # a floor rectifies, as a Relu does
+    assert "projection" in ops["first"].positions  # rap's positions are what they were
+    assert not ops["first"].writes_signed_stream  # for rap-floored a floor rectifies, as a Relu does
 
 
 @pytest.mark.parametrize("name, nodes", [
@@ -66,7 +67,7 @@ def test_no_floor(name, nodes):
     else:
         ops = two_linear_ops(nodes)
     assert "floored" not in ops["reader"].positions and "signed" in ops["reader"].positions
-    assert "projection" in ops["first"].positions
+    assert "projection" in ops["first"].positions and ops["first"].writes_signed_stream
 
 
 def test_signed_product_a2_by_hand():
@@ -123,9 +124,10 @@ def test_rule_choice_on_an_efficientnet():
     rap, floored = methods.get("rap"), methods.get("rap-floored")
     by_name = {op.name: op for op in graph.ops}
     depthwise, project, expand = (by_name[f"blocks.3.{k}.conv"] for k in ("depthwise", "project", "expand"))
-    assert depthwise.positions == ("floored", "signed")
-    assert project.positions == ("floored", "signed", "projection")
-    assert expand.positions == ("signed",)  # it writes into a SiLU: a floor rectifies, so no projection
+    assert depthwise.positions == project.positions == ("floored", "signed", "projection")
+    assert expand.positions == ("signed", "projection")
+    # rap-floored's projections: a floor rectifies, so only the projection writes into a signed stream
+    assert project.writes_signed_stream and not depthwise.writes_signed_stream and not expand.writes_signed_stream
     assert all(type(rap.rule_for(op)) is AbsShare for op in (depthwise, project, expand))
     assert isinstance(floored.rule_for(depthwise), FlooredShare) and type(floored.rule_for(expand)) is AbsShare
 
@@ -137,7 +139,7 @@ def test_floored_share_reads_a_floor_as_a_relu_is_read():
     x = np.abs(rng.standard_normal(shape)) - 0.2 * rng.random(shape)
     R, hidden = apply_rule(FlooredShare(), op, x)
     np.testing.assert_array_equal(hidden, apply_rule(SignedProductA2(), op, x, R)[1])
-    op.positions = op.positions + ("projection",)
+    op.writes_signed_stream = True
     np.testing.assert_array_equal(apply_rule(FlooredShare(), op, x, R)[1], apply_rule(NetSignShare(), op, x, R)[1])
 
 

@@ -4,8 +4,9 @@ positive with the size rule there (docs/rules.md, signed.floored; EVALUATION.md,
 
 Registers ``rap-f-KEY``: ``rap`` with the candidate KEY at ``conv.floored`` / ``dense.floored``
 (``rap-f-abs``, the size rule there, is rap itself), and ``rap-fn-KEY``: the same, but rap's
-projection rule (NetSignShare) at the floored ops that are projections, as at a projection
-reading a Relu's output (``rap-fn-prod`` is ``rap-floored``).  Then:
+projection rule (NetSignShare) at the floored ops that write into a signed stream (signs.py's
+``writes_signed_stream``), as at a projection reading a Relu's output (``rap-fn-prod`` is
+``rap-floored``).  Then:
 
     python tools/floored_study.py stats MODEL DATA.npz [--methods a,b] [--limit N]
     python tools/floored_study.py figure MODEL DATA.npz --index 0,1,2 [--methods a,b] -o OUT.png

@@ -101,11 +101,13 @@ class SignedProductA2(RapHidden):
 class FlooredShare(Rule):
     """rap-floored at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
     rap uses behind a Relu, ``hidden`` (SignedProductA2) at most ops and ``projection`` (NetSignShare)
-    at a projection, whose output reaches a signed input unrectified (a static position)."""
+    where the output reaches a signed input with no rectifier and no floor on the way (the static
+    ``writes_signed_stream``: an MBConv's projection, not its depthwise convolution, which writes into
+    a SiLU)."""
 
     def __init__(self, hidden=None, projection=None):
         self.hidden = hidden if hidden is not None else SignedProductA2()
         self.projection = projection if projection is not None else NetSignShare()
 
     def __call__(self, op, ctx, R):
-        return (self.projection if "projection" in op.positions else self.hidden)(op, ctx, R)
+        return (self.projection if op.writes_signed_stream else self.hidden)(op, ctx, R)
