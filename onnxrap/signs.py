@@ -13,11 +13,10 @@ negative tensor get ``signed_input = True`` and the position ``signed`` (so a
 method may map ``conv.signed`` / ``dense.signed``), and before it ``floored``
 where the tensor is negative only down to a finite floor and unbounded above
 (a SiLU's or HardSwish's output: ``conv.floored`` / ``dense.floored``).  A linear op whose output
-reaches a signed input with no rectifier and no floor on the way (the projection of an MBConv block
-after SiLU, not its depthwise convolution) gets ``writes_signed_stream = True``.  A linear op whose output
 reaches such an input with no rectifier on the way (the projection convolution
 of a linear bottleneck, writing into a residual stream) gets the position
-``projection``.  A Mul of two data tensors is a gate where exactly one factor
+``projection``; where no floor is on the way either (an MBConv block's projection after SiLU, not
+its depthwise convolution, which writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data tensors is a gate where exactly one factor
 is bounded in [0, 1], or, failing that, in [0, c] with c finite (``Gate.pick_gate``); its output has
 its signal's sign.
 """
