@@ -41,7 +41,7 @@ ACTIVATIONS = {
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_a_floor_is_found_and_rectifies(name):
+def test_a_floor_is_found(name):
     ops = two_linear_ops(ACTIVATIONS[name], opset=18)
     assert ops["reader"].positions[:2] == ("head", "floored")  # before "signed": its key wins
     assert ops["reader"].signed_input  # the x- part is still computed
