@@ -123,7 +123,8 @@ def _self_gated(op, bounds, producers):
     with np.errstate(all="ignore"):
         for step in reversed(chain):
             values[step.output] = step.forward(numpy_backend(), values)
-        product = x * values[op.inputs[op.gate]]
+        # one value per grid point: a constant of shape (1, 1, 1, 1) broadcasts the grid to rank 4
+        product = (x * values[op.inputs[op.gate]]).reshape(-1)
     if not np.isfinite(product).all() or (low < _SELF_GATE_GRID[-1] and abs(product[-1]) > 1e-6 * abs(product.min())):
         return None
     return float(min(product.min(), 0.0)), bounds[op.output][1]
