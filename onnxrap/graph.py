@@ -151,7 +151,9 @@ class Graph:
         names = _node_names(model.graph)
         self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
-        self.output_name, self.logits_name = self._pick_output(model.graph, nodes, output_name)
+        # explained_through: the squashers and roundings between the logits and the output (inspect names them)
+        self.output_name, (self.logits_name, self.explained_through) = self._pick_output(model.graph, nodes,
+                                                                                         output_name)
 
         self.data_tensors = self._data_tensors(nodes)
         if self.logits_name not in self.data_tensors:

@@ -44,24 +44,28 @@ def _rounds_to_a_grid(node, nodes, producer):
 
 def logits_behind_squashers(output, nodes, producer):
     """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits; the
-    output itself where no squasher ends the graph.  No-ops (Identity, inference Dropout, a Cast between
-    float types) after or between squashers are looked through, and so is a Quantize -> DequantizeLinear pair
-    rounding the logits or the probabilities.  ``producer`` maps a tensor to the index
-    of the ONNX node in ``nodes`` writing it."""
+    output itself where no squasher ends the graph.  Also what changes the values on the way, nearest
+    the output first: the squashers' op types and "QuantizeLinear -> DequantizeLinear".  No-ops
+    (Identity, inference Dropout, a Cast between float types) after or between squashers are looked
+    through, and so is a Quantize -> DequantizeLinear pair rounding the logits or the probabilities.
+    ``producer`` maps a tensor to the index of the ONNX node in ``nodes`` writing it."""
     logits = tensor = output
+    through = []
     while tensor in producer:
         node = nodes[producer[tensor]]
         if node.op_type in OUTPUT_SQUASHERS:
             logits = tensor = node.input[0]
-        elif tensor == logits and _rounds_to_a_grid(node, nodes, producer):
+            through.append(node.op_type)
+        elif _rounds_to_a_grid(node, nodes, producer):
             # an int8 model rounds its logits and probabilities (tf2onnx's fully quantised TFLite models):
             # the float value before the rounding is explained
             logits = tensor = nodes[producer[node.input[0]]].input[0]
+            through.append("QuantizeLinear -> DequantizeLinear")
         elif _passes_values_on(node):
             tensor = node.input[0]
         else:
             break
-    return logits
+    return logits, through
 
 
 class OpIndex:
