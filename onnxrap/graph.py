@@ -190,9 +190,11 @@ class Graph:
         if not candidates:
             raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
                              "initializer)")
-        if len(candidates) != 1:
+        if len(candidates) != 1:  # --input NAME would only meet the refusal above
             raise ModelError(f"{self.label}: the model has {len(candidates)} data inputs "
-                             f"({', '.join(candidates)}); pick one with --input NAME")
+                             f"({', '.join(candidates)}); onnxrap feeds one and ONNX Runtime runs a model only with "
+                             "every input fed, so no --input NAME helps (an exporter that left constants as inputs "
+                             "writes such a model)")
         return candidates[0]
 
     def _pick_output(self, g, nodes, wanted):
