@@ -170,20 +170,25 @@ class PadAfterTranspose(Pass):
 
     def apply(self, index):
         for pad in [op for op in index.ops if isinstance(op, Pad)]:
-            for transpose in list(index.users(pad.output)):
-                if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output)):
-                    self._swap(index, pad, transpose)
+            moved = [self._swap(index, pad, transpose) for transpose in list(index.users(pad.output))
+                     if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output))]
             if not index.users(pad.output) and pad.output != index.logits_name:
                 index.remove(pad)
+            if len(moved) > 1 or pad in index.ops:  # op names are the DAG's nodes: one name, one op
+                for copy, transpose in moved:
+                    copy.name = f"{pad.name} after {transpose.name}"
 
     @staticmethod
     def _swap(index, pad, transpose):
+        """Replace ``transpose`` by itself on the unpadded tensor and a copy of ``pad`` behind it; return
+        ``(the copy, transpose)``."""
         rank, perm = len(pad.pads) // 2, transpose.perm
         moved = Transpose(transpose.name, transpose.op_type, pad.inputs, f"{transpose.output}/unpadded", perm)
         moved.synthetic = True
         pads = [pad.pads[a] for a in perm] + [pad.pads[rank + a] for a in perm]
-        index.replace(transpose, [moved, Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads,
-                                             pad.value)])
+        copy = Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads, pad.value)
+        index.replace(transpose, [moved, copy])
+        return copy, transpose
 
 
 class FoldPad(Pass):
