@@ -35,3 +35,23 @@ def test_a_self_gate_with_rank_4_constants_has_its_floor(constant_shape):
     x = RNG.normal(size=(2, 3, 5, 5)).astype(np.float32)
     e = Explainer(hard_swish_cnn(constant_shape), dtype="float64").explain(x, method="rap-floored")
     np.testing.assert_allclose(e.relevance.reshape(2, -1).sum(axis=1), e.logits[np.arange(2), e.target], rtol=1e-6)
+
+
+def silu_plus(constant):
+    """Conv -> h * Sigmoid(h) + ``constant`` -> Conv ("second") -> global average -> MatMul."""
+    nodes = [node("Conv", ["x", "K1"], "h", pads=[1, 1, 1, 1]), node("Sigmoid", ["h"], "s"), node("Mul", ["h", "s"], "a"),
+             node("Add", ["a", "c"], "ac"), node("Conv", ["ac", "K2"], "b", name="second"),
+             node("GlobalAveragePool", ["b"], "p"), node("Flatten", ["p"], "f"), node("MatMul", ["f", "W"], "y")]
+    return make_model(nodes, [("x", [2, 3, 5, 5])], [("y", [2, 3])],
+                      [const("K1", K1), const("K2", K2), const("W", W), const("c", np.float32(constant))])
+
+
+def test_a_floor_read_off_the_grid_is_still_a_lower_bound():
+    """SiLU's least value is -0.27846454 (at -1.2785); the grid's least sample was -0.27846445, above it.
+    A SiLU plus the float32 0.27846453 reaches -1.7e-8, yet signs.py proved it non-negative and every method
+    dropped its x- part at the next Conv.  The floor is widened below the grid's minimum; a SiLU plus 0.3 is
+    still proven non-negative."""
+    h = np.linspace(-1.3, -1.25, 200001)
+    assert (h / (1 + np.exp(-h)) + float(np.float32(0.27846452))).min() < 0
+    assert next(op for op in Graph(silu_plus(0.27846452)).ops if op.name == "second").signed_input
+    assert not next(op for op in Graph(silu_plus(0.3)).ops if op.name == "second").signed_input
