@@ -1,7 +1,8 @@
 """Attribution methods: compositions of rules, registered by name.
 
 A method maps rule keys to rules, as zennit's composites do.  Linear ops are
-looked up most specific first: ``conv.head``, ``conv.input``, ``conv.signed``
+looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
+(an input negative only down to a finite floor, a SiLU's output), ``conv.signed``
 (an input that may be negative, see signs.py), ``conv.projection`` (an output that
 reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
@@ -34,7 +35,7 @@ from .rules.joins import AddShare, ConcatSlices, SignalTakesAll
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
-from .rules.signed import AbsShare, NetSignShare
+from .rules.signed import AbsShare, FlooredShare, NetSignShare
 
 
 class Method:
@@ -167,7 +168,7 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input", "signed", "projection")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "floored", "signed", "projection")})
 
 
 class Wrapper(Method):
@@ -351,6 +352,20 @@ def _rap():
         "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
         "on signed inputs and at the projections into them (docs/rules.md, signed); conserves the logit on "
         "every graph (docs/rules.md, conservation)"))
+
+
+# rap-floored: an input with a floor (signs.py: a SiLU's or hard-swish's output, negative down to -0.28 or
+# -0.375) read as a rectified one, where rap's size rule gives every share the unit's sign and so leaves an
+# EfficientNet-B0's map without a negative pixel.  Not rap's default: its negative pixels lie where rap's lie
+# on ReLU networks, not where gradient x input's do (docs/rules.md, signed.floored; EVALUATION.md, D).
+@register("rap-floored")
+def _rap_floored():
+    return Method("rap-floored", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING,
+                                  "conv.floored": FlooredShare(), "dense.floored": FlooredShare()},
+                  conserves=True, description=(
+        "rap with inputs that have a floor (SiLU, hard-swish) read as rectified: rap.hidden's promoters and "
+        "inhibitors by the contribution's sign, and the projection rule at projections (docs/rules.md, "
+        "signed.floored); experimental"))
 
 
 @register("rap-a2-projections")

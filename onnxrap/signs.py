@@ -10,10 +10,13 @@ Every tensor gets bounds ``(low, high)`` that its op guarantees from its inputs'
 (``BOUNDS`` by op kind); anything else, unknown kinds included, is unbounded.
 A tensor is non-negative where ``low >= 0``.  Linear ops reading a possibly
 negative tensor get ``signed_input = True`` and the position ``signed`` (so a
-method may map ``conv.signed`` / ``dense.signed``).  A linear op whose output
+method may map ``conv.signed`` / ``dense.signed``), and before it ``floored``
+where the tensor is negative only down to a finite floor and unbounded above
+(a SiLU's or HardSwish's output: ``conv.floored`` / ``dense.floored``).  A linear op whose output
 reaches such an input with no rectifier on the way (the projection convolution
 of a linear bottleneck, writing into a residual stream) gets the position
-``projection``.  A Mul of two data tensors is a gate where exactly one factor
+``projection``; where no floor is on the way either (an MBConv block's projection after SiLU, not
+its depthwise convolution, which writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data tensors is a gate where exactly one factor
 is bounded in [0, 1], or, failing that, in [0, c] with c finite (``Gate.pick_gate``); its output has
 its signal's sign.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import numpy_backend
 from .ops.elementwise import Gate
 from .ops.linear import Linear
 from .ops.structure import Pad
@@ -90,12 +94,58 @@ BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad":
           "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate}
 
 
+_SELF_GATE_GRID = -np.logspace(-4, 4, 8001)  # the negative signal values where x * g(x) is evaluated
+
+
+def _self_gated(op, bounds, producers):
+    """Bounds of ``x * g(x)``, a gate computed elementwise from its own signal (SiLU as ``x * Sigmoid(x)``,
+    hard-swish as ``x * HardSigmoid(x)`` or ``x * Clip(x + 3, 0, 6) / 6``), or None for any other gate.
+
+    The interval product of the two factors' bounds is unbounded below: it forgets that ``g`` is small
+    where ``x`` is very negative.  The product's minimum over the negative signal values is read off a
+    grid from -1e-4 to -1e4 (or the signal's own lower bound) instead; where the product has not come
+    back to 0 at the grid's end there is no floor.  The floor only chooses rules (``floored``): every
+    rule still computes the ``x-`` part exactly."""
+    gate, chain = op.inputs[op.gate], []
+    while gate != op.signal:
+        step = producers.get(gate)
+        scalars = [getattr(step, "constant", 0), *getattr(step, "params", {}).values()]
+        if step is None or step.kind not in ("activation", "scale", "identity") or len(step.inputs) != 1 \
+                or any(np.size(c) != 1 for c in scalars):  # one function of x, the same at every element
+            return None
+        chain.append(step)
+        gate = step.inputs[0]
+    low = bounds.get(op.signal, UNBOUNDED)[0]
+    x = _SELF_GATE_GRID[_SELF_GATE_GRID >= low]
+    if not chain or not x.size:
+        return None
+    values = {op.signal: x}
+    with np.errstate(all="ignore"):
+        for step in reversed(chain):
+            values[step.output] = step.forward(numpy_backend(), values)
+        product = x * values[op.inputs[op.gate]]
+    if not np.isfinite(product).all() or (low < _SELF_GATE_GRID[-1] and abs(product[-1]) > 1e-6 * abs(product.min())):
+        return None
+    return float(min(product.min(), 0.0)), bounds[op.output][1]
+
+
+def _floored(low, high):
+    """An input with a floor: negative only down to a finite bound and unbounded above (a SiLU's,
+    HardSwish's, Mish's or Elu's output, gated or pooled), so that its ``x-`` is small beside its ``x+``."""
+    return -np.inf < low < 0 and high == np.inf
+
+
+def _reaching(writers, sources):
+    return tuple({w.name: w for t in sources for w in writers.get(t, ())}.values())
+
+
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
-    """Set ``signed_input`` on every linear op of ``graph``, mark the positions ``signed`` and
-    ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
+    """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
+    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
     ``(name, op type, why)``."""
-    bounds, refused = {}, []
+    bounds, refused, producers = {}, [], {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
+    streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
@@ -107,15 +157,24 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
                 sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
         bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
+        if isinstance(op, Gate) and op.gate is not None:
+            bounds[op.output] = _self_gated(op, bounds, producers) or bounds[op.output]
+        producers[op.output] = op
         if isinstance(op, Linear):
-            writers[op.output] = (op,)
+            writers[op.output] = streams[op.output] = (op,)
         elif bounds[op.output][0] < 0:  # not rectified: the writers of its inputs reach through it
-            writers[op.output] = tuple({w.name: w for t in sources for w in writers.get(t, ())}.values())
+            writers[op.output] = _reaching(writers, sources)
+            if not _floored(*bounds[op.output]):
+                streams[op.output] = _reaching(streams, sources)
         if isinstance(op, Linear):
-            op.signed_input = bounds.get(op.inputs[0], UNBOUNDED)[0] < 0
+            low, high = bounds.get(op.inputs[0], UNBOUNDED)
+            op.signed_input = low < 0
+            op.writes_signed_stream = getattr(op, "writes_signed_stream", False)
             if op.signed_input:
-                op.positions = op.positions + ("signed",)
+                op.positions = op.positions + (("floored",) if _floored(low, high) else ()) + ("signed",)
                 for writer in writers.get(op.inputs[0], ()):
                     if "projection" not in writer.positions:
                         writer.positions = writer.positions + ("projection",)
+                for writer in streams.get(op.inputs[0], ()):
+                    writer.writes_signed_stream = True
     return refused

@@ -135,14 +135,7 @@ class RapHidden(_LinearRule):
 
     def __call__(self, op, ctx, R):
         bk = ctx.bk
-        x, w, fwd, adj = self._setup(op, ctx)
-        wp, wn = w.pos, w.neg
-        conv = op.family == "conv"
-        if op.signed_input:
-            parts = [self._part(bk, R, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj),
-                     self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj)]
-        else:  # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
-            parts = [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self.linear_output(op, ctx))]
+        parts = self.parts(op, ctx, R)
         C = sum(parts) if not self.per_sign or ctx.contrast is not None else None
         if self.per_sign:
             out = sum(uniform_shift(bk, p, R, self.conserve) for p in parts)
@@ -151,6 +144,18 @@ class RapHidden(_LinearRule):
         if ctx.contrast is not None:
             out = self._keep_signs(bk, C, R, out, ctx.contrast)
         return [op.give(out)]
+
+    def parts(self, op, ctx, R):
+        """The P terms of docs/rules.md, rap.hidden: one per sign of the input."""
+        bk = ctx.bk
+        x, w, fwd, adj = self._setup(op, ctx)
+        wp, wn = w.pos, w.neg
+        conv = op.family == "conv"
+        if op.signed_input:
+            return [self._part(bk, R, bk.pos(x), wp, 1.0, wn, -1.0, conv, fwd, adj),
+                    self._part(bk, R, bk.neg(x), wp, -1.0, wn, 1.0, conv, fwd, adj)]
+        # x >= 0 (signs.py): the x- part is zero, and L_W-(x) is the forward's L_W(x) less L_W+(x)
+        return [self._part(bk, R, x, wp, 1.0, wn, -1.0, conv, fwd, adj, linear=self.linear_output(op, ctx))]
 
     @staticmethod
     def _keep_signs(bk, C, R, shifted, contrast):

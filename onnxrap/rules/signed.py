@@ -18,7 +18,8 @@ fewer predictions than A2 after the most positive pixels are removed).
 """
 from __future__ import annotations
 
-from .linear import _LinearRule, uniform_shift
+from . import Rule
+from .linear import RapHidden, _LinearRule, uniform_shift
 
 
 class AbsShare(_LinearRule):
@@ -72,3 +73,41 @@ class NetSignShare(AbsShare):
         if op.signed_input:
             out = out + xn * adj((s_up, wn), (s_down, wp))
         return out
+
+
+class SignedProductA2(RapHidden):
+    """rap.hidden with promoters and inhibitors told apart by the sign of the contribution
+    ``c_ij = x_i w_ij``, whatever the sign of ``x_i``: promoters ``x+ W+`` and ``x- W-``, inhibitors
+    ``x+ W-`` and ``x- W+``, in one P term (docs/rules.md, signed.floored).
+
+    For an input with a floor (a SiLU's output, negative down to -0.28): it is RAP's rule for a
+    ReLU's output where ``x >= 0``, and a slightly negative input that pushes a unit up is one of
+    its promoters like any other.  Then the uniform shift, as rap.hidden.
+    """
+
+    def __init__(self):
+        super().__init__(per_sign=False, conserve=True)
+
+    def parts(self, op, ctx, R):
+        bk = ctx.bk
+        x, w, fwd, adj = self._setup(op, ctx)
+        xp, xn, wp, wn = bk.pos(x), bk.neg(x), w.pos, w.neg
+        up_p, down_p = fwd(xp, wp, wn)  # x+ W+ >= 0, x+ W- <= 0
+        down_n, up_n = fwd(xn, wp, wn)  # x- W+ <= 0, x- W- >= 0
+        ta, tb = bk.rap_shares(R, up_p + up_n, -(down_p + down_n), op.family == "conv")
+        return [xp * adj((ta, wp), (-tb, wn)) + xn * adj((ta, wn), (-tb, wp))]
+
+
+class FlooredShare(Rule):
+    """rap-floored at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
+    rap uses behind a Relu, ``hidden`` (SignedProductA2) at most ops and ``projection`` (NetSignShare)
+    where the output reaches a signed input with no rectifier and no floor on the way (the static
+    ``writes_signed_stream``: an MBConv's projection, not its depthwise convolution, which writes into
+    a SiLU)."""
+
+    def __init__(self, hidden=None, projection=None):
+        self.hidden = hidden if hidden is not None else SignedProductA2()
+        self.projection = projection if projection is not None else NetSignShare()
+
+    def __call__(self, op, ctx, R):
+        return (self.projection if op.writes_signed_stream else self.hidden)(op, ctx, R)
