@@ -99,7 +99,7 @@ class SignedProductA2(RapHidden):
 
 
 class FlooredShare(Rule):
-    """rap-floored at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
+    """rap at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
     rap uses behind a Relu, ``hidden`` (SignedProductA2) at most ops and ``projection`` (NetSignShare)
     where the output reaches a signed input with no rectifier and no floor on the way (the static
     ``writes_signed_stream``: an MBConv's projection, not its depthwise convolution, which writes into
