@@ -92,9 +92,11 @@ class SignedProductA2(RapHidden):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         xp, xn, wp, wn = bk.pos(x), bk.neg(x), w.pos, w.neg
-        up_p, down_p = fwd(xp, wp, wn)  # x+ W+ >= 0, x+ W- <= 0
-        down_n, up_n = fwd(xn, wp, wn)  # x- W+ <= 0, x- W- >= 0
-        ta, tb = bk.rap_shares(R, up_p + up_n, -(down_p + down_n), op.family == "conv")
+        za = fwd(xp, wp) + fwd(xn, wn)  # x+ W+ + x- W- >= 0
+        # the negative contributions x+ W- + x- W+ are L_W(x) less za: L_W(x) is read off the forward
+        # pass, two convolutions fewer (clipped at 0 against rounding, as rap.hidden's)
+        zb = bk.pos(za - self.linear_output(op, ctx))
+        ta, tb = bk.rap_shares(R, za, zb, op.family == "conv")
         return [xp * adj((ta, wp), (-tb, wn)) + xn * adj((ta, wn), (-tb, wp))]
 
 
