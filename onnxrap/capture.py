@@ -85,9 +85,11 @@ class Capture:
         wanted -= {op.output for op in graph.ops if op.synthetic}
         existing = {o.name for o in graph.model.graph.output}
         self.names = sorted(wanted - existing) + [graph.output_name]
-        self._weights_dir = None
-        if graph.owns_model and _weight_bytes(graph.model) > EXTERNAL_WEIGHTS_BYTES:
+        if graph.weights_home is None and graph.owns_model and _weight_bytes(graph.model) > EXTERNAL_WEIGHTS_BYTES:
             self._externalise_weights()
+        # on the graph, not here: a second Capture of the same graph (compile_graph without ``capture``)
+        # finds the weights where the first one moved them
+        self._weights_dir = graph.weights_home
         self.extra_outputs = sorted(wanted - existing)
         self._session = self._plain = None
         self.input_dtype = FLOAT_INPUTS[graph.input_type]  # other types: refused by graph.problems() first
@@ -99,8 +101,8 @@ class Capture:
         sessions (built from small files that point at them) and the graph no
         longer each hold a copy: for VGG-16 that is 0.5 GB a copy.
         """
-        self._weights_dir = tempfile.TemporaryDirectory(prefix="onnxrap-")
-        onnx.save_model(self.graph.model, os.path.join(self._weights_dir.name, "model.onnx"),
+        self.graph.weights_home = tempfile.TemporaryDirectory(prefix="onnxrap-")
+        onnx.save_model(self.graph.model, os.path.join(self.graph.weights_home.name, "model.onnx"),
                         save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
                         size_threshold=4096)
 

@@ -135,6 +135,7 @@ class Graph:
         model, self.label, self.path = load_model(source)
         self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
+        self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
         try:
             inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
         except Exception:

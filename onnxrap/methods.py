@@ -345,27 +345,27 @@ _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(
                    "pad": Crop()}
 
 
+# ... and at inputs with a floor (signs.py: a SiLU's or hard-swish's output, negative down to -0.28 or
+# -0.375), read as rectified, as rap reads a Relu's output; the size rule there gave every share the unit's
+# sign, so an EfficientNet-B0's map had no negative pixel (docs/rules.md, signed.floored; EVALUATION.md, D).
+_RAP_FLOORED = {"conv.floored": FlooredShare(), "dense.floored": FlooredShare()}
+
+
 @register("rap")
 def _rap():
-    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING},
+    return Method("rap", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING, **_RAP_FLOORED},
                   conserves=True, description=(
-        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap) and bounded relevance "
-        "on signed inputs and at the projections into them (docs/rules.md, signed); conserves the logit on "
-        "every graph (docs/rules.md, conservation)"))
+        "Relative Attributing Propagation with the measured fixes (docs/rules.md, rap), bounded relevance "
+        "on signed inputs and at the projections into them, inputs with a floor (SiLU, hard-swish) read as "
+        "rectified (docs/rules.md, signed); conserves the logit on every graph (docs/rules.md, conservation)"))
 
 
-# rap-floored: an input with a floor (signs.py: a SiLU's or hard-swish's output, negative down to -0.28 or
-# -0.375) read as a rectified one, where rap's size rule gives every share the unit's sign and so leaves an
-# EfficientNet-B0's map without a negative pixel.  Not rap's default: its negative pixels lie where rap's lie
-# on ReLU networks, not where gradient x input's do (docs/rules.md, signed.floored; EVALUATION.md, D).
-@register("rap-floored")
-def _rap_floored():
-    return Method("rap-floored", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING,
-                                  "conv.floored": FlooredShare(), "dense.floored": FlooredShare()},
+@register("rap-floors-signed")
+def _rap_floors_signed():
+    return Method("rap-floors-signed", {**_RAP, **_RAP_TAIL, **_RAP_SIGNED, **_RAP_PROJECTION, **_RAP_CONSERVING},
                   conserves=True, description=(
-        "rap with inputs that have a floor (SiLU, hard-swish) read as rectified: rap.hidden's promoters and "
-        "inhibitors by the contribution's sign, and the projection rule at projections (docs/rules.md, "
-        "signed.floored); experimental"))
+        "rap before inputs with a floor had a rule: a SiLU's or hard-swish's output read as signed (the size "
+        "rule), so maps of SiLU networks take the logit's sign at every pixel (docs/rules.md, signed.floored)"))
 
 
 @register("rap-a2-projections")

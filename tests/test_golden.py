@@ -157,21 +157,31 @@ def test_capture_that_disagrees_with_a_plain_run_is_an_error(verify, monkeypatch
 
 def test_large_weights_are_served_from_a_temporary_file(monkeypatch):
     # Models with more than EXTERNAL_WEIGHTS_BYTES of weights keep them in one temporary file that
-    # every session reads, instead of a copy per session and one in the graph.
-    from helpers import GOLDEN
-    from onnxrap import Explainer, capture
-
-    case = np.load(GOLDEN / "inception_mini" / "case.npz")
-    expected = Explainer(GOLDEN / "inception_mini" / "model.onnx").explain(case["x"]).relevance
-    monkeypatch.setattr(capture, "EXTERNAL_WEIGHTS_BYTES", 0)
-    ex = Explainer(GOLDEN / "inception_mini" / "model.onnx")
-    assert ex.capture._weights_dir is not None
-    assert all(not t.raw_data for t in ex.graph.model.graph.initializer if t.data_location == 1)
-    np.testing.assert_array_equal(ex.explain(case["x"]).relevance, expected)
-    # A model the caller passes in is theirs: its weights stay where they are.
+    # every session reads, instead of a copy per session and one in the graph.  vgg16_w8: 1.74 MB of
+    # weights, 1.74 MB of them in tensors large enough to move (4096 bytes and more).
     import onnx
 
-    model = onnx.load(str(GOLDEN / "inception_mini" / "model.onnx"))
+    from helpers import GOLDEN
+    from onnxrap import Explainer, capture, methods
+    from onnxrap.compile import CompiledModel, compile_graph
+
+    path = GOLDEN / "vgg16_w8" / "model.onnx"
+    case = np.load(GOLDEN / "vgg16_w8" / "case.npz")
+    expected = Explainer(path).explain(case["x"]).relevance
+    monkeypatch.setattr(capture, "EXTERNAL_WEIGHTS_BYTES", 2**20)
+    ex = Explainer(path)
+    assert ex.capture._weights_dir is not None
+    moved = [t for t in ex.graph.model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(moved) >= 13 and not any(t.raw_data for t in moved)
+    np.testing.assert_array_equal(ex.explain(case["x"]).relevance, expected)
+    # A second Capture of the same graph (compile_graph without capture=) finds the moved weights, though
+    # what is left in memory is now under the threshold.
+    compiled = compile_graph(ex.graph, methods.get("rap"))
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in compiled.graph.initializer)  # a whole copy
+    _, relevance = CompiledModel(compiled).run(case["x"])
+    np.testing.assert_allclose(relevance, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    # A model the caller passes in is theirs: its weights stay where they are.
+    model = onnx.load(str(path))
     before = model.SerializeToString()
     ex = Explainer(model)
     assert ex.capture._weights_dir is None and model.SerializeToString() == before

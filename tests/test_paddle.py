@@ -74,7 +74,9 @@ def test_float32_and_float64_agree():
 
 # rap-reference's and lrp-a2b1's relevance doubles at each of the 35 convolutions reading a signed
 # (hard-swish) input, to 1e8 times the logit: float32's rounding of the two engines' sums grows with it.
-@pytest.mark.parametrize("method, tolerance", [("rap", 1e-5), ("gradient", 1e-5), ("rap-reference", 1e-4),
+# rap's promoters and inhibitors at hard-swish outputs (signed.floored) put eager float32 1.5e-5 from
+# float64; the two engines round differently, so they may differ by as much.
+@pytest.mark.parametrize("method, tolerance", [("rap", 3e-5), ("gradient", 1e-5), ("rap-reference", 1e-4),
                                                ("lrp-a2b1", 1e-4)])
 def test_compiled_agrees_with_eager(method, tolerance):
     x, _ = text_lines()

@@ -1,6 +1,6 @@
 """Linear ops whose input has a floor (docs/rules.md, signed.floored): a SiLU's or hard-swish's output,
-negative only down to -0.28 or -0.375.  rap keeps the size rule there; rap-floored reads such an input
-as a rectified one."""
+negative only down to -0.28 or -0.375.  rap reads such an input as a rectified one; rap-floors-signed
+keeps the size rule there (rap before the floor had a rule)."""
 import sys
 from pathlib import Path
 
@@ -46,7 +46,7 @@ def test_a_floor_is_found(name):
     assert ops["reader"].positions[:2] == ("head", "floored")  # before "signed": its key wins
     assert ops["reader"].signed_input  # the x- part is still computed
     assert "projection" in ops["first"].positions  # rap's positions are what they were
-    assert not ops["first"].writes_signed_stream  # for rap-floored a floor rectifies, as a Relu does
+    assert not ops["first"].writes_signed_stream  # for rap a floor rectifies, as a Relu does
 
 
 @pytest.mark.parametrize("name, nodes", [
@@ -106,27 +106,27 @@ def efficientnet():
     return zoo.efficientnet_b0_like(width=1 / 8, size=64, num_classes=10)
 
 
-def test_rap_floored_on_an_efficientnet_shows_negative_evidence():
-    # /work/data/h18_repro_rap_all_positive_silu.py: with the size rule at every SiLU output, rap's
-    # map has the logit's sign at every pixel; rap-floored's does not, and conserves in float32.
+def test_rap_on_an_efficientnet_shows_negative_evidence():
+    # /work/data/h18_repro_rap_all_positive_silu.py: with the size rule at every SiLU output
+    # (rap-floors-signed), the map has the logit's sign at every pixel; rap's does not, and conserves in float32.
     ex = Explainer(efficientnet())
     x = zoo.calibration_batch(64, 4, seed=5)
-    floored = ex.explain(x, method="rap-floored")
+    floored = ex.explain(x, method="rap")
     assert ((floored.relevance < 0).mean(axis=(1, 2, 3)) > 0.1).all()
     np.testing.assert_allclose(floored.relevance.sum(axis=(1, 2, 3), dtype=np.float64), floored.target_logit,
                                rtol=1e-4)
     assert floored.recomputed == []
-    assert (ex.explain(x, method="rap").relevance >= 0).all()  # rap is unchanged (EVALUATION.md, D)
+    assert (ex.explain(x, method="rap-floors-signed").relevance >= 0).all()  # the old rule (EVALUATION.md, D)
 
 
 def test_rule_choice_on_an_efficientnet():
     graph = Explainer(efficientnet()).graph
-    rap, floored = methods.get("rap"), methods.get("rap-floored")
+    rap, floored = methods.get("rap-floors-signed"), methods.get("rap")
     by_name = {op.name: op for op in graph.ops}
     depthwise, project, expand = (by_name[f"blocks.3.{k}.conv"] for k in ("depthwise", "project", "expand"))
     assert depthwise.positions == project.positions == ("floored", "signed", "projection")
     assert expand.positions == ("signed", "projection")
-    # rap-floored's projections: a floor rectifies, so only the projection writes into a signed stream
+    # rap's projections: a floor rectifies, so only the projection writes into a signed stream
     assert project.writes_signed_stream and not depthwise.writes_signed_stream and not expand.writes_signed_stream
     assert all(type(rap.rule_for(op)) is AbsShare for op in (depthwise, project, expand))
     assert isinstance(floored.rule_for(depthwise), FlooredShare) and type(floored.rule_for(expand)) is AbsShare
@@ -150,23 +150,23 @@ def test_goldens_see_no_floor(name):
 
 
 def test_relu6_mobilenet_sees_no_floor():
-    # EfficientNet-Lite and MobileNetV2 (ReLU6): rap-floored is rap there (EVALUATION.md, section B).
+    # EfficientNet-Lite and MobileNetV2 (ReLU6): rap is rap-floors-signed there (EVALUATION.md, section B).
     graph = Explainer(zoo.mobilenet_v2_like(width=1 / 4, size=32, num_classes=10)).graph
     assert not [op.name for op in graph.ops if "floored" in op.positions]
-    rap, floored = methods.get("rap"), methods.get("rap-floored")
+    rap, floored = methods.get("rap-floors-signed"), methods.get("rap")
     assert all(type(rap.rule_for(op)) is type(floored.rule_for(op)) for op in graph.ops)
 
 
 def test_trained_efficientnet_negative_evidence_is_faithful():
     # tools/train_silu_digits.py --arch effnet --seed 0 (held-out accuracy 100%), the first 16 held-out
-    # digits: rap-floored conserves in float32, and its negative pixels, some on the ink, are ones the
+    # digits: rap conserves in float32, and its negative pixels, some on the ink, are ones the
     # class does without: setting the 10% most negative to 0 costs the logit little, the most positive a lot.
     import onnxruntime as ort
 
     path = FIXTURES / "floored" / "digits_effnet_s0.onnx"
     holdout = np.load(Path(__file__).resolve().parents[1] / "models" / "digits_holdout.npz")
     x, y = holdout["x"][:16], holdout["y"][:16]
-    rap = Explainer(path).explain(x, target=y, method="rap-floored")
+    rap = Explainer(path).explain(x, target=y, method="rap")
     assert rap.recomputed == []
     np.testing.assert_allclose(rap.relevance.sum(axis=(1, 2, 3), dtype=np.float64), rap.target_logit, rtol=1e-4)
     heat = rap.relevance.sum(axis=1).reshape(16, -1)
@@ -185,13 +185,13 @@ def test_trained_efficientnet_negative_evidence_is_faithful():
     assert kept.mean() > 0.9 * rap.target_logit.mean() and lost.mean() < 0.5 * rap.target_logit.mean()
 
 
-def test_rap_floored_compiles():
+def test_rap_compiles_with_floors():
     # FlooredShare chooses by a static position, so the tracer writes the chosen rule's ops.
     from onnxrap.compile import CompiledModel, compile_graph
 
     holdout = np.load(Path(__file__).resolve().parents[1] / "models" / "digits_holdout.npz")
     ex = Explainer(FIXTURES / "floored" / "digits_effnet_s0.onnx")
     x = holdout["x"][:4]
-    eager = ex.explain(x, method="rap-floored").relevance
-    _, compiled = CompiledModel(compile_graph(ex.graph, methods.get("rap-floored"))).run(x)
+    eager = ex.explain(x, method="rap").relevance
+    _, compiled = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(x)
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5 * np.abs(eager).max())

@@ -3,10 +3,10 @@ output, negative only down to a finite bound): rap's maps on EfficientNet-B0-sty
 positive with the size rule there (docs/rules.md, signed.floored; EVALUATION.md, section D).
 
 Registers ``rap-f-KEY``: ``rap`` with the candidate KEY at ``conv.floored`` / ``dense.floored``
-(``rap-f-abs``, the size rule there, is rap itself), and ``rap-fn-KEY``: the same, but rap's
+(``rap-f-abs``, the size rule there, is ``rap-floors-signed``), and ``rap-fn-KEY``: the same, but rap's
 projection rule (NetSignShare) at the floored ops that write into a signed stream (signs.py's
 ``writes_signed_stream``), as at a projection reading a Relu's output (``rap-fn-prod`` is
-``rap-floored``).  Then:
+``rap``).  Then:
 
     python tools/floored_study.py stats MODEL DATA.npz [--methods a,b] [--limit N]
     python tools/floored_study.py figure MODEL DATA.npz --index 0,1,2 [--methods a,b] -o OUT.png
@@ -94,7 +94,7 @@ def stats(argv):
     p = argparse.ArgumentParser()
     p.add_argument("model")
     p.add_argument("data", type=Path)
-    p.add_argument("--methods", default="rap,rap-floored,rap-f-prod,lrp-a2b1,integrated-gradients,gradient-x-input")
+    p.add_argument("--methods", default="rap-floors-signed,rap,rap-f-prod,lrp-a2b1,integrated-gradients,gradient-x-input")
     p.add_argument("--limit", type=int, default=None)
     args = p.parse_args(argv)
     e, x, y = _load(args.model, args.data, args.limit)
@@ -130,7 +130,7 @@ def figure(argv):
     p.add_argument("model")
     p.add_argument("data", type=Path)
     p.add_argument("--index", default="0,1,2,3")
-    p.add_argument("--methods", default="rap,rap-floored,gradient-x-input")
+    p.add_argument("--methods", default="rap-floors-signed,rap,gradient-x-input")
     p.add_argument("-o", "--out", type=Path, required=True)
     args = p.parse_args(argv)
     e, x, y = _load(args.model, args.data, None)

@@ -92,14 +92,16 @@ class SignedProductA2(RapHidden):
         bk = ctx.bk
         x, w, fwd, adj = self._setup(op, ctx)
         xp, xn, wp, wn = bk.pos(x), bk.neg(x), w.pos, w.neg
-        up_p, down_p = fwd(xp, wp, wn)  # x+ W+ >= 0, x+ W- <= 0
-        down_n, up_n = fwd(xn, wp, wn)  # x- W+ <= 0, x- W- >= 0
-        ta, tb = bk.rap_shares(R, up_p + up_n, -(down_p + down_n), op.family == "conv")
+        za = fwd(xp, wp) + fwd(xn, wn)  # x+ W+ + x- W- >= 0
+        # the negative contributions x+ W- + x- W+ are L_W(x) less za: L_W(x) is read off the forward
+        # pass, two convolutions fewer (clipped at 0 against rounding, as rap.hidden's)
+        zb = bk.pos(za - self.linear_output(op, ctx))
+        ta, tb = bk.rap_shares(R, za, zb, op.family == "conv")
         return [xp * adj((ta, wp), (-tb, wn)) + xn * adj((ta, wn), (-tb, wp))]
 
 
 class FlooredShare(Rule):
-    """rap-floored at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
+    """rap at an input with a floor (signs.py, ``floored``), read as a rectified input: the rules
     rap uses behind a Relu, ``hidden`` (SignedProductA2) at most ops and ``projection`` (NetSignShare)
     where the output reaches a signed input with no rectifier and no floor on the way (the static
     ``writes_signed_stream``: an MBConv's projection, not its depthwise convolution, which writes into
