@@ -453,7 +453,6 @@ def cmd_inspect(args):
 
     from .graph import Graph, shown_shape
     from .ops import PARSERS
-    from .passes import OUTPUT_SQUASHERS
 
     graph = Graph(args.model, input_name=args.input_name, output_name=args.output_name, strict=False)
     model = graph.model
@@ -462,9 +461,8 @@ def cmd_inspect(args):
           f"producer {model.producer_name or '?'} {model.producer_version})")
     elem = onnx.TensorProto.DataType.Name(graph.input_type).lower()
     print(f"input: {graph.input_name} {elem} {shown_shape(graph.input_shape)} (layout {graph.layout})")
-    squasher = next((n.op_type for n in model.graph.node  # Softmax, Sigmoid, maybe behind an Identity
-                     if n.op_type in OUTPUT_SQUASHERS and n.input[:1] == [graph.logits_name]), "")
-    via = "" if graph.logits_name == graph.output_name else f" (explained through its {squasher}: {graph.logits_name})"
+    through = ", ".join(reversed(graph.explained_through))  # Softmax, Sigmoid, an int8 rounding, from the logits
+    via = "" if graph.logits_name == graph.output_name else f" (explained through its {through}: {graph.logits_name})"
     outputs = [o.name for o in model.graph.output]
     others = (f" (the first of {len(outputs)} outputs: {', '.join(outputs)}; --output picks another)"
               if args.output_name is None and len(outputs) > 1 else "")

@@ -152,7 +152,9 @@ class Graph:
         names = _node_names(model.graph)
         self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
-        self.output_name, self.logits_name = self._pick_output(model.graph, nodes, output_name)
+        # explained_through: the squashers and roundings between the logits and the output (inspect names them)
+        self.output_name, (self.logits_name, self.explained_through) = self._pick_output(model.graph, nodes,
+                                                                                         output_name)
 
         self.data_tensors = self._data_tensors(nodes)
         if self.logits_name not in self.data_tensors:
@@ -189,9 +191,11 @@ class Graph:
         if not candidates:
             raise ModelError(f"{self.label}: the model has no data input (every graph input is a constant "
                              "initializer)")
-        if len(candidates) != 1:
+        if len(candidates) != 1:  # --input NAME would only meet the refusal above
             raise ModelError(f"{self.label}: the model has {len(candidates)} data inputs "
-                             f"({', '.join(candidates)}); pick one with --input NAME")
+                             f"({', '.join(candidates)}); onnxrap feeds one and ONNX Runtime runs a model only with "
+                             "every input fed, so no --input NAME helps (an exporter that left constants as inputs "
+                             "writes such a model)")
         return candidates[0]
 
     def _pick_output(self, g, nodes, wanted):

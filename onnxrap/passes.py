@@ -44,24 +44,28 @@ def _rounds_to_a_grid(node, nodes, producer):
 
 def logits_behind_squashers(output, nodes, producer):
     """The tensor a terminal Softmax/LogSoftmax/Sigmoid (or a chain of them) squashes: the logits; the
-    output itself where no squasher ends the graph.  No-ops (Identity, inference Dropout, a Cast between
-    float types) after or between squashers are looked through, and so is a Quantize -> DequantizeLinear pair
-    rounding the logits or the probabilities.  ``producer`` maps a tensor to the index
-    of the ONNX node in ``nodes`` writing it."""
+    output itself where no squasher ends the graph.  Also what changes the values on the way, nearest
+    the output first: the squashers' op types and "QuantizeLinear -> DequantizeLinear".  No-ops
+    (Identity, inference Dropout, a Cast between float types) after or between squashers are looked
+    through, and so is a Quantize -> DequantizeLinear pair rounding the logits or the probabilities.
+    ``producer`` maps a tensor to the index of the ONNX node in ``nodes`` writing it."""
     logits = tensor = output
+    through = []
     while tensor in producer:
         node = nodes[producer[tensor]]
         if node.op_type in OUTPUT_SQUASHERS:
             logits = tensor = node.input[0]
-        elif tensor == logits and _rounds_to_a_grid(node, nodes, producer):
+            through.append(node.op_type)
+        elif _rounds_to_a_grid(node, nodes, producer):
             # an int8 model rounds its logits and probabilities (tf2onnx's fully quantised TFLite models):
             # the float value before the rounding is explained
             logits = tensor = nodes[producer[node.input[0]]].input[0]
+            through.append("QuantizeLinear -> DequantizeLinear")
         elif _passes_values_on(node):
             tensor = node.input[0]
         else:
             break
-    return logits
+    return logits, through
 
 
 class OpIndex:
@@ -166,20 +170,25 @@ class PadAfterTranspose(Pass):
 
     def apply(self, index):
         for pad in [op for op in index.ops if isinstance(op, Pad)]:
-            for transpose in list(index.users(pad.output)):
-                if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output)):
-                    self._swap(index, pad, transpose)
+            moved = [self._swap(index, pad, transpose) for transpose in list(index.users(pad.output))
+                     if isinstance(transpose, Transpose) and any(isinstance(c, Conv) for c in index.users(transpose.output))]
             if not index.users(pad.output) and pad.output != index.logits_name:
                 index.remove(pad)
+            if len(moved) > 1 or pad in index.ops:  # op names are the DAG's nodes: one name, one op
+                for copy, transpose in moved:
+                    copy.name = f"{pad.name} after {transpose.name}"
 
     @staticmethod
     def _swap(index, pad, transpose):
+        """Replace ``transpose`` by itself on the unpadded tensor and a copy of ``pad`` behind it; return
+        ``(the copy, transpose)``."""
         rank, perm = len(pad.pads) // 2, transpose.perm
         moved = Transpose(transpose.name, transpose.op_type, pad.inputs, f"{transpose.output}/unpadded", perm)
         moved.synthetic = True
         pads = [pad.pads[a] for a in perm] + [pad.pads[rank + a] for a in perm]
-        index.replace(transpose, [moved, Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads,
-                                             pad.value)])
+        copy = Pad(pad.name, pad.op_type, [moved.output], transpose.output, pads, pad.value)
+        index.replace(transpose, [moved, copy])
+        return copy, transpose
 
 
 class FoldPad(Pass):

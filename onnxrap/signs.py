@@ -95,6 +95,7 @@ BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad":
 
 
 _SELF_GATE_GRID = -np.logspace(-4, 4, 8001)  # the negative signal values where x * g(x) is evaluated
+_SELF_GATE_MARGIN = 1e-2  # the floor below the grid's minimum, relative: neighbours are 0.23% apart
 
 
 def _self_gated(op, bounds, producers):
@@ -104,8 +105,9 @@ def _self_gated(op, bounds, producers):
     The interval product of the two factors' bounds is unbounded below: it forgets that ``g`` is small
     where ``x`` is very negative.  The product's minimum over the negative signal values is read off a
     grid from -1e-4 to -1e4 (or the signal's own lower bound) instead; where the product has not come
-    back to 0 at the grid's end there is no floor.  The floor only chooses rules (``floored``): every
-    rule still computes the ``x-`` part exactly."""
+    back to 0 at the grid's end there is no floor.  The floor chooses rules (``floored``), which still
+    compute the ``x-`` part exactly; it is also a bound like any other, so a constant added after it may
+    prove a tensor non-negative, for every method (rap included)."""
     gate, chain = op.inputs[op.gate], []
     while gate != op.signal:
         step = producers.get(gate)
@@ -123,10 +125,13 @@ def _self_gated(op, bounds, producers):
     with np.errstate(all="ignore"):
         for step in reversed(chain):
             values[step.output] = step.forward(numpy_backend(), values)
-        product = x * values[op.inputs[op.gate]]
+        # one value per grid point: a constant of shape (1, 1, 1, 1) broadcasts the grid to rank 4
+        product = (x * values[op.inputs[op.gate]]).reshape(-1)
     if not np.isfinite(product).all() or (low < _SELF_GATE_GRID[-1] and abs(product[-1]) > 1e-6 * abs(product.min())):
         return None
-    return float(min(product.min(), 0.0)), bounds[op.output][1]
+    # the grid's least sample lies above the least value between samples (by 3e-7 of it for SiLU): widened,
+    # the floor stays a lower bound that later ops may add to (a SiLU plus 0.3 is non-negative)
+    return float(min(product.min(), 0.0)) * (1 + _SELF_GATE_MARGIN), bounds[op.output][1]
 
 
 def _floored(low, high):

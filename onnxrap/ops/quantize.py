@@ -14,6 +14,7 @@ Dequantize pair has the slope of a clip.  Being monotone, each maps its input's 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from . import Unsupported, register
 from .elementwise import Activation
@@ -29,7 +30,10 @@ def _grid(graph, node):
         return np.asarray(graph.constants[node.input[i]])
 
     scale = constant(1).astype(np.float64)
-    zero = constant(2) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+    # no zero point: the grid of opset 21's output_dtype, else uint8
+    grid = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), onnx.TensorProto.UINT8)
+    zero = constant(2) if len(node.input) > 2 and node.input[2] else \
+        np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(grid))
     if scale.size != 1 or zero.size != 1:
         raise Unsupported("a scale per channel on the data path (only per-tensor quantisation is explained)")
     if not np.issubdtype(zero.dtype, np.integer):
