@@ -62,7 +62,7 @@ def _image_options(p):
                                      "onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
     p.add_argument("--channel-order", choices=CHANNEL_ORDERS,
                    help="the colour order the model reads: rgb, or bgr (OpenCV, Caffe, PaddlePaddle); --mean and --std "
-                        "are given in it (default: the model's onnxrap.channel_order metadata, else the preset's: "
+                        "are given in it, a preset's values per colour (default: the model's onnxrap.channel_order metadata, else the preset's: "
                         "bgr for caffe, rgb otherwise)")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
     p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")

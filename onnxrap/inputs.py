@@ -28,8 +28,8 @@ PRESETS = {
     "unit": (1 / 255, (0.0,), (1.0,)),  # [0, 1]
     "raw": (1.0, (0.0,), (1.0,)),  # [0, 255]
     "signed": (1 / 255, (0.5,), (0.5,)),  # [-1, 1]
-    "caffe": (1.0, (103.939, 116.779, 123.68), (1.0,)),  # Keras' "caffe" mode: BGR, ImageNet's mean in BGR order
-}
+    "caffe": (1.0, (123.68, 116.779, 103.939), (1.0,)),  # Keras' "caffe" mode: BGR, [0, 255] less ImageNet's mean
+}  # per colour, R, G, B: a BGR model gets them reversed (--mean and --std are the model's order)
 CHANNEL_ORDERS = ("rgb", "bgr")
 PRESET_CHANNEL_ORDER = {"caffe": "bgr"}  # the others leave the image's RGB
 
@@ -42,6 +42,11 @@ DEFAULT_RESIZE = "center-crop"
 # Pillow modes with more than 8 bits per channel (all grey): the value that is 8-bit's 255.
 # "I" is how Pillow reads 16-bit PNGs in some versions; a float image's range is [0, 1].
 HIGH_DEPTH_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def _bgr(values):
+    """Per-colour values (R, G, B[, A]) in a BGR model's channel order; one value stays one."""
+    return tuple(values[2::-1]) + tuple(values[3:]) if len(values) >= 3 else tuple(values)
 
 
 def _fits(values, channels):
@@ -92,6 +97,8 @@ class Preprocess:
         if channel_order == "bgr" and c == 1:
             raise InputError("the model takes 1 channel; channel order bgr needs colour (3 or 4 channels)")
         scale, p_mean, p_std = PRESETS[preset]
+        if channel_order == "bgr":
+            p_mean, p_std = _bgr(p_mean), _bgr(p_std)
         for flag, given, default in (("--mean", mean, p_mean), ("--std", std, p_std)):
             if given and not _fits(given, c):
                 raise InputError(f"{flag} gives {len(given)} values; the model takes {c} channel(s)")

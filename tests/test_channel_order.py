@@ -34,7 +34,21 @@ def test_caffe_is_bgr_minus_the_bgr_mean_and_metadata_can_say_bgr():
     np.testing.assert_allclose(caffe(_image())[0][0, :, 0, 0], [50 - 103.939, 100 - 116.779, 200 - 123.68], rtol=1e-6)
     told = Preprocess.for_model((1, 3, 4, 4), "nchw", {"onnxrap.channel_order": "BGR"}, preset="signed")
     assert told.channel_order == "bgr" and "BGR" in told.describe()
-    assert Preprocess.for_model((1, 3, 4, 4), "nchw", {}, preset="caffe", channel_order="rgb").channel_order == "rgb"
+
+
+def test_a_preset_is_per_colour_and_follows_the_channel_order():
+    # ImageNet's statistics belong to colours: a BGR model's first channel is blue, so it gets blue's mean
+    bgr = Preprocess.for_model((1, 3, 4, 4), "nchw", {}, preset="imagenet", channel_order="bgr")
+    assert bgr.mean == (0.406, 0.456, 0.485) and bgr.std == (0.225, 0.224, 0.229)
+    np.testing.assert_allclose(bgr(_image())[0][0, :, 0, 0],
+                               [(50 / 255 - 0.406) / 0.225, (100 / 255 - 0.456) / 0.224, (200 / 255 - 0.485) / 0.229],
+                               rtol=1e-6)
+    rgb_caffe = Preprocess.for_model((1, 3, 4, 4), "nchw", {}, preset="caffe", channel_order="rgb")
+    np.testing.assert_allclose(rgb_caffe(_image())[0][0, :, 0, 0], [200 - 123.68, 100 - 116.779, 50 - 103.939],
+                               rtol=1e-6)
+    # given values are the model's order, as written
+    given = Preprocess.for_model((1, 3, 4, 4), "nchw", {}, preset="raw", channel_order="bgr", mean=[1, 2, 3])
+    assert given.mean == (1, 2, 3)
 
 
 def test_padding_is_the_mean_in_the_image_order():
