@@ -179,11 +179,11 @@ def test_unsupported_ops_listed_at_once(tmp_path, capsys):
     assert "ok" not in line.replace("onnxrap", "")
 
 
-def test_several_inputs_need_a_choice(tmp_path, capsys):
+def test_several_data_inputs_are_refused(tmp_path, capsys):
     model = tiny_model(tmp_path / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])],
                        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "ab"],
                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    assert_refused(tmp_path, capsys, ["explain", model, DIGIT_IMAGES[0]], "2 data inputs", "a, b", "--input")
+    assert_refused(tmp_path, capsys, ["explain", model, DIGIT_IMAGES[0]], "2 data inputs", "a, b", "no --input NAME helps")
 
 
 def test_unknown_method(tmp_path, capsys):
