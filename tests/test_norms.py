@@ -7,8 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from helpers import BK, assert_conserves, assert_one_line_error, run_cli
+from helpers import BK, assert_conserves, assert_one_line_error, rel_l2, run_cli
 from onnx_helpers import const, make_model, node, run, session
+from onnxrap import Explainer
+from onnxrap.compile import CompiledModel, compile_graph
 from onnxrap.engine import Context
 from onnxrap.graph import Graph
 from onnxrap.methods import get
@@ -94,7 +96,7 @@ def test_rap_conserves_where_a_group_is_all_zero():
     assert share(CenteringShare(absolute=True, conserve=True), x, r).sum() == pytest.approx(r.sum(), rel=1e-12)
 
 
-def dense_layernorm_model(after=()):
+def dense_layernorm_model(after=(), extra_inits=(), batch=2):
     """x (2, 8) -> MatMul -> LayerNormalization -> [after] -> MatMul -> logits (2, 3)."""
     rng = np.random.default_rng(3)
     last = "n" if not after else after[-1].output[0]
@@ -102,8 +104,8 @@ def dense_layernorm_model(after=()):
              node("LayerNormalization", ["h", "scale", "bias"], "n", name="ln", axis=-1),
              *after, node("MatMul", [last, "W1"], "logits", name="head")]
     inits = [const("W0", rng.normal(size=(8, 6))), const("W1", rng.normal(size=(6, 3))),
-             const("scale", rng.normal(size=6)), const("bias", rng.normal(size=6))]
-    return make_model(nodes, [("x", [2, 8])], [("logits", [2, 3])], inits, opset=17)
+             const("scale", rng.normal(size=6)), const("bias", rng.normal(size=6)), *extra_inits]
+    return make_model(nodes, [("x", [batch, 8])], [("logits", [batch, 3])], inits, opset=17)
 
 
 @pytest.mark.parametrize("after", [(), (node("Relu", ["n"], "r"),)], ids=["linear", "relu"])
@@ -136,3 +138,34 @@ def test_data_scale_is_refused(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.ones((1, 4), dtype=np.float32))
     code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "--out-dir", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "ln_with_data_scale (LayerNormalization", "scale and bias must be constants")
+
+
+GELU_AS_TORCH_EXPORTS = [node("Div", ["n", "sqrt2"], "d"), node("Erf", ["d"], "e"), node("Add", ["e", "one"], "p"),
+                         node("Mul", ["n", "p"], "m"), node("Mul", ["m", "half"], "g")]
+GELU_CONSTANTS = [const("sqrt2", np.sqrt(2)), const("one", 1.0), const("half", 0.5)]
+
+
+def dense_gelu_model():
+    """LayerNorm then GELU as torch exports it at opset 17, 0.5 x (1 + Erf(x / sqrt 2)), batch free."""
+    return dense_layernorm_model(GELU_AS_TORCH_EXPORTS, GELU_CONSTANTS, batch="batch")
+
+
+@pytest.mark.parametrize("method", ["rap", "gradient"])
+def test_compiled_float64_recomputes_layernorm(method):
+    """float64 runs onnxrap's own forward (Sqrt for sigma in the traced graph), as eager does."""
+    ex = Explainer(dense_layernorm_model(batch="batch"), dtype="float64")
+    x = np.random.default_rng(6).standard_normal((4, 8)).astype(np.float32)
+    model = compile_graph(ex.graph, get(method), dtype="float64", recompute=True)
+    assert "Sqrt" in {n.op_type for n in model.graph.node if n.name.startswith("onnxrap/")}
+    _, relevance = CompiledModel(model).run(x)
+    assert rel_l2(relevance, ex.explain(x, method=method).relevance) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["rap", "gradient", "lrp-eps"])
+def test_compiled_gelu_agrees_with_eager(method):
+    """float32, where ONNX Runtime has an Erf kernel (it has none in float64: a float64 compile of a GELU
+    network is refused with MissingKernels, and the Explainer explains it eagerly)."""
+    ex = Explainer(dense_gelu_model())
+    x = np.random.default_rng(7).standard_normal((4, 8)).astype(np.float32)
+    _, relevance = CompiledModel(compile_graph(ex.graph, get(method))).run(x)
+    assert rel_l2(relevance, ex.explain(x, method=method).relevance) < 1e-5
