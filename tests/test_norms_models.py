@@ -97,3 +97,16 @@ def test_bad_input_is_still_one_line(model, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.ones((1, 3, 31, 32), dtype=np.float32))
     code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "--out-dir", tmp_path / "out"], capsys)
     assert_one_line_error(code, err)
+
+
+def test_a_decomposed_layernorm_is_refused_on_one_line(tmp_path, capsys):
+    """Before opset 17 torch writes LayerNorm as ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div: no rule
+    knows that the Div's divisor is the sigma of its own numerator, so every such node is listed, at once."""
+    path = FIXTURES / "convnext_opset16.onnx"
+    np.save(tmp_path / "x.npy", np.load(path.with_suffix(".npz"))["x"])
+    code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "--out-dir", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "/8/Pow (Pow", "/8/Sqrt (Sqrt", "/8/Div (Div: Div of two data tensors",
+                          "/1/module/Sub (Sub: Sub of two data tensors")
+    assert err.count("(Pow") == 5 and err.count("(Sqrt") == 5  # one per LayerNorm
+    code, out, _ = run_cli(["inspect", path], capsys)
+    assert code == 2 and "explainable: no" in out
