@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from helpers import BK, assert_conserves, assert_one_line_error, rel_l2, run_cli
-from onnx_helpers import const, make_model, node, run, session
+from onnx_helpers import const, make_model, node, session
 from onnxrap import Explainer
 from onnxrap.compile import CompiledModel, compile_graph
 from onnxrap.engine import Context
