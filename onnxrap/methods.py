@@ -7,7 +7,7 @@ looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
 reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
-``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``activation``, ``scale``,
+``layernorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``activation``, ``scale``,
 ``identity``, ``shape``, ``pad``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
@@ -33,6 +33,7 @@ from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Crop, Pass
 from .rules.joins import AddShare, ConcatSlices, SignalTakesAll
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
+from .rules.normalization import CenteringShare
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
 from .rules.signed import AbsShare, FlooredShare, NetSignShare
@@ -318,7 +319,7 @@ _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Ad
           "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll()}
 
 _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input": ZBox(),
-        "linear": RapHidden(per_sign=False), "batchnorm": Pass(),
+        "linear": RapHidden(per_sign=False), "batchnorm": Pass(), "layernorm": CenteringShare(absolute=True),
         "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
 
 # rap's fix for heads behind pools (a 1x1-convolution classifier, then a global pool):
@@ -342,7 +343,7 @@ _RAP_CONSERVING = {"dense.head": RapFirst(conserve=True), "conv.head": RapFirst(
                    "conv.input": ZBox(conserve=True), "linear": RapHidden(per_sign=False, conserve=True),
                    "maxpool": MaxWinner(conserve=True), "avgpool": WindowShare(absolute=True, conserve=True),
                    "add": AddShare(absolute=True, conserve=True), "concat": ConcatSlices(conserve=True),
-                   "pad": Crop()}
+                   "pad": Crop(), "layernorm": CenteringShare(absolute=True, conserve=True)}
 
 
 # ... and at inputs with a floor (signs.py: a SiLU's or hard-swish's output, negative down to -0.28 or
@@ -405,6 +406,7 @@ def _rap_paper(flow: str = "sum"):
 def _lrp(name, rules, description, options=None):
     """LRP composites (docs/rules.md, lrp): z-rules at joins and pools, z^B at the input convolution."""
     return Method(name, {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
+                         "layernorm": CenteringShare(absolute=False),
                          "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules},
                   seed="logit", description=description, options=options)
 

@@ -385,6 +385,16 @@ class TraceNumpy:
         return _unary("Tanh", _lift(x, None), np.tanh)
 
     @staticmethod
+    def erf(x):  # GELU's (ops/elementwise.py); a constant's value by the ops' own NumPy erf
+        from .ops.elementwise import numpy_erf
+
+        return _unary("Erf", _lift(x, None), numpy_erf)
+
+    @staticmethod
+    def sqrt(x):  # LayerNormalization's sigma (ops/normalization.py)
+        return _unary("Sqrt", _lift(x, None), np.sqrt)
+
+    @staticmethod
     def rint(x):  # ONNX's Round rounds halves to even, as NumPy's rint (ops/quantize.py)
         return _unary("Round", _lift(x, None), np.rint)
 

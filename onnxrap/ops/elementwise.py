@@ -2,6 +2,8 @@
 non-negative bounded factor), identities."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
@@ -149,9 +151,57 @@ def _tanh_slope(xp, v):
     return 4 * e / ((1 + e) * (1 + e))
 
 
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def numpy_erf(v):
+    """NumPy has no erf: the standard library's, element by element (GELU's tensors are small beside a
+    convolution's work)."""
+    return _ERF(v).astype(np.result_type(v))
+
+
+def _erf(xp, v):
+    if xp is np:
+        return numpy_erf(v)
+    try:
+        return xp.erf(v)  # the tracer's Erf node
+    except AttributeError:  # CuPy keeps it with SciPy's special functions
+        from cupyx.scipy.special import erf
+
+        return erf(v)
+
+
+def _erf_slope(xp, v):
+    return (2 / math.sqrt(math.pi)) * xp.exp(-(v * v))
+
+
+def _gelu(xp, v):
+    return 0.5 * v * (1 + _erf(xp, v * (1 / math.sqrt(2))))
+
+
+def _gelu_slope(xp, v):
+    """Phi(v) + v phi(v)."""
+    return 0.5 * (1 + _erf(xp, v * (1 / math.sqrt(2)))) + v * (1 / math.sqrt(2 * math.pi)) * xp.exp(-0.5 * (v * v))
+
+
+_GELU_TANH = (math.sqrt(2 / math.pi), 0.044715)
+
+
+def _gelu_tanh(xp, v):
+    k, c = _GELU_TANH
+    return 0.5 * v * (1 + xp.tanh(k * (v + c * v * v * v)))
+
+
+def _gelu_tanh_slope(xp, v):
+    k, c = _GELU_TANH
+    u = k * (v + c * v * v * v)
+    return 0.5 * (1 + xp.tanh(u)) + 0.5 * v * _tanh_slope(xp, u) * k * (1 + 3 * c * v * v)
+
+
 _SELU = (1.67326319217681884765625, 1.05070102214050292968750)  # ONNX's default alpha and gamma
 _SWISH_LOW = -0.2784645427610738  # min of v * sigmoid(v), at v = -1.2785
 _MISH_LOW = -0.30884303743405  # min of v * tanh(softplus(v)), at v = -1.1924
+_GELU_LOW = {"none": -0.169971208, "tanh": -0.170040751}  # min of v Phi(v) (at v = -0.7518), rounded down
 
 
 def smooth(name, t, x, y, attrs):
@@ -162,6 +212,14 @@ def smooth(name, t, x, y, attrs):
         return Activation(name, t, [x], y, lambda xp, u: xp.tanh(u), _tanh_slope, (-1.0, 1.0))
     if t == "Softplus":
         return Activation(name, t, [x], y, _softplus, _sigmoid, (0.0, np.inf))
+    if t == "Erf":  # GELU as exported before opset 20: 0.5 x (1 + Erf(x / sqrt 2)), a gate in [0, 2]
+        return Activation(name, t, [x], y, _erf, _erf_slope, (-1.0, 1.0), monotone=True)
+    if t == "Gelu":
+        approximate = attrs.get("approximate", "none")
+        if approximate not in _GELU_LOW:
+            raise Unsupported(f"approximate={approximate!r}: only none and tanh")
+        fn, slope = (_gelu, _gelu_slope) if approximate == "none" else (_gelu_tanh, _gelu_tanh_slope)
+        return Activation(name, t, [x], y, fn, slope, (_GELU_LOW[approximate], np.inf))
     if t == "Mish":
         return Activation(name, t, [x], y, _mish, _mish_slope, (_MISH_LOW, np.inf))
     if t == "HardSigmoid":
@@ -182,7 +240,7 @@ def smooth(name, t, x, y, attrs):
                       params={"alpha": alpha, "gamma": gamma})
 
 
-@register("Sigmoid", "Tanh", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish")
+@register("Sigmoid", "Tanh", "Erf", "Gelu", "Softplus", "Mish", "HardSigmoid", "HardSwish", "Elu", "Selu", "Swish")
 @register("QuickGelu", domain="com.microsoft")
 def _smooth(v):
     return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)

@@ -125,7 +125,7 @@ class Transpose(Op):
         return ctx[self.inputs[0]].transpose(self.perm)
 
     def vjp(self, bk, ctx, grad):
-        return [grad.transpose(np.argsort(self.perm))]
+        return [grad.transpose(tuple(np.argsort(self.perm).tolist()))]  # a device array takes axes, not a host array
 
 
 @register("Transpose")
