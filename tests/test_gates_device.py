@@ -27,8 +27,13 @@ def test_same_numbers_on_device_arrays(strict_gpu, waits, name, dtype):
         x = np.random.default_rng(8).standard_normal((2, 6 if name == "chain" else 5)).astype(np.float32)
     else:
         model, x = FIXTURES / f"{name}.onnx", np.load(FIXTURES / f"{name}.npz")["x"]
+    assert_same_numbers_on_device(model, x, dtype, METHODS, waits)
+
+
+def assert_same_numbers_on_device(model, x, dtype, methods, waits):
+    """Each method's relevance on the stand-in GPU equals the host's, and a second walk never waits."""
     host, device = Explainer(model, dtype=dtype), Explainer(model, dtype=dtype, device="cuda")
-    for method in METHODS:
+    for method in methods:
         e = device.explain(x, method=method)  # the first walk moves the constants to the device, once
         np.testing.assert_array_equal(e.relevance, host.explain(x, method=method).relevance, err_msg=method)
         waits.clear()

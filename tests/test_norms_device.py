@@ -6,9 +6,9 @@ import types
 import numpy as np
 import pytest
 
-from onnxrap import Explainer
 from onnxrap.ops.elementwise import numpy_erf
 from strict_backend import StrictArray
+from test_gates_device import assert_same_numbers_on_device
 from test_host_device import strict_gpu, waits  # noqa: F401 (fixtures: the stand-in GPU, what it saw in the walk)
 from test_norms_models import FIXTURES
 
@@ -29,11 +29,5 @@ def cupyx_erf(monkeypatch):
 @pytest.mark.parametrize("name", ["convnext_opset17", "convnext_opset20"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_same_numbers_on_device_arrays(strict_gpu, waits, cupyx_erf, name, dtype):
-    model, x = FIXTURES / f"{name}.onnx", np.load(FIXTURES / f"{name}.npz")["x"]
-    host, device = Explainer(model, dtype=dtype), Explainer(model, dtype=dtype, device="cuda")
-    for method in METHODS:
-        e = device.explain(x, method=method)  # the first walk moves the constants to the device, once
-        np.testing.assert_array_equal(e.relevance, host.explain(x, method=method).relevance, err_msg=method)
-        waits.clear()
-        device.explain(x, method=method)
-        assert waits == [], method  # then the walk never waits for the device nor crosses to the host
+    assert_same_numbers_on_device(FIXTURES / f"{name}.onnx", np.load(FIXTURES / f"{name}.npz")["x"], dtype,
+                                  METHODS, waits)
