@@ -134,8 +134,8 @@ def layernorms_written_out(nodes, names, constants, static_shape, kept):
         if centred in kept or [nodes[i].op_type for i in pair] != ["Div", "Pow"]:
             continue
         div, pow_ = pair
-        exponent = constants.get(nodes[pow_].input[1])
-        if nodes[pow_].input[0] != centred or exponent is None or exponent.size != 1 or float(exponent) != 2:
+        exponent = np.ravel(constants.get(nodes[pow_].input[1], []))
+        if nodes[pow_].input[0] != centred or exponent.size != 1 or float(exponent[0]) != 2:
             continue
         variance = only_reader(nodes[pow_].output[0], "ReduceMean")
         if variance is None or _reduced_axes(nodes[variance], constants) != (axes, keepdims):
