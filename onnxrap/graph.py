@@ -3,9 +3,9 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; recognise LayerNorms written out node by node (``passes.py``); parse each data node
-into an ``Op``; canonicalise with the
-named passes of ``passes.py``; and build a networkx DAG with the position of
+as constants; recognise LayerNorms written out node by node (``passes.py``);
+parse each data node into an ``Op``; canonicalise with the named passes of
+``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
 The caller's ``ModelProto`` is read, never changed.
 """
