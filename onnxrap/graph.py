@@ -3,8 +3,9 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; parse each data node into an ``Op``; canonicalise with the
-named passes of ``passes.py``; and build a networkx DAG with the position of
+as constants; recognise LayerNorms written out node by node (``passes.py``);
+parse each data node into an ``Op``; canonicalise with the named passes of
+``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
 The caller's ``ModelProto`` is read, never changed.
 """
@@ -23,7 +24,7 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .passes import CANONICAL_PASSES, OpIndex, logits_behind_squashers
+from .passes import CANONICAL_PASSES, OpIndex, layernorms_written_out, logits_behind_squashers
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
@@ -160,12 +161,18 @@ class Graph:
         if self.logits_name not in self.data_tensors:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
-        self.data_nodes = [nodes[i] for i in sorted(relevant)]
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
         self._fold_constants(nodes, names, relevant)
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
-        self.ops, self.unsupported = self._parse(nodes, names, relevant)
+        kept = {self.logits_name, *(o.name for o in model.graph.output)}
+        fused = [(indices, op) for indices, op in
+                 layernorms_written_out(nodes, names, self.constants, self.static_shape, kept)
+                 if relevant.issuperset(indices)]
+        # fused_nodes: the ONNX nodes that one op stands for (inspect counts them apart)
+        self.fused_nodes = [nodes[i] for indices, _ in fused for i in sorted(indices)]
+        self.data_nodes = [nodes[i] for i in sorted(relevant.difference(*(indices for indices, _ in fused)))]
+        self.ops, self.unsupported = self._parse(nodes, names, relevant, fused)
         self._canonicalise()
         self.dag = self._build_dag()
         self._mark_positions()
@@ -295,10 +302,16 @@ class Graph:
         return self.constants[name]
 
     # -- ops --------------------------------------------------------------------
-    def _parse(self, nodes, names, relevant):
+    def _parse(self, nodes, names, relevant, fused):
+        """Each data node's ops; each fused group's one op where its last node stands (its output's place)."""
         parsed, unsupported = [], []
+        at_last = {max(indices): op for indices, op in fused}
+        absorbed = {i for indices, _ in fused for i in indices}
         for i in sorted(relevant):
             node = nodes[i]
+            if i in absorbed:
+                parsed.extend([at_last[i]] if i in at_last else [])
+                continue
             view = op_registry.NodeView(node, self, names[i])
             try:
                 if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):

@@ -4,17 +4,21 @@ Like zennit's canonizers, each pass is one class doing one rewrite, so a
 reader finds each in one place and a new one is one new class.  A pass reads
 and edits an ``OpIndex`` (the parsed ops with producer and consumer indexes,
 kept current by its edit methods) and knows the logits by name.
-``CANONICAL_PASSES`` run in order after parsing; ``logits_behind_squashers``
-is the one step taken on the ONNX nodes, before parsing, because it decides
-which tensor the data path ends at.
+``CANONICAL_PASSES`` run in order after parsing.  Two steps are taken on the
+ONNX nodes, before parsing: ``logits_behind_squashers``, because it decides
+which tensor the data path ends at, and ``layernorms_written_out``, because
+the ops of a written-out LayerNorm are refused one by one (no rule knows that
+a Div's divisor is the sigma of its own numerator).
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from .ops.elementwise import FLOAT_TYPES, ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
+from .ops.normalization import LayerNorm
 from .ops.structure import Pad, Transpose
 
 # Explained through: their input is the logits.  A multi-label head's final Sigmoid too: rap conserves
@@ -66,6 +70,112 @@ def logits_behind_squashers(output, nodes, producer):
         else:
             break
     return logits, through
+
+
+def _reduced_axes(node, constants):
+    """A ReduceMean's axes (an attribute before opset 18, a constant input from it) and keepdims."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if len(node.input) > 1 and node.input[1]:
+        axes = np.ravel(constants[node.input[1]]) if node.input[1] in constants else []
+    else:
+        axes = attrs.get("axes", [])
+    return [int(a) for a in axes], attrs.get("keepdims", 1)
+
+
+def _trailing_axis(axes, shape):
+    """``-k`` where ``axes`` are the last k axes of a tensor of ``shape``, in any spelling; else None."""
+    rank = len(shape) if shape is not None else None
+    if any(a >= 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a - rank if a >= 0 else a for a in axes]
+    k = len(axes)
+    return -k if k and sorted(axes) == list(range(-k, 0)) else None
+
+
+def _constant_operand(node, tensor, constants):
+    """The constant that ``node`` (a binary op) combines ``tensor`` with; None where its other input is not
+    a constant."""
+    if len(node.input) != 2 or tensor not in node.input:
+        return None
+    other = node.input[1] if node.input[0] == tensor else node.input[0]
+    return constants.get(other) if other != tensor else None
+
+
+def layernorms_written_out(nodes, names, constants, static_shape, kept):
+    """LayerNorm as PyTorch writes it before opset 17: ReduceMean(x) -> Sub(x, mean) -> Pow(d, 2) ->
+    ReduceMean -> Add(eps) -> Sqrt -> Div(d, sqrt) [-> Mul(scale) -> Add(bias)], over the same trailing axes,
+    keepdims.  Returns ``(indices of the nodes, the LayerNorm op they are)`` for each; a pattern whose
+    intermediate tensors anything else reads (or that are in ``kept``: the logits, the graph's outputs)
+    is left alone, and so refused.  The op is named after its first ReduceMean."""
+    readers = {}
+    for i, node in enumerate(nodes):
+        for t in dict.fromkeys(node.input):
+            readers.setdefault(t, []).append(i)
+
+    def only_reader(tensor, op_type):
+        found = readers.get(tensor, [])
+        if tensor in kept or len(found) != 1 or nodes[found[0]].op_type != op_type:
+            return None
+        return found[0]
+
+    fused = []
+    for first, reduce in enumerate(nodes):
+        if reduce.op_type != "ReduceMean":
+            continue
+        x, mean = reduce.input[0], reduce.output[0]
+        axes, keepdims = _reduced_axes(reduce, constants)
+        axis = _trailing_axis(axes, static_shape(x))
+        sub = only_reader(mean, "Sub")
+        if axis is None or not keepdims or sub is None or list(nodes[sub].input) != [x, mean]:
+            continue
+        centred = nodes[sub].output[0]
+        pair = sorted(readers.get(centred, []), key=lambda i: nodes[i].op_type)
+        if centred in kept or [nodes[i].op_type for i in pair] != ["Div", "Pow"]:
+            continue
+        div, pow_ = pair
+        exponent = np.ravel(constants.get(nodes[pow_].input[1], []))
+        if nodes[pow_].input[0] != centred or exponent.size != 1 or float(exponent[0]) != 2:
+            continue
+        variance = only_reader(nodes[pow_].output[0], "ReduceMean")
+        if variance is None or _reduced_axes(nodes[variance], constants) != (axes, keepdims):
+            continue
+        add = only_reader(nodes[variance].output[0], "Add")
+        eps = None if add is None else _constant_operand(nodes[add], nodes[variance].output[0], constants)
+        if eps is None or np.size(eps) != 1:
+            continue
+        sqrt = only_reader(nodes[add].output[0], "Sqrt")
+        if sqrt is None or only_reader(nodes[sqrt].output[0], "Div") != div or \
+                list(nodes[div].input) != [centred, nodes[sqrt].output[0]]:
+            continue
+        indices = [first, sub, pow_, variance, add, sqrt, div]
+        affine = {"Mul": np.ones(1), "Add": np.zeros(1)}  # scale, then bias: each where a constant follows
+        for op_type in affine:
+            tail = nodes[indices[-1]].output[0]
+            step = only_reader(tail, op_type)
+            value = None if step is None else _constant_operand(nodes[step], tail, constants)
+            if value is None or not _fits(value, static_shape(x), -axis):
+                break
+            affine[op_type] = value.astype(np.float64)
+            indices.append(step)
+        op = LayerNorm(names[first], "LayerNormalization", [x], nodes[indices[-1]].output[0], axis,
+                       float(np.ravel(eps)[0]), affine["Mul"], affine["Add"])
+        fused.append((indices, op))
+    return fused
+
+
+def _fits(value, shape, k):
+    """Whether a constant is one value, or one per element of the last k axes of a tensor of ``shape``
+    (broadcast without widening it)."""
+    if np.size(value) == 1:
+        return np.ndim(value) <= k
+    trailing = tuple(shape[-k:]) if shape is not None and len(shape) >= k else None
+    if trailing is None or None in trailing or np.ndim(value) > k:
+        return False
+    try:
+        return np.broadcast_shapes(trailing, np.shape(value)) == trailing
+    except ValueError:
+        return False
 
 
 class OpIndex:
