@@ -90,14 +90,8 @@ def _instancenorm(v):
 
 @register("GroupNormalization")
 def _groupnorm(v):
+    # opset 18's (one scale and bias per group) never reaches here: the ONNX checker refuses it as deprecated
     _affine(v, "scale and bias")
-    groups = int(v.attr("num_groups"))
-    scale, bias = (v.const(i).astype(np.float64).reshape(-1) for i in (1, 2))
-    opset = max(o.version for o in v.graph.model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 21:  # opset 18: one scale and bias per group; from 21 one per channel
-        shape = v.input_shape(0)
-        if shape is None or len(shape) < 2 or shape[1] is None:
-            raise Unsupported("opset 18's per-group scale needs the channel count, which is not static here")
-        scale, bias = (np.repeat(a, shape[1] // groups) for a in (scale, bias))
     return LayerNorm(v.name, v.op_type, [v.node.input[0]], v.node.output[0], 1, float(v.attr("epsilon", 1e-5)),
-                     scale, bias, groups=groups, per_channel=True)
+                     v.const(1).astype(np.float64), v.const(2).astype(np.float64), groups=int(v.attr("num_groups")),
+                     per_channel=True)
