@@ -62,8 +62,8 @@ def test_forward_and_adjoint_match_onnx_runtime_in_float64(name, shape, norm, n,
     (op,) = Graph(model).ops
     assert isinstance(op, LayerNorm) and op.kind == "layernorm"
     x = np.random.default_rng(1).normal(size=shape) * 3 + 1
-    np.testing.assert_allclose(op.forward(BK, {"x": x}), session(float32(model)).run(None, {"x": x.astype(np.float32)})[0],
-                               rtol=1e-5, atol=1e-5)
+    in_float32 = session(float32(model)).run(None, {"x": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(op.forward(BK, {"x": x}), in_float32, rtol=1e-5, atol=1e-5)
     if norm.op_type == "InstanceNormalization":
         reference = ReferenceEvaluator(model)
         forward = lambda v: reference.run(None, {"x": v})[0]  # noqa: E731
