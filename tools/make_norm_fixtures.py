@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Write a small ConvNeXt-like classifier, exported by PyTorch, for ``tests/test_norms_models.py``:
-LayerNormalization and GELU as exporters write them.
+"""Write small classifiers, exported by PyTorch, for ``tests/test_norms_models.py`` and
+``tests/test_groupnorm_models.py``: LayerNormalization, GELU, GroupNorm and InstanceNorm as exporters write them.
 
 The network follows torchvision's ConvNeXt (Liu et al. 2022) at a toy size (random weights, 3x32x32 input,
 10 classes, widths 16 and 32, one block per stage): a 4x4 stride-4 stem convolution and LayerNorm2d; blocks of
@@ -17,6 +17,14 @@ Files (in ``tests/fixtures/norms/``), each with ``<name>.npz`` beside it holding
   ``0.5 x (1 + Erf(x / sqrt 2))``
 * ``convnext_opset20.onnx``  the same at opset 20, where GELU is one Gelu op
 * ``convnext_opset16.onnx``  the same at opset 16, before LayerNormalization: ReduceMean, Sub, Pow, Sqrt, Div
+* ``resnet_groupnorm_opset17.onnx``  a ResNet-like (as BiT's) with GroupNorm of 2 groups, which the TorchScript
+  exporter writes at every opset as Reshape (N, G, -1), InstanceNormalization (scale 1, bias 0), Reshape back,
+  Mul by gamma, Add beta (it never writes GroupNormalization)
+* ``resnet_instancenorm_opset17.onnx``  the same with InstanceNorm2d(affine=True): one InstanceNormalization
+
+The ResNet-like: a 3x3 stem convolution to 16 channels, norm, ReLU; two basic blocks (conv, norm, ReLU, conv,
+norm, the residual Add, ReLU), the second at stride 2 to 32 channels with a 1x1 conv and norm on its shortcut;
+a global average pool and a Linear head.  Norm scales and biases are drawn at random.
 
 Requirements (only for this script): torch 2.13.0 (CPU), onnx, onnxruntime, numpy.
 
@@ -74,6 +82,33 @@ def build_net(seed):
     return net.eval()
 
 
+def build_resnet(seed, norm):
+    """The ResNet-like above, with ``norm(channels)`` as its normalisation."""
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm(cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout))
+            self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
+                             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout)))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), norm(16), nn.ReLU(), BasicBlock(16, 16, 1),
+                        BasicBlock(16, 32, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (nn.GroupNorm, nn.InstanceNorm2d)):
+                m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
+                m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    return net.eval()
+
+
 def export(net, x, path, opset):
     import torch
 
@@ -83,6 +118,7 @@ def export(net, x, path, opset):
 
 def main():
     import torch
+    from torch import nn
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "norms")
@@ -91,10 +127,13 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     net = build_net(args.seed)
     x = np.random.default_rng(args.seed).normal(size=(2, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        torch_logits = net(torch.from_numpy(x)).numpy()
-    for opset in OPSETS:
-        path = args.out / f"convnext_opset{opset}.onnx"
+    resnets = {"groupnorm": lambda c: nn.GroupNorm(2, c), "instancenorm": lambda c: nn.InstanceNorm2d(c, affine=True)}
+    nets = [(f"convnext_opset{opset}", net, opset) for opset in OPSETS]
+    nets += [(f"resnet_{name}_opset17", build_resnet(args.seed, norm), 17) for name, norm in resnets.items()]
+    for name, net, opset in nets:
+        with torch.no_grad():
+            torch_logits = net(torch.from_numpy(x)).numpy()
+        path = args.out / f"{name}.onnx"
         export(net, x, path, opset)
         model = onnx.load(path)
         onnx.checker.check_model(model)

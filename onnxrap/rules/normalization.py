@@ -1,5 +1,5 @@
-"""LayerNormalization's rule (docs/rules.md, layernorm): sigma held constant, as Ali et al. (ICML 2022) do for
-transformers, so the op is the linear centring ``c_j = sum_i x_i (d_ij - 1/N)`` followed by a per-element scale
+"""The rule of LayerNormalization, InstanceNormalization and GroupNormalization (docs/rules.md, layernorm):
+sigma held constant, as Ali et al. (ICML 2022) do for transformers, so the op is the linear centring ``c_j = sum_i x_i (d_ij - 1/N)`` followed by a per-element scale
 and shift; relevance passes the scale and shift unchanged (as rap's BatchNormalization rule) and is shared
 back over the centring."""
 from __future__ import annotations
@@ -24,14 +24,17 @@ class CenteringShare(Rule):
     def __call__(self, op, ctx, R):
         bk = ctx.bk
         x = ctx[op.inputs[0]]
-        axes, n = op.axes(x)
+        g = op.grouped(x)
+        r = R.reshape(g.shape)
+        n = g.shape[-1]
         if self.absolute:
             # sum_i |c_ij| = |x_j| (1 - 2/N) + sum|x| / N; R_i = |x_i| (t_i (1 - 2/N) + sum t / N)
-            size = abs(x)
-            t = bk.sdiv(R, size * (1 - 2 / n) + size.sum(axis=axes, keepdims=True) / n)
-            out = size * (t * (1 - 2 / n) + t.sum(axis=axes, keepdims=True) / n)
+            size = abs(g)
+            t = bk.sdiv(r, size * (1 - 2 / n) + size.sum(axis=-1, keepdims=True) / n)
+            out = size * (t * (1 - 2 / n) + t.sum(axis=-1, keepdims=True) / n)
         else:
             # sum_i c_ij = x_j - mean; R_i = x_i (s_i - mean s)
-            s = bk.sdiv(R, x - op.mean(x))
-            out = x * (s - op.mean(s))
+            s = bk.sdiv(r, g - op.mean(g))
+            out = g * (s - op.mean(s))
+        out = out.reshape(x.shape)
         return [uniform_shift(bk, out, R, conserve=True) if self.conserve else out]
