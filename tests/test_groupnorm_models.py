@@ -11,10 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import rel_l2, run_cli
-from onnx_helpers import run
-from onnxrap import Explainer, methods
-from onnxrap.compile import CompiledModel, compile_graph
+from helpers import run_cli
+from test_norms_models import (assert_compiled_agrees_with_eager, assert_gradient_is_onnx_runtimes_derivative,
+                               assert_rap_conserves_op_by_op)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "norms"
 PATTERNS = {"resnet_groupnorm_opset17": {"InstanceNormalization": 6, "Reshape": 12, "Mul": 6},
@@ -44,38 +43,17 @@ def test_inspect_is_clean(model, capsys):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_rap_conserves_the_logit(model, dtype):
     _, path, case = model
-    e = Explainer(path, dtype=dtype).explain(case["x"], target=[3, 7], method="rap", trace=True)
-    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3)), e.target_logit, rtol=1e-4)
-    assert e.recomputed == [] and e.unconserved == []
-    # every op keeps the sum it receives: in float64 to rounding, the norms included
-    tol = 1e-10 if dtype == "float64" else 1e-4
-    norms = 0
-    for name, op_type, out, inputs in e.layer_sums[1:]:  # after the head, which turns the seed 1 into the logit
-        np.testing.assert_allclose(inputs, out, rtol=tol, atol=tol * np.abs(e.target_logit).max(), err_msg=name)
-        norms += op_type == "InstanceNormalization"
-    assert norms == 6
+    assert_rap_conserves_op_by_op(path, case["x"], dtype, "InstanceNormalization", 6)
 
 
 def test_the_gradient_is_onnx_runtimes_derivative(model):
-    """Along random directions, against central differences of ONNX Runtime's float32 forward (it has no
-    float64 Conv or InstanceNormalization; the adjoint is checked in float64 in test_groupnorm.py)."""
+    """Against central differences of ONNX Runtime's float32 forward (it has no float64 Conv or
+    InstanceNormalization; the adjoint is checked in float64 in test_groupnorm.py)."""
     _, path, case = model
-    proto = onnx.load(str(path))
-    x = case["x"][:1].astype(np.float64)
-    e = Explainer(path, dtype="float64").explain(x.astype(np.float32), target=3, method="gradient")
-    h = 1e-2
-    for seed in range(2):
-        d = np.random.default_rng(seed).standard_normal(x.shape)
-        d /= np.linalg.norm(d)
-        up, down = (run(proto, (x + s * h * d).astype(np.float32))[0][0, 3] for s in (1, -1))
-        numeric = (float(up) - float(down)) / (2 * h)
-        assert abs(numeric - float((e.relevance * d).sum())) < 1e-3 * abs(numeric) + 2e-5
+    assert_gradient_is_onnx_runtimes_derivative(path, case["x"][:1])
 
 
 @pytest.mark.parametrize("method, tol", [("rap", 1e-4), ("gradient", 1e-4), ("lrp-eps", 1e-3)])
 def test_compiled_agrees_with_eager(model, method, tol):
     _, path, case = model
-    ex = Explainer(path)
-    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(case["x"])
-    eager = ex.explain(case["x"], method=method).relevance
-    assert rel_l2(relevance, eager) < tol
+    assert_compiled_agrees_with_eager(path, case["x"], method, tol)

@@ -53,31 +53,42 @@ def test_gelu_outputs_are_floored(model):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_rap_conserves_the_logit(model, dtype):
     _, path, case = model
-    e = Explainer(path, dtype=dtype).explain(case["x"], target=[3, 7], method="rap", trace=True)
+    assert_rap_conserves_op_by_op(path, case["x"], dtype, "LayerNormalization", 5)
+
+
+def assert_rap_conserves_op_by_op(path, x, dtype, norm_type, norms):
+    """rap of targets 3 and 7 sums to the logit, with no float64 redo, and every op keeps the sum it receives
+    (in float64 to rounding), the ``norms`` ops of ``norm_type`` among them."""
+    e = Explainer(path, dtype=dtype).explain(x, target=[3, 7], method="rap", trace=True)
     # the logits are ONNX Runtime's float32 ones (float64's sum is its own forward's logit, 3e-7 away) ...
     np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3)), e.target_logit, rtol=1e-4)
     assert e.recomputed == [] and e.unconserved == []
-    # ... and every op keeps the sum it receives: in float64 to rounding, the LayerNorms included
     tol = 1e-10 if dtype == "float64" else 1e-4
-    norms = 0
+    seen = 0
     for name, op_type, out, inputs in e.layer_sums[1:]:  # after the head, which turns the seed 1 into the logit
         np.testing.assert_allclose(inputs, out, rtol=tol, atol=tol * np.abs(e.target_logit).max(), err_msg=name)
-        norms += op_type == "LayerNormalization"
-    assert norms == 5
+        seen += op_type == norm_type
+    assert seen == norms
 
 
 def test_the_gradient_is_onnx_runtimes_derivative(model):
     """The gradient along random directions is the central difference of ONNX Runtime's forward (float32:
     ONNX Runtime has no float64 Conv; the LayerNorm adjoint is checked in float64 in test_norms.py)."""
     _, path, case = model
+    assert_gradient_is_onnx_runtimes_derivative(path, case["x"][:1])
+
+
+def assert_gradient_is_onnx_runtimes_derivative(path, x, target=3):
+    """Explainer's float64 gradient of ``target`` along two random directions against central differences of
+    ONNX Runtime's float32 forward of the model at ``path``."""
     proto = onnx.load(str(path))
-    x = case["x"][:1].astype(np.float64)
-    e = Explainer(path, dtype="float64").explain(x.astype(np.float32), target=3, method="gradient")
+    x = x.astype(np.float64)
+    e = Explainer(path, dtype="float64").explain(x.astype(np.float32), target=target, method="gradient")
     h = 1e-2
     for seed in range(2):
         d = np.random.default_rng(seed).standard_normal(x.shape)
         d /= np.linalg.norm(d)
-        up, down = (run(proto, (x + s * h * d).astype(np.float32))[0][0, 3] for s in (1, -1))
+        up, down = (run(proto, (x + s * h * d).astype(np.float32))[0][0, target] for s in (1, -1))
         numeric = (float(up) - float(down)) / (2 * h)
         assert abs(numeric - float((e.relevance * d).sum())) < 1e-3 * abs(numeric) + 2e-5
 
@@ -86,10 +97,13 @@ def test_the_gradient_is_onnx_runtimes_derivative(model):
 def test_compiled_agrees_with_eager(model, method, tol):
     """lrp-eps's z-rule at a LayerNorm divides by x_j - mean, which float32 rounding moves most."""
     _, path, case = model
+    assert_compiled_agrees_with_eager(path, case["x"], method, tol)
+
+
+def assert_compiled_agrees_with_eager(path, x, method, tol):
     ex = Explainer(path)
-    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(case["x"])
-    eager = ex.explain(case["x"], method=method).relevance
-    assert rel_l2(relevance, eager) < tol
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(x)
+    assert rel_l2(relevance, ex.explain(x, method=method).relevance) < tol
 
 
 def test_bad_input_is_still_one_line(model, tmp_path, capsys):
