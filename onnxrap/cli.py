@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__, methods
 from .evaluate import DEFAULT_FRACTIONS, DEFAULT_METHODS, PAPER_STEPS, PERTURBATIONS
 from .errors import InputError, OnnxrapError, SampleError
-from .inputs import CHANNEL_ORDERS, DEFAULT_RESIZE, RESIZE_POLICIES
+from .inputs import CHANNEL_ORDERS, DEFAULT_RESIZE, RESIZE_POLICIES, preprocessing_options
 
 EXIT_USAGE = 2
 MASS_WARNING = 1e3  # sum |R| / |logit| beyond which a heatmap mostly shows cancelling mass
@@ -70,12 +70,6 @@ def _image_options(p):
                    help="an image whose aspect ratio differs from the model's input: center-crop (shorter side "
                         "to fit, the centre kept: the ImageNet convention), pad (fitted whole, padded with the "
                         "mean) or stretch (default: %(default)s)")
-
-
-def preprocessing_options(args):
-    """The image options of ``_image_options`` as keyword arguments of ``inputs.preprocess_factory``."""
-    return dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize,
-                channel_order=args.channel_order)
 
 
 class _Renamed(argparse.Action):

@@ -2,12 +2,13 @@
 
 Size, channel count and layout come from the model's input shape where it
 fixes them; value scaling comes from a preset (``imagenet``, ``unit``,
-``raw``, ``signed``, ``caffe``), from the model's ``onnxrap.preprocess`` metadata, or
-from ``--mean``/``--std``; the channel order (RGB, or BGR as OpenCV, Caffe and PaddlePaddle models
-read images) from ``--channel-order``, the ``onnxrap.channel_order`` metadata or the preset.  Pixels are read at their true range on the 8-bit
-scale (16-bit 65535 and float 1.0 are 8-bit's 255), then go
-``[0, 255] * scale``, then ``(v - mean) / std`` per channel.  Every step that
-changes what the model sees (EXIF rotation, colour to grey, a resize that
+``raw``, ``signed``, ``caffe``), from the model's ``onnxrap.preprocess``
+metadata, or from ``--mean``/``--std``; the channel order (RGB, or BGR as
+OpenCV, Caffe and PaddlePaddle models read images) from ``--channel-order``,
+the ``onnxrap.channel_order`` metadata or the preset.  Pixels are read at
+their true range on the 8-bit scale (16-bit 65535 and float 1.0 are 8-bit's
+255), then go ``[0, 255] * scale``, then ``(v - mean) / std`` per channel.
+Every step that changes what the model sees (EXIF rotation, colour to grey, a resize that
 crops, pads or stretches) is reported, never silent.
 """
 from __future__ import annotations
@@ -44,9 +45,13 @@ DEFAULT_RESIZE = "center-crop"
 HIGH_DEPTH_WHITE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 
 
+BGR = (2, 1, 0, 3)  # where a BGR(A) model's channels are in an RGB(A) image, and the other way round
+
+
 def _bgr(values):
-    """Per-colour values (R, G, B[, A]) in a BGR model's channel order; one value stays one."""
-    return tuple(values[2::-1]) + tuple(values[3:]) if len(values) >= 3 else tuple(values)
+    """Per-colour values (R, G, B[, A]) in a BGR model's channel order, or the model's back in RGB order;
+    one value stays one."""
+    return tuple(values[k] for k in BGR[:len(values)]) if len(values) >= 3 else tuple(values)
 
 
 def _fits(values, channels):
@@ -149,7 +154,7 @@ class Preprocess:
         pixels = np.repeat(pixels, repeat, axis=2)
         if self.channels == 4 and repeat > 1:
             pixels[..., 3] = 255.0  # a grey high-depth image is opaque
-        model_pixels = pixels[..., [2, 1, 0, 3][:self.channels]] if self.channel_order == "bgr" else pixels
+        model_pixels = pixels[..., list(BGR[:self.channels])] if self.channel_order == "bgr" else pixels
         values = (model_pixels * self.scale - np.asarray(self.mean)) / np.asarray(self.std)
         x = values if self.layout == "nhwc" else values.transpose(2, 0, 1)
         display = pixels[..., :3] / 255.0
@@ -201,7 +206,7 @@ class Preprocess:
         values = [int(round(min(max(v, 0), 255))) for v in values]
         values = (values * self.channels)[:self.channels]
         if self.channel_order == "bgr":  # the mean is in the model's order, the image is RGB
-            values = [values[k] for k in [2, 1, 0, 3][:self.channels]]
+            values = _bgr(values)
         return values[0] if len(mode) == 1 else tuple(values)
 
     def _resize(self, image):
@@ -226,6 +231,13 @@ class Preprocess:
             return (f"resized {what}: shorter side to fit, then the centre kept (the central "
                     f"{min(h, round(H / k))}x{min(w, round(W / k))} of the original)")
         return f"resized {what}: fitted whole, the rest padded with the mean"
+
+
+def preprocessing_options(args):
+    """The command line's image options (cli.py, ``_image_options``) as keyword arguments of
+    ``preprocess_factory``."""
+    return dict(size=args.size, preset=args.preset, mean=args.mean, std=args.std, resize=args.resize,
+                channel_order=args.channel_order)
 
 
 def preprocess_factory(explainer, layout, note, size=None, preset=None, mean=None, std=None, resize=None,

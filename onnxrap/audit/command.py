@@ -81,7 +81,7 @@ def run(args, per_method):
 
     from .. import methods as registry
     from ..api import Explainer
-    from ..inputs import class_names_of, preprocess_factory
+    from ..inputs import class_names_of, preprocess_factory, preprocessing_options
     from ..viz import OutputFolder
     from . import report
     from .runners import run_here, run_processes, run_ray
@@ -108,9 +108,7 @@ def run(args, per_method):
     if args.layout:
         explainer.layout = args.layout
     class_names = class_names_of(explainer, args.labels)
-    make_preprocess = preprocess_factory(explainer, explainer.layout, note, size=args.size, preset=args.preset,
-                                         mean=args.mean, std=args.std, resize=args.resize,
-                                         channel_order=args.channel_order)
+    make_preprocess = preprocess_factory(explainer, explainer.layout, note, **preprocessing_options(args))
     rank = len(explainer.input_shape) if explainer.input_shape else None
     source = open_source(args.data, make_preprocess, rank, args.labels_csv, class_names, args.limit)
     for m in chosen:
