@@ -61,9 +61,9 @@ def _image_options(p):
                                      "(BGR, [0,255] minus ImageNet's mean, as Keras' caffe mode); default: the model's "
                                      "onnxrap.preprocess metadata, else imagenet for RGB, unit otherwise")
     p.add_argument("--channel-order", choices=CHANNEL_ORDERS,
-                   help="the colour order the model reads: rgb, or bgr (OpenCV, Caffe, PaddlePaddle); --mean and --std "
-                        "are given in it, a preset's values per colour (default: the model's onnxrap.channel_order metadata, else the preset's: "
-                        "bgr for caffe, rgb otherwise)")
+                   help="the colour order the model reads: rgb, or bgr (OpenCV, Caffe, PaddlePaddle); --mean and "
+                        "--std are given in it, a preset's values per colour (default: the model's "
+                        "onnxrap.channel_order metadata, else the preset's: bgr for caffe, rgb otherwise)")
     p.add_argument("--mean", type=_floats, help="per-channel mean subtracted after scaling (overrides the preset)")
     p.add_argument("--std", type=_floats, help="per-channel std divided by after scaling (overrides the preset)")
     p.add_argument("--resize", choices=RESIZE_POLICIES, default=DEFAULT_RESIZE,
@@ -617,7 +617,8 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
                                "positive_sum": float(wide[wide > 0].sum()),
                                "negative_sum": float(wide[wide < 0].sum()),
                                "mass_over_logit": mass, "float64": args.dtype == "float64" or recomputed,
-                               "recomputed_in_float64": recomputed, "conserved": (k not in exp.unconserved) if exp.conserves else None,
+                               "recomputed_in_float64": recomputed,
+                               "conserved": (k not in exp.unconserved) if exp.conserves else None,
                                "finite": k not in exp.nonfinite}
         if k in exp.nonfinite:
             note(f"{path}: {m}: warning: the relevance holds NaN or Inf: its rules overflow on this input "

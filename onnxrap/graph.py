@@ -310,7 +310,8 @@ class Graph:
         for i in sorted(relevant):
             node = nodes[i]
             if i in absorbed:
-                parsed.extend([at_last[i]] if i in at_last else [])
+                if i in at_last:
+                    parsed.append(at_last[i])
                 continue
             view = op_registry.NodeView(node, self, names[i])
             try:

@@ -12,13 +12,15 @@ A tensor is non-negative where ``low >= 0``.  Linear ops reading a possibly
 negative tensor get ``signed_input = True`` and the position ``signed`` (so a
 method may map ``conv.signed`` / ``dense.signed``), and before it ``floored``
 where the tensor is negative only down to a finite floor and unbounded above
-(a SiLU's or HardSwish's output: ``conv.floored`` / ``dense.floored``).  A linear op whose output
-reaches such an input with no rectifier on the way (the projection convolution
-of a linear bottleneck, writing into a residual stream) gets the position
-``projection``; where no floor is on the way either (an MBConv block's projection after SiLU, not
-its depthwise convolution, which writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data tensors is a gate where exactly one factor
-is bounded in [0, 1], or, failing that, in [0, c] with c finite (``Gate.pick_gate``); its output has
-its signal's sign.
+(a SiLU's or HardSwish's output: ``conv.floored`` / ``dense.floored``).  A
+linear op whose output reaches such an input with no rectifier on the way (the
+projection convolution of a linear bottleneck, writing into a residual stream)
+gets the position ``projection``; where no floor is on the way either (an
+MBConv block's projection after SiLU, not its depthwise convolution, which
+writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
+tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
+that, in [0, c] with c finite (``Gate.pick_gate``); its output has its
+signal's sign.
 """
 from __future__ import annotations
 
@@ -146,8 +148,8 @@ def _reaching(writers, sources):
 
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
-    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that are no gate, as unsupported ops
-    ``(name, op type, why)``."""
+    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that
+    are no gate, as unsupported ops ``(name, op type, why)``."""
     bounds, refused, producers = {}, [], {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
@@ -174,7 +176,6 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
         if isinstance(op, Linear):
             low, high = bounds.get(op.inputs[0], UNBOUNDED)
             op.signed_input = low < 0
-            op.writes_signed_stream = getattr(op, "writes_signed_stream", False)
             if op.signed_input:
                 op.positions = op.positions + (("floored",) if _floored(low, high) else ()) + ("signed",)
                 for writer in writers.get(op.inputs[0], ()):

@@ -30,6 +30,7 @@ class Weights:
 class Linear(Op):
     kind = "linear"
     signed_input = True  # signs.py: False where the data input is provably >= 0 (no x- part)
+    writes_signed_stream = False  # signs.py: True where the output reaches a signed input past no rectifier or floor
 
     def __init__(self, name, op_type, inputs, output, weight, bias):
         super().__init__(name, op_type, inputs, output)

@@ -1,7 +1,8 @@
-"""The rule of LayerNormalization, InstanceNormalization and GroupNormalization (docs/rules.md, layernorm):
-sigma held constant, as Ali et al. (ICML 2022) do for transformers, so the op is the linear centring ``c_j = sum_i x_i (d_ij - 1/N)`` followed by a per-element scale
-and shift; relevance passes the scale and shift unchanged (as rap's BatchNormalization rule) and is shared
-back over the centring."""
+"""The rule of LayerNormalization, InstanceNormalization and GroupNormalization (docs/rules.md,
+layernorm): sigma held constant, as Ali et al. (ICML 2022) do for transformers, so the op is the linear
+centring ``c_j = sum_i x_i (d_ij - 1/N)`` (within one group) followed by a per-element scale and shift;
+relevance passes the scale and shift unchanged (as rap's BatchNormalization rule) and is shared back over
+the centring."""
 from __future__ import annotations
 
 from . import Rule
