@@ -128,6 +128,26 @@ def _dequantized(node, inputs):
     return ((x.astype(np.float32) - zero.astype(np.float32)) * scale).astype(scale.dtype)
 
 
+def _picked(node, shape, constants, opset):
+    """What a Gather or Slice with constant indices takes from a shape with free dimensions (None), where
+    it takes only known ones; else None.  onnx's evaluator runs the node on the positions 0, 1, 2, ..."""
+    from onnx.reference import ReferenceEvaluator
+
+    if not all(t in constants for t in node.input[1:] if t):
+        return None
+    ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in node.input if t]
+    outs = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.INT64, None)]
+    feeds = {t: constants[t] for t in node.input[1:] if t}
+    feeds[node.input[0]] = np.arange(len(shape), dtype=np.int64)
+    try:
+        sub = onnx.helper.make_model(onnx.helper.make_graph([node], "pick", ins, outs), opset_imports=opset)
+        (positions,) = ReferenceEvaluator(sub).run(None, feeds)
+    except Exception:
+        return None
+    picked = [shape[p] for p in np.asarray(positions).reshape(-1)]
+    return None if None in picked else np.array(picked, dtype=np.int64).reshape(np.shape(positions))
+
+
 class Graph:
     """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
 
@@ -137,10 +157,14 @@ class Graph:
         self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
         self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
-        try:
-            inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-        except Exception:
-            inferred = model  # shapes only help; the capture run checks everything
+        inferred = model  # shapes only help; the capture run checks everything
+        skeleton = _skeleton(model)
+        for data_prop in (True, False):  # data_prop: the shapes of Reshapes to Shape-built sizes (a free batch)
+            try:
+                inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
+                break
+            except Exception:
+                continue
         g = inferred.graph
         self._shapes, self._types = {}, {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -253,8 +277,14 @@ class Graph:
                 order.add(i)
                 todo.extend(t for t in nodes[i].input if t and t not in self.data_tensors)
         opset = [o for o in self.model.opset_import]
+        partial = {}  # Shape outputs with free dimensions (None): Gather and Slice of their known ones fold
         for i in sorted(order):
             node = nodes[i]
+            if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
+                value = _picked(node, partial[node.input[0]], self.constants, opset)
+                if value is not None:
+                    self.constants[node.output[0]] = value
+                continue
             if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
                 if node.input[0] in self.constants:  # the data tensor lends only its type
                     elem = self._types.get(node.input[1]) or onnx.TensorProto.FLOAT
@@ -263,14 +293,17 @@ class Graph:
                 continue
             if node.op_type in ("Shape", "Size"):
                 shape = self._shapes.get(node.input[0])
-                if shape is None or None in shape:
+                if shape is None or (None in shape and node.op_type == "Size"):
                     continue  # dynamic: its value is known only per run
-                shape = np.array(shape, dtype=np.int64)
                 if node.op_type == "Size":
-                    self.constants[node.output[0]] = np.array(shape.prod(), dtype=np.int64)
+                    self.constants[node.output[0]] = np.array(np.prod(shape), dtype=np.int64)
+                    continue
+                attrs = {a.name: a.i for a in node.attribute}
+                shape = shape[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
+                if None in shape:  # torch's exports with a free batch read the channels this way
+                    partial[node.output[0]] = shape
                 else:
-                    attrs = {a.name: a.i for a in node.attribute}
-                    self.constants[node.output[0]] = shape[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
+                    self.constants[node.output[0]] = np.array(shape, dtype=np.int64)
                 continue
             if not all(t in self.constants for t in node.input if t):
                 continue

@@ -1,0 +1,142 @@
+"""Two patterns torch.onnx writes for torchvision's ShuffleNetV2, built by hand (the real exports are in
+tests/test_torchvision.py):
+
+* ``Split`` (``x.chunk(2, dim=1)`` from the dynamo exporter, or the TorchScript exporter at a fixed batch):
+  each output is a slice of the input, so relevance and gradient must be those of the same halves taken
+  by two constant ``Slice`` nodes;
+* the TorchScript exporter with a free batch (``dynamic_axes``) writes the same halves with bounds computed
+  from the tensor's shape: ``Shape -> Gather(1) -> Add/Div/Mul -> Slice``, after a channel shuffle
+  ``Reshape`` to sizes taken from ``Shape`` too.  The batch is free but the channels are not: the bounds
+  are constants, and the model explains as the constant-Slice one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import conv_node, head_gemm, rel_l2, rnd
+from onnx_helpers import const, make_model, node, run
+from onnxrap import Explainer, methods
+from onnxrap.compile import CompiledModel, compile_graph
+
+C, HALF, HW = 6, 2, 3  # the conv writes C channels; the halves are [0, HALF) and [HALF, C)
+
+
+def _model(split_nodes, initializers=(), opset=13):
+    """x -> Conv (4 -> C) -> Relu -> ``split_nodes`` (r -> lo, hi) -> Relu(hi) -> Concat(hi', lo) -> Gemm."""
+    conv, conv_inits, _, _ = conv_node("conv", "x", "c", (C, 4, 3, 3), 5, pads=[1, 1, 1, 1])
+    nodes = [conv, node("Relu", ["c"], ["r"]), *split_nodes, node("Conv", ["hi", "W2"], ["hi2"], name="conv2"),
+             node("Relu", ["hi2"], ["hi3"]), node("Concat", ["hi3", "lo"], ["cat"], axis=1),
+             node("Flatten", ["cat"], ["flat"])]
+    head, head_inits, _, _ = head_gemm("flat", C * HW * HW, 5, 7)
+    inits = conv_inits + head_inits + [const("W2", rnd((C - HALF, C - HALF, 1, 1), 9))] + list(initializers)
+    return make_model(nodes + head, [("x", ["N", 4, HW, HW])], [("logits", None)], inits, opset=opset)  # torch's name
+
+
+def constant_slices():
+    return _model([node("Slice", ["r", "zero", "half", "one"], ["lo"]),
+                   node("Slice", ["r", "half", "end", "one"], ["hi"])],
+                  [const(n, [v], np.int64) for n, v in (("zero", 0), ("half", HALF), ("end", C), ("one", 1))])
+
+
+def split(opset):
+    """``Split``: sizes as an input (opset 13), as an attribute (11), or the ONNX default of equal parts
+    replaced by explicit sizes via ``num_outputs`` where the sizes are equal (18: not here, sizes differ)."""
+    if opset == 11:
+        return _model([node("Split", ["r"], ["lo", "hi"], axis=1, split=[HALF, C - HALF])], opset=11)
+    return _model([node("Split", ["r", "sizes"], ["lo", "hi"], axis=1)],
+                  [const("sizes", [HALF, C - HALF], np.int64)], opset=opset)
+
+
+def shape_built_slices():
+    """torch's free-batch form (opset 17, where onnx's shape inference propagates Unsqueeze's values): a channel shuffle (view(N, 2, C/2, H, W), transpose, view(N, C, H, W)) whose
+    sizes come from Shape, then the halves' bounds from ``Shape -> Gather(1)`` and arithmetic on it."""
+    def dim(i, out):  # x.size(i) as a 1-element tensor
+        return [node("Shape", ["r"], [f"s{out}"]), node("Gather", [f"s{out}", f"i{i}"], [f"g{out}"], axis=0),
+                node("Unsqueeze", [f"g{out}", "axis0"], [out])]
+
+    nodes = dim(0, "n") + dim(1, "ch") + dim(2, "h") + dim(3, "w") + [
+        node("Div", ["ch", "two"], ["c2"]),  # channels per group: onnx's shape inference does not follow Div
+        node("Concat", ["n", "two", "c2", "h", "w"], ["shape5"], axis=0),
+        node("Reshape", ["r", "shape5"], ["v5"]),
+        node("Transpose", ["v5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+        node("Concat", ["n", "ch", "h", "w"], ["shape4"], axis=0),
+        node("Reshape", ["t5", "shape4"], ["shuffled"]),
+        node("Shape", ["shuffled"], ["shape"]), node("Gather", ["shape", "i1"], ["channels"], axis=0),
+        node("Sub", ["channels", "four"], ["lo_end0"]),  # C - 4 = HALF: arithmetic on it
+        node("Unsqueeze", ["lo_end0", "axis0"], ["lo_end"]),
+        node("Slice", ["shuffled", "zero", "lo_end", "one"], ["lo"]),
+        node("Slice", ["shuffled", "lo_end", "big", "one"], ["hi"])]
+    values = {"i0": 0, "i1": 1, "i2": 2, "i3": 3, "axis0": [0], "two": [2], "four": 4,
+              "zero": [0], "one": [1], "big": [2 ** 62]}
+    constants = [node("Constant", [], [k], value=const(k, v, np.int64)) for k, v in values.items()]  # as torch
+    model = _model(constants + nodes, opset=17)
+    del model.graph.value_info[:]  # torch writes no intermediate shapes (make_model inferred some, without values)
+    return model
+
+
+def shuffled_constant_slices():
+    """The same channel shuffle as a constant channel permutation (Gather), then constant Slices."""
+    order = np.arange(C).reshape(2, C // 2).T.reshape(-1)
+    return _model([node("Gather", ["r", "order"], ["shuffled"], axis=1),
+                   node("Slice", ["shuffled", "zero", "half", "one"], ["lo"]),
+                   node("Slice", ["shuffled", "half", "end", "one"], ["hi"])],
+                  [const("order", order, np.int64)] +
+                  [const(n, [v], np.int64) for n, v in (("zero", 0), ("half", HALF), ("end", C), ("one", 1))])
+
+
+X = rnd((2, 4, HW, HW), 3)
+
+
+def assert_explains_as(model, reference, methods_=("rap", "gradient", "lrp-eps")):
+    np.testing.assert_allclose(run(model, X)[0], run(reference, X)[0], rtol=1e-6)
+    for method in methods_:
+        got = Explainer(model, dtype="float64").explain(X, method=method)
+        want = Explainer(reference, dtype="float64").explain(X, method=method)
+        np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-9, atol=1e-12, err_msg=method)
+        if method == "rap":
+            np.testing.assert_allclose(got.relevance.sum(axis=(1, 2, 3)), got.target_logit, rtol=1e-5,
+                                       atol=1e-5 * np.abs(got.target_logit).max())
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_split_explains_as_two_slices(opset):
+    assert_explains_as(split(opset), constant_slices())
+
+
+def test_split_into_equal_parts_by_num_outputs():
+    """Opset 18's ``num_outputs`` (the dynamo exporter's ``chunk``): equal halves, no sizes given."""
+    def model(split_nodes, inits=()):
+        nodes = [node("Relu", ["x"], ["r"]), *split_nodes, node("Add", ["a", "b"], ["d"]),
+                 node("Flatten", ["d"], ["f"])]
+        head, head_inits, _, _ = head_gemm("f", 2 * HW * HW, 3, 4)
+        return make_model(nodes + head, [("x", [None, 4, HW, HW])], [("logits", None)], head_inits + list(inits),
+                          opset=18)
+
+    halves = model([node("Split", ["r"], ["a", "b"], axis=1, num_outputs=2)])  # torch's chunk(2, dim=1)
+    slices = model([node("Slice", ["r", "zero", "two", "one"], ["a"]), node("Slice", ["r", "two", "four", "one"], ["b"])],
+                   [const(n, [v], np.int64) for n, v in (("zero", 0), ("two", 2), ("four", 4), ("one", 1))])
+    assert_explains_as(halves, slices)
+
+
+def test_split_compiles_to_what_eager_gives():
+    ex = Explainer(split(13))
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(X)
+    assert rel_l2(relevance, ex.explain(X, method="rap").relevance) < 1e-5
+
+
+def test_slices_bounded_by_a_free_batch_shape_fold_to_constants():
+    """Before the fold the two Slices were refused: 'input 2 must be a constant but depends on the input's
+    shape or values'."""
+    model = shape_built_slices()
+    assert Explainer(model).graph.unsupported == []
+    assert_explains_as(model, shuffled_constant_slices())
+
+
+def test_a_free_dimension_is_still_refused_as_a_bound():
+    """Slicing at a bound read from the free batch axis is refused, not folded to some value."""
+    model = shape_built_slices()
+    gather = next(n for n in model.graph.node if n.output[0] == "channels")
+    gather.input[1] = "i0"  # the batch size, known only per run
+    with pytest.raises(Exception, match="must be a constant but depends on the input's shape"):
+        Explainer(model)
