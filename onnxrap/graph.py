@@ -86,9 +86,19 @@ def shown_shape(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]" if shape else "unknown"
 
 
-def _skeleton(model):
-    """The model without its large initializers (declared as inputs instead), for shape inference."""
+def _skeleton(model, folded=None):
+    """The model without its large initializers (declared as inputs instead), for shape inference; ``folded``:
+    ``{tensor: value}`` computed by folding, written as Constant nodes in place of the nodes that computed them
+    (onnx's data propagation reads those)."""
     g = model.graph
+    nodes = []
+    for node in g.node:
+        outputs = [t for t in node.output if t]
+        if folded and outputs and all(t in folded for t in outputs):
+            nodes += [onnx.helper.make_node("Constant", [], [t], value=numpy_helper.from_array(np.asarray(folded[t]), t))
+                      for t in outputs]
+        else:
+            nodes.append(node)
     declared = {i.name for i in g.input}
     small, big = [], []
     for init in g.initializer:
@@ -96,7 +106,7 @@ def _skeleton(model):
             small.append(init)
         elif init.name not in declared:
             big.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    graph = onnx.helper.make_graph(g.node, g.name, list(g.input) + big, g.output, small, value_info=g.value_info)
+    graph = onnx.helper.make_graph(nodes, g.name, list(g.input) + big, g.output, small, value_info=g.value_info)
     return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
@@ -157,22 +167,7 @@ class Graph:
         self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
         self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
-        inferred = model  # shapes only help; the capture run checks everything
-        skeleton = _skeleton(model)
-        for data_prop in (True, False):  # data_prop: the shapes of Reshapes to Shape-built sizes (a free batch)
-            try:
-                inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
-                break
-            except Exception:
-                continue
-        g = inferred.graph
-        self._shapes, self._types = {}, {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            t = vi.type.tensor_type
-            self._types[vi.name] = t.elem_type
-            if t.HasField("shape"):
-                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-                                              for d in t.shape.dim)
+        self._infer_shapes(_skeleton(model))
         nodes = list(model.graph.node)
         names = _node_names(model.graph)
         self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
@@ -186,7 +181,12 @@ class Graph:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        self._fold_constants(nodes, names, relevant)
+        unresolved = self._fold_constants(nodes, relevant)
+        while unresolved:  # a folded bound (torch's free-batch ShuffleNet: each block's split) fixes later shapes
+            self._infer_shapes(_skeleton(model, {t: v for t, v in self.constants.items()
+                                                 if t in self._node_producer and v.size <= 4096}))
+            left = self._fold_constants(nodes, relevant)
+            unresolved = left if len(left) < len(unresolved) else []
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
@@ -264,8 +264,27 @@ class Graph:
             return tuple(np.shape(self.constants[name]))
         return shape
 
-    def _fold_constants(self, nodes, names, relevant):
-        """Evaluate every non-data node the data path reads, where its inputs are known."""
+    def _infer_shapes(self, skeleton):
+        """Shapes and types of the tensors of ``skeleton``; shapes only help, the capture run checks everything.
+        data_prop: the shapes of Reshapes to sizes built from Shape (torch's exports with a free batch)."""
+        inferred = skeleton
+        for data_prop in (True, False):
+            try:
+                inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
+                break
+            except Exception:
+                continue
+        self._shapes, self._types = {}, {}
+        g = inferred.graph
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            self._types[vi.name] = t.elem_type
+            if t.HasField("shape"):
+                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                                              for d in t.shape.dim)
+
+    def _fold_constants(self, nodes, relevant):
+        """Evaluate every non-data node the data path reads, where its inputs are known; return the ones left."""
         from onnx.reference import ReferenceEvaluator
 
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
@@ -280,6 +299,8 @@ class Graph:
         partial = {}  # Shape outputs with free dimensions (None): Gather and Slice of their known ones fold
         for i in sorted(order):
             node = nodes[i]
+            if all(t in self.constants for t in node.output if t):
+                continue  # folded in an earlier round
             if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
                 value = _picked(node, partial[node.input[0]], self.constants, opset)
                 if value is not None:
@@ -323,6 +344,7 @@ class Graph:
                 continue  # left for the capture run to compute
             for t, value in zip([t for t in node.output if t], values):
                 self.constants[t] = np.asarray(value)
+        return [i for i in order if not all(t in self.constants for t in nodes[i].output if t)]
 
     def producer_node(self, tensor):
         """The ONNX node writing ``tensor``; None for the inputs and initializers."""
