@@ -232,16 +232,6 @@ class Pass:
         return type(self).__name__
 
 
-class DropUnread(Pass):
-    """Ops whose output nothing reads on the way to the logits: the parts of a Split (or of any op with
-    several outputs) that the model leaves unused.  Relevance never reaches them."""
-
-    def apply(self, index):
-        for op in reversed(list(index.ops)):
-            if op.output != index.logits_name and not index.users(op.output):
-                index.remove(op)
-
-
 class SplitFusedOps(Pass):
     """ONNX Runtime's FusedConv/FusedGemm become their linear op, residual Add and activation
     (``ops/fused.py`` parses them into a ``Fused`` op holding those parts)."""
@@ -331,5 +321,5 @@ class FoldPad(Pass):
             index.remove(pad)
 
 
-CANONICAL_PASSES = (DropUnread(), SplitFusedOps(), AbsorbBias(), PadAfterTranspose(), FoldPad())
+CANONICAL_PASSES = (SplitFusedOps(), AbsorbBias(), PadAfterTranspose(), FoldPad())
 
