@@ -1,5 +1,5 @@
 """Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
-(one routing per output), and Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
+(one op per output), and Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
 from output positions to input positions.  The map is ONNX's own semantics
@@ -106,8 +106,8 @@ class IndexRouting(Op):
 
 
 def index_routing(v, index_inputs, output=0, name=None):
-    """The node's ``output``-th output, with every input but the data a constant (reading them raises
-    Unsupported otherwise)."""
+    """The node, with every input but the data a constant (reading them raises Unsupported otherwise), as the
+    map to its output ``output``."""
     constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
     node.CopyFrom(v.node)
@@ -138,7 +138,9 @@ def _slice(v):
 
 @register("Split")
 def _split(v):
-    """Each output is a slice of the input (torch's ``chunk``/``split``; ShuffleNet's halves): one routing per
-    output, named ``node:k``.  The sizes are input 1 (opset 13 on), the ``split`` attribute before, or
-    ``num_outputs`` (opset 18 on)."""
-    return [index_routing(v, [1], k, f"{v.name}:{k}") for k, t in enumerate(v.node.output) if t]
+    """Each output the data path reads is the part of the input it copies; ONNX's own Split (the split
+    sizes as attribute or input, num_outputs, an uneven last part) makes each map."""
+    graph = v.graph
+    read = {t for n in graph.data_nodes + graph.fused_nodes for t in n.input} | {graph.logits_name}
+    outputs = [k for k, t in enumerate(v.node.output) if t in read]  # a part nothing reads gets no op
+    return [index_routing(v, [1], k, f"{v.name}:{k}") for k in outputs]
