@@ -1,13 +1,8 @@
-"""Two patterns torch.onnx writes for torchvision's ShuffleNetV2, built by hand (the real exports are in
-tests/test_torchvision.py):
-
-* ``Split`` (``x.chunk(2, dim=1)`` from the dynamo exporter, or the TorchScript exporter at a fixed batch):
-  each output is a slice of the input, so relevance and gradient must be those of the same halves taken
-  by two constant ``Slice`` nodes;
-* the TorchScript exporter with a free batch (``dynamic_axes``) writes the same halves with bounds computed
-  from the tensor's shape: ``Shape -> Gather(1) -> Add/Div/Mul -> Slice``, after a channel shuffle
-  ``Reshape`` to sizes taken from ``Shape`` too.  The batch is free but the channels are not: the bounds
-  are constants, and the model explains as the constant-Slice one.
+"""torch's TorchScript exporter with a free batch (``dynamic_axes``) writes ShuffleNetV2's ``x.chunk(2, dim=1)`` as
+two ``Slice`` nodes whose bounds are computed from the tensor's shape (``Shape -> Gather(1) -> arithmetic``),
+after a channel shuffle ``Reshape`` to sizes taken from ``Shape`` too.  The batch is free but the channels are
+not: the bounds are constants, and the model explains as one with constant Slices.  Built here by hand (the
+real export is in tests/test_torchvision.py; the dynamo exporter's ``Split`` is in tests/test_split.py).
 """
 from __future__ import annotations
 
@@ -31,21 +26,6 @@ def _model(split_nodes, initializers=(), opset=13):
     head, head_inits, _, _ = head_gemm("flat", C * HW * HW, 5, 7)
     inits = conv_inits + head_inits + [const("W2", rnd((C - HALF, C - HALF, 1, 1), 9))] + list(initializers)
     return make_model(nodes + head, [("x", ["N", 4, HW, HW])], [("logits", None)], inits, opset=opset)  # torch's name
-
-
-def constant_slices():
-    return _model([node("Slice", ["r", "zero", "half", "one"], ["lo"]),
-                   node("Slice", ["r", "half", "end", "one"], ["hi"])],
-                  [const(n, [v], np.int64) for n, v in (("zero", 0), ("half", HALF), ("end", C), ("one", 1))])
-
-
-def split(opset):
-    """``Split``: sizes as an input (opset 13), as an attribute (11), or the ONNX default of equal parts
-    replaced by explicit sizes via ``num_outputs`` where the sizes are equal (18: not here, sizes differ)."""
-    if opset == 11:
-        return _model([node("Split", ["r"], ["lo", "hi"], axis=1, split=[HALF, C - HALF])], opset=11)
-    return _model([node("Split", ["r", "sizes"], ["lo", "hi"], axis=1)],
-                  [const("sizes", [HALF, C - HALF], np.int64)], opset=opset)
 
 
 INTS = {"i0": 0, "i1": 1, "i2": 2, "i3": 3, "axis0": [0], "two": [2], "four": 4, "zero": [0], "one": [1],
@@ -108,32 +88,6 @@ def assert_explains_as(model, reference, methods_=("rap", "gradient", "lrp-eps")
                                        atol=1e-5 * np.abs(got.target_logit).max())
 
 
-@pytest.mark.parametrize("opset", [11, 13, 18])
-def test_split_explains_as_two_slices(opset):
-    assert_explains_as(split(opset), constant_slices())
-
-
-def test_split_into_equal_parts_by_num_outputs():
-    """Opset 18's ``num_outputs`` (the dynamo exporter's ``chunk``): equal halves, no sizes given."""
-    def model(split_nodes, inits=()):
-        nodes = [node("Relu", ["x"], ["r"]), *split_nodes, node("Add", ["a", "b"], ["d"]),
-                 node("Flatten", ["d"], ["f"])]
-        head, head_inits, _, _ = head_gemm("f", 2 * HW * HW, 3, 4)
-        return make_model(nodes + head, [("x", [None, 4, HW, HW])], [("logits", None)], head_inits + list(inits),
-                          opset=18)
-
-    halves = model([node("Split", ["r"], ["a", "b"], axis=1, num_outputs=2)])  # torch's chunk(2, dim=1)
-    slices = model([node("Slice", ["r", "zero", "two", "one"], ["a"]), node("Slice", ["r", "two", "four", "one"], ["b"])],
-                   [const(n, [v], np.int64) for n, v in (("zero", 0), ("two", 2), ("four", 4), ("one", 1))])
-    assert_explains_as(halves, slices)
-
-
-def test_split_compiles_to_what_eager_gives():
-    ex = Explainer(split(13))
-    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(X)
-    assert rel_l2(relevance, ex.explain(X, method="rap").relevance) < 1e-5
-
-
 def test_slices_bounded_by_a_free_batch_shape_fold_to_constants():
     """Before the fold the Slices were refused: 'input 2 must be a constant but depends on the input's shape or
     values'; before the second round of shape inference, the second unit's were."""
@@ -149,3 +103,9 @@ def test_a_free_dimension_is_still_refused_as_a_bound():
     gather.input[1] = "i0"  # the batch size, known only per run
     with pytest.raises(Exception, match="lo_end2.*must be a constant but depends on the input's shape"):
         Explainer(model)
+
+
+def test_the_folded_bounds_compile():
+    ex = Explainer(two_blocks(torch_halves))
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(X)
+    assert rel_l2(relevance, ex.explain(X, method="rap").relevance) < 1e-5
