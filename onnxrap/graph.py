@@ -95,8 +95,8 @@ def _skeleton(model, folded=None):
     for node in g.node:
         outputs = [t for t in node.output if t]
         if folded and outputs and all(t in folded for t in outputs):
-            nodes += [onnx.helper.make_node("Constant", [], [t], value=numpy_helper.from_array(np.asarray(folded[t]), t))
-                      for t in outputs]
+            nodes += [onnx.helper.make_node("Constant", [], [t],
+                                            value=numpy_helper.from_array(np.asarray(folded[t]), t)) for t in outputs]
         else:
             nodes.append(node)
     declared = {i.name for i in g.input}

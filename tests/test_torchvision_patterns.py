@@ -67,7 +67,8 @@ def two_blocks(halves):
     bounds are folded."""
     ints = [node("Constant", [], [k], value=const(k, v, np.int64)) for k, v in INTS.items()]  # as torch writes them
     nodes = ints + halves("r", 1) + [node("Conv", ["hi1", "W3"], ["hi1c"], name="conv3"),
-                                     node("Relu", ["hi1c"], ["hi1r"]), node("Concat", ["lo1", "hi1r"], ["unit1"], axis=1)]
+                                     node("Relu", ["hi1c"], ["hi1r"]),
+                                     node("Concat", ["lo1", "hi1r"], ["unit1"], axis=1)]
     nodes += halves("unit1", 2) + [node("Identity", ["lo2"], ["lo"]), node("Identity", ["hi2"], ["hi"])]
     model = _model(nodes, [const("W3", rnd((C - HALF, C - HALF, 1, 1), 11))], opset=17)
     del model.graph.value_info[:]  # torch writes no intermediate shapes (make_model inferred some, without values)

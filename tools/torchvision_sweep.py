@@ -239,6 +239,10 @@ def op_counts(proto):
     return dict(Counter(n.op_type for n in proto.graph.node))
 
 
+def opset_of(proto):
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def sweep_one(tvm, name, exporter, out, image_path, compile_=True):
     import torch
     size = size_of(name)
@@ -259,7 +263,7 @@ def sweep_one(tvm, name, exporter, out, image_path, compile_=True):
             return row
         row["nodes"] = len(proto.graph.node)
         row["ops"] = op_counts(proto)
-        row["opset"] = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+        row["opset"] = opset_of(proto)
         del proto
         gc.collect()
 
@@ -402,8 +406,9 @@ def fixture_models(tvm):
         "resnet_basic_blocks": (wide_basic, ("torchscript",)),
         "googlenet_inception": (googlenet_inception, ("torchscript",)),
         "squeezenet_fires": (squeezenet_fires, ("torchscript",)),
-        "convnext": (partial(convnext.ConvNeXt, [convnext.CNBlockConfig(16, 32, 1), convnext.CNBlockConfig(32, None, 1)],
-                             num_classes=10), ("torchscript",)),
+        "convnext": (partial(convnext.ConvNeXt, [convnext.CNBlockConfig(16, 32, 1),
+                                                 convnext.CNBlockConfig(32, None, 1)], num_classes=10),
+                     ("torchscript",)),
     }
 
 
@@ -428,8 +433,7 @@ def write_fixtures(out, image_path):
             np.savez_compressed(out / f"{stem}.npz", x=x, target=target, torch_logits=logits, ort_logits=ort_logits,
                                 torch_grad64=grad64)
             manifest["files"][stem] = {"bytes": (out / f"{stem}.onnx").stat().st_size, "nodes": len(proto.graph.node),
-                                       "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                                       "ops": op_counts(proto)}
+                                       "opset": opset_of(proto), "ops": op_counts(proto)}
             print(stem, manifest["files"][stem]["bytes"], np.abs(ort_logits - logits).max(), flush=True)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
