@@ -85,7 +85,8 @@ ATTENTION = ("vit_", "swin_", "maxvit_")
 # vgg16_bn stand for the VGGs.
 SKIPPED = ("vgg11", "vgg13", "vgg13_bn", "vgg19", "vgg19_bn")
 SIZES = {"inception_v3": 80, "alexnet": 224, "maxvit_t": 224}
-BUILD_KWARGS = {"vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64}, "vit_l_16": {"image_size": 64},
+# inception_v3's auxiliary classifier (run in train mode only, so not in the export) needs 299 px there
+BUILD_KWARGS = {"inception_v3": {"aux_logits": False}, "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64}, "vit_l_16": {"image_size": 64},
                 "vit_l_32": {"image_size": 64}, "vit_h_14": {"image_size": 70}}
 
 
