@@ -158,7 +158,8 @@ def export(model, x, path, exporter, external_data=True):
     defaults, with its weights in ``<path>.data`` unless ``external_data`` is false)."""
     import torch
     xt = torch.from_numpy(x)
-    with warnings.catch_warnings(), torch.no_grad():
+    # Not under no_grad: nn.MultiheadAttention (ViT) then takes its fused fast path, which no exporter writes
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             torch.onnx.export(model, (xt,), str(path), dynamo=False, opset_version=17, input_names=["input"],
