@@ -61,6 +61,7 @@ import argparse
 import gc
 import importlib.metadata
 import json
+import re
 import sys
 import tempfile
 import time
@@ -294,6 +295,22 @@ def fmt(v, digits=1):
     return "" if v is None else f"{v:.{digits}e}" if isinstance(v, float) and v < 0.01 else f"{v:.{digits}f}"
 
 
+def summary(refusal):
+    """An unsupported-ops refusal as counts per op type and reason, with the first node named."""
+    nodes = re.findall(r"(\S+) \((\w+)(?:: ([^;]*?))?\)(?:;|$)", refusal.removeprefix("unsupported ops in the data path: "))
+    if not nodes:
+        return refusal
+    def reason(why):  # "Reshape from (shape) to (shape) changes the batch axis": the shapes differ per node
+        return re.sub(r"\S+ from \(.*?\) to \(.*?\) ", "", why)
+
+    counts = Counter((op, reason(why)) for _, op, why in nodes)
+    first = {}
+    for name, op, why in nodes:
+        first.setdefault((op, reason(why)), name)
+    return "; ".join(f"{n} {op}{': ' + why if why else ''} (first {first[op, why]})"
+                     for (op, why), n in counts.items())
+
+
 def table(rows):
     lines = ["| model | exporter | px | params (M) | nodes | logits | conserve | grad | compiled | fwd (ms) | rap/fwd "
              "| compiled/fwd | result |", "|" + " --- |" * 13]
@@ -303,7 +320,7 @@ def table(rows):
         elif "error" in r:
             result = f"**onnxrap error**: {r['error']}"
         elif "refused" in r:
-            result = f"refused: {r['refused']}"
+            result = f"refused: {summary(r['refused'])}"
         else:
             result = "explained" + (" (float64 redo)" if r.get("redone") else "")
             if "compiled_refused" in r:
