@@ -246,6 +246,23 @@ def _smooth(v):
     return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)
 
 
+@register("Pow")
+def _pow(v):
+    """``x ** c`` with a constant scalar ``c > 0`` (PoolFormerV2's StarReLU squares a Relu's output): an
+    activation.  An even power is non-negative, not monotone; an odd one and a fractional one (defined for
+    x >= 0, as in ONNX Runtime) never decrease."""
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("a power with a data exponent")
+    c = np.asarray(v.const(1), dtype=np.float64)
+    if c.size != 1 or not float(c.reshape(())) > 0:
+        raise Unsupported("an exponent that is not one positive number")
+    c = float(c.reshape(()))
+    even = c.is_integer() and int(c) % 2 == 0
+    return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0], lambda xp, u: u ** c,
+                      lambda xp, u: c * u ** (c - 1), (0.0, np.inf) if even or not c.is_integer() else
+                      (-np.inf, np.inf), monotone=not even)
+
+
 class BatchNorm(Op):
     """Inference BatchNormalization ``y = g * x + (bias - g * mean)`` per channel (axis 1)."""
 
@@ -373,6 +390,11 @@ def _arithmetic(v):
             return Sum(v.name, v.op_type, v.data_inputs(), v.node.output[0])
         if v.op_type == "Mul":
             return Gate(v.name, v.op_type, v.data_inputs(), v.node.output[0])
+        if v.op_type == "Sub":  # a - b is a join of a and -b (PoolFormer's pool(x) - x): a Sum of them
+            a, b = v.node.input
+            negated = ConstantArithmetic(v.name + ":negate", "Mul", [b], f"{v.node.output[0]}:negated", -1.0)
+            negated.synthetic = True
+            return [negated, Sum(v.name, v.op_type, [a, negated.output], v.node.output[0])]
         raise Unsupported(f"{v.op_type} of two data tensors")
     (i,) = data
     if v.op_type == "Sum":  # one data input, maybe constants beside it
