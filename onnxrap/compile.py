@@ -158,7 +158,7 @@ def _shared_weights(graph, tr):
     An Explainer hands its own arrays to ONNX Runtime for them instead of a second copy."""
     shared = {}
     for op in graph.ops:
-        if isinstance(op, Linear):
+        if isinstance(op, Linear) and op.master is not None:  # attention's weights are data
             for part in ("pos", "neg"):
                 array = getattr(op.master, part)
                 for transposed, view in ((False, array), (True, array.T)):

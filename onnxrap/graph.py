@@ -101,6 +101,58 @@ def _skeleton(model):
 
 
 
+def _inferred_shapes(model, types=None):
+    """``{tensor: shape}`` from an inferred model's value infos (free dimensions as None); ``types``, if
+    given, gets each tensor's element type."""
+    shapes = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if types is not None:
+            types[vi.name] = t.elem_type
+        if t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                                    for d in t.shape.dim)
+    return shapes
+
+
+def _fill_free_dimensions(shapes, model, input_name):
+    """Fill in the dimensions of ``shapes`` that shape inference left free but that do not depend on the
+    batch size: inferred again, with the values of shape computations propagated, at two batch sizes, a
+    dimension the same in both is fixed.  Exporters compute attention's 1 / sqrt(head size) from the
+    shape of a tensor reshaped to a size read off the input's shape (TorchScript's ``x.shape[-1] ** -0.5``)."""
+    runs = []
+    for batch in (2, 3):
+        skeleton = _skeleton(model)
+        for vi in skeleton.graph.input:
+            if vi.name == input_name and vi.type.tensor_type.shape.dim:
+                vi.type.tensor_type.shape.dim[0].Clear()
+                vi.type.tensor_type.shape.dim[0].dim_value = batch
+        try:
+            runs.append(_inferred_shapes(onnx.shape_inference.infer_shapes(skeleton, data_prop=True)))
+        except Exception:
+            return  # shapes only help
+    for name, shape in shapes.items():
+        seen = [run.get(name) for run in runs]
+        if None in seen or any(len(s) != len(shape) for s in seen):
+            continue
+        shapes[name] = tuple(d if d is not None else (a if a == b else None) for d, a, b in zip(shape, *seen))
+
+
+def _evaluated(node, known, opset):
+    """The outputs of the ONNX ``node`` from the values ``known`` of its inputs (onnx's reference
+    evaluator), as NumPy arrays; None where it cannot evaluate them."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
+        outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
+        sub = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", ins, outs), opset_imports=opset)
+        return [np.asarray(v) for v in ReferenceEvaluator(sub).run(None, {t: known[t] for t in node.input if t})]
+    except Exception:
+        return None
+
+
 def _node_names(graph) -> list[str]:
     """Every node's name; unnamed nodes get ``OpType_index`` so messages can name them."""
     seen, names = set(), []
@@ -141,18 +193,14 @@ class Graph:
             inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
         except Exception:
             inferred = model  # shapes only help; the capture run checks everything
-        g = inferred.graph
-        self._shapes, self._types = {}, {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            t = vi.type.tensor_type
-            self._types[vi.name] = t.elem_type
-            if t.HasField("shape"):
-                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-                                              for d in t.shape.dim)
+        self._types = {}
+        self._shapes = _inferred_shapes(inferred, self._types)
         nodes = list(model.graph.node)
         names = _node_names(model.graph)
         self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
+        if any(n.op_type == "Shape" and None in self._shapes.get(n.input[0], (None,))[1:] for n in nodes):
+            _fill_free_dimensions(self._shapes, model, self.input_name)
         # explained_through: the squashers and roundings between the logits and the output (inspect names them)
         self.output_name, (self.logits_name, self.explained_through) = self._pick_output(model.graph, nodes,
                                                                                          output_name)
@@ -242,8 +290,6 @@ class Graph:
 
     def _fold_constants(self, nodes, names, relevant):
         """Evaluate every non-data node the data path reads, where its inputs are known."""
-        from onnx.reference import ReferenceEvaluator
-
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
         producer = self._node_producer
         order, todo = set(), list(needed)
@@ -253,6 +299,7 @@ class Graph:
                 order.add(i)
                 todo.extend(t for t in nodes[i].input if t and t not in self.data_tensors)
         opset = [o for o in self.model.opset_import]
+        partial = {}  # a Shape's output with free dimensions (None) -> the shape
         for i in sorted(order):
             node = nodes[i]
             if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
@@ -261,8 +308,17 @@ class Graph:
                     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
                     self.constants[node.output[0]] = self.constants[node.input[0]].astype(dtype)
                 continue
+            if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
+                # static dimensions of a shape with free ones (attention's 1 / sqrt(head size) from x.shape[-1]):
+                # the free ones stand as -1, which no dimension is, and must not be picked
+                values = _evaluated(node, {**self.constants, node.input[0]: partial[node.input[0]]}, opset)
+                if values is not None and (values[0] >= 0).all():
+                    self.constants[node.output[0]] = values[0]
+                continue
             if node.op_type in ("Shape", "Size"):
                 shape = self._shapes.get(node.input[0])
+                if shape is not None and None in shape and node.op_type == "Shape" and not node.attribute:
+                    partial[node.output[0]] = np.array([-1 if d is None else d for d in shape], dtype=np.int64)
                 if shape is None or None in shape:
                     continue  # dynamic: its value is known only per run
                 shape = np.array(shape, dtype=np.int64)
@@ -281,15 +337,9 @@ class Graph:
                 if value is not None:
                     self.constants[node.output[0]] = value
                     continue
-            try:
-                ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
-                outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
-                sub = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", ins, outs), opset_imports=opset)
-                values = ReferenceEvaluator(sub).run(None, {t: self.constants[t] for t in node.input if t})
-            except Exception:
-                continue  # left for the capture run to compute
-            for t, value in zip([t for t in node.output if t], values):
-                self.constants[t] = np.asarray(value)
+            values = _evaluated(node, self.constants, opset)
+            for t, value in zip([t for t in node.output if t], values or ()):  # None: left for the capture run
+                self.constants[t] = value
 
     def producer_node(self, tensor):
         """The ONNX node writing ``tensor``; None for the inputs and initializers."""

@@ -19,15 +19,19 @@ gets the position ``projection``; where no floor is on the way either (an
 MBConv block's projection after SiLU, not its depthwise convolution, which
 writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
 tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
-that, in [0, c] with c finite (``Gate.pick_gate``); its output has its
-signal's sign.
+that, in [0, c] with c finite (``Gated.pick_gate``); its output has its
+signal's sign.  A MatMul of two data tensors is picked the same way (attention's
+``P @ V``: a Softmax's output is in [0, 1]); one without a gate (``Q @ K^T``), and
+a Softmax, are refused where relevance reaches them, since no rule shares relevance
+over them: a gate's rule gives its gate none.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backend import numpy_backend
-from .ops.elementwise import Gate
+from .ops.attention import DataMatMul
+from .ops.elementwise import Gate, Gated
 from .ops.linear import Linear
 from .ops.structure import Pad
 
@@ -92,8 +96,13 @@ def _gate(op, inputs, constants):
     return _times(*inputs)
 
 
+def _probabilities(op, inputs, constants):
+    return 0.0, 1.0
+
+
 BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad": _moves, "maxpool": _moves,
-          "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate}
+          "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate,
+          "softmax": _probabilities}
 
 
 _SELF_GATE_GRID = -np.logspace(-4, 4, 8001)  # the negative signal values where x * g(x) is evaluated
@@ -148,18 +157,20 @@ def _reaching(writers, sources):
 
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
-    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that
-    are no gate, as unsupported ops ``(name, op type, why)``."""
-    bounds, refused, producers = {}, [], {}
+    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
+    the Muls that are no gate and what ``_gate_only_reached`` finds, as unsupported ops ``(name, op type, why)``."""
+    bounds, refused, producers, no_gate = {}, [], {}, {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
-        if isinstance(op, Gate):
+        if isinstance(op, Gated):
             why = op.pick_gate(given)
-            if why:
+            if why and isinstance(op, Gate):
                 refused.append((op.name, op.op_type, why))
+            elif why:  # a MatMul with no gate may compute one (attention's scores): refused where reached
+                no_gate[op.name] = why
             else:
                 sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
@@ -183,4 +194,25 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
                         writer.positions = writer.positions + ("projection",)
                 for writer in streams.get(op.inputs[0], ()):
                     writer.writes_signed_stream = True
-    return refused
+    return refused + _gate_only_reached(graph, no_gate)
+
+
+def _gate_only_reached(graph, no_gate):
+    """The ops that may only compute a gate, as unsupported ops where relevance reaches them from the logits
+    (past no gate's gate input): MatMuls of two data tensors without a gate (``no_gate``: name -> why) and
+    Softmaxes."""
+    producers = {op.output: op for op in graph.ops}
+    seen, todo, found = set(), [graph.logits_name], []
+    while todo:
+        op = producers.get(todo.pop())
+        if op is None or op.name in seen:
+            continue
+        seen.add(op.name)
+        todo.extend([op.signal] if isinstance(op, Gated) and op.gate is not None else op.inputs)
+        if op.name in no_gate:
+            found.append((op.name, op.op_type, no_gate[op.name]))
+        elif op.kind == "softmax":
+            found.append((op.name, op.op_type, "a Softmax inside the graph is explained only as attention's "
+                                                "weights: its output must reach the logits only as a MatMul's gate"))
+    order = {op.name: k for k, op in enumerate(graph.ops)}
+    return sorted(found, key=lambda item: order[item[0]])

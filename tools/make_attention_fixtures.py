@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Write small ViT-like classifiers, exported by PyTorch, for ``tests/test_attention_models.py``: self-attention
+(a MatMul of two data tensors and the Softmax between) as each exporter writes it.
+
+The network follows ViT/DeiT (Dosovitskiy et al. 2021; Touvron et al. 2021) at a toy size (random weights,
+3x16x16 input, 10 classes, width 16, 2 heads, 2 blocks): a 4x4 stride-4 patch-embedding convolution (16
+tokens), flatten and transpose to tokens, a class token joined by Concat, a position embedding added;
+pre-LayerNorm blocks ``x + attention(LN(x))`` and ``x + MLP(LN(x))`` (Linear 2x, GELU, Linear); a final
+LayerNorm and a Linear head on the class token (``x[:, 0]``: Gather or Slice) or, in the ``meanpool``
+variant (no class token), on the mean of the tokens (ReduceMean).  The LayerNorms' scales and biases are
+drawn at random (not 1 and 0) so that every block changes the logits.
+
+The attention comes three ways, since exporters write them differently:
+
+* ``mha``: ``torch.nn.MultiheadAttention`` (one in-projection of 3 x width, split into q, k, v)
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on separate q, k, v projections
+* ``manual``: written out, ``softmax(q @ k^T * d^-0.5) @ v``
+
+Files (in ``tests/fixtures/attention/``), each with ``<name>.npz`` beside it holding ``x`` (a float32 batch
+of 2), ``ort_logits`` (ONNX Runtime's output for it) and ``torch_logits`` (PyTorch's):
+
+* ``vit_{mha,sdpa,manual}_opset{14,17}.onnx``  TorchScript exporter (``dynamo=False``)
+* ``vit_{mha,sdpa}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
+* ``vit_meanpool_manual_opset17.onnx``  the mean-pooled variant, TorchScript exporter
+
+Requirements (only for this script): torch 2.13.0 (CPU), onnx, onnxscript (the dynamo exporter),
+onnxruntime, numpy.
+
+Usage:  python tools/make_attention_fixtures.py [--out tests/fixtures/attention] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTH, HEADS, DEPTH, PATCH, SIZE, CLASSES = 16, 2, 2, 4, 16, 10
+
+
+def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, depth=DEPTH, patch=PATCH,
+              size=SIZE, channels=3, classes=CLASSES):
+    """The ViT-like above; ``attention`` is ``mha``, ``sdpa`` or ``manual``, ``pool`` ``token`` or ``mean``."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if attention == "mha":
+                self.mha = nn.MultiheadAttention(width, heads, batch_first=True)
+            else:
+                self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+                self.out = nn.Linear(width, width)
+
+        def forward(self, x):
+            if attention == "mha":
+                return self.mha(x, x, x, need_weights=False)[0]
+            n, t, _ = x.shape
+            q, k, v = (f(x).reshape(n, t, heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+            if attention == "sdpa":
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                p = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+                y = p @ v
+            return self.out(y.transpose(1, 2).reshape(n, t, width))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+            self.attn = SelfAttention()
+            self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            tokens = (size // patch) ** 2 + (pool == "token")
+            self.embed = nn.Conv2d(channels, width, patch, stride=patch)
+            self.cls = nn.Parameter(0.5 * torch.randn(1, 1, width)) if pool == "token" else None
+            self.pos = nn.Parameter(0.5 * torch.randn(1, tokens, width))
+            self.blocks = nn.Sequential(*(Block() for _ in range(depth)))
+            self.norm = nn.LayerNorm(width, eps=1e-6)
+            self.head = nn.Linear(width, classes)
+
+        def forward(self, x):
+            x = self.embed(x).flatten(2).transpose(1, 2)
+            if self.cls is not None:
+                x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+            x = self.norm(self.blocks(x + self.pos))
+            return self.head(x[:, 0] if self.cls is not None else x.mean(dim=1))
+
+    torch.manual_seed(seed)
+    net = ViT()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
+                m.bias.copy_(0.2 * torch.randn_like(m.bias))
+    return net.eval()
+
+
+def export(net, x, path, opset):
+    """TorchScript at ``opset``, or the dynamo exporter where ``opset`` is None."""
+    import torch
+
+    if opset is None:
+        torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True, input_names=["input"],
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+    else:
+        torch.onnx.export(net, torch.from_numpy(x), str(path), opset_version=opset, dynamo=False,
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+
+
+def write(net, x, path, opset):
+    import torch
+
+    with torch.no_grad():
+        torch_logits = net(torch.from_numpy(x)).numpy()
+    export(net, x, path, opset)
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    ort_logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.savez(path.with_suffix(".npz"), x=x, ort_logits=ort_logits, torch_logits=torch_logits)
+    ops = Counter(n.op_type for n in model.graph.node)
+    print(f"{path.name}: {path.stat().st_size} bytes, max |ort - torch| "
+          f"{np.abs(ort_logits - torch_logits).max():.2e}, ops {dict(sorted(ops.items()))}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "attention")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(args.seed).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
+    for attention in ("mha", "sdpa", "manual"):
+        net = build_vit(args.seed, attention)
+        for opset in (14, 17):
+            write(net, x, args.out / f"vit_{attention}_opset{opset}.onnx", opset)
+        if attention != "manual":
+            write(net, x, args.out / f"vit_{attention}_dynamo.onnx", None)
+    write(build_vit(args.seed, "manual", pool="mean"), x, args.out / "vit_meanpool_manual_opset17.onnx", 17)
+
+
+if __name__ == "__main__":
+    main()
