@@ -90,6 +90,12 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
         why = "routes along the batch axis, which a graph for any batch size cannot hold (the eager engine explains it)"
         routed = [(op.name, op.op_type, why) for op in graph.ops
                   if isinstance(op, IndexRouting) and op.each_sample(probe[op.inputs[0]].shape[1:]) is None]
+        # a batch of one that comes out with a longer first axis was merged with another (dynamo's transpose of
+        # attention's keys reshapes (N, heads, ...) to (N * heads, ...)): a graph for any batch size cannot say how
+        merged = "merges the batch axis with another, which a graph for any batch size cannot hold (the eager " \
+                 "engine explains it)"
+        routed += [(op.name, op.op_type, merged) for op in graph.ops
+                   if op.output in probe and probe[op.output].ndim >= 2 and probe[op.output].shape[0] != 1]
         if routed:
             raise NotCompilable(routed)
     bk = TraceBackend(free_batch=fixed is None)

@@ -204,7 +204,12 @@ def _gate_only_reached(graph, no_gate):
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []
     while todo:
-        op = producers.get(todo.pop())
+        tensor = todo.pop()
+        op = producers.get(tensor)
+        node = graph.producer_node(tensor) if op is None else None
+        if node is not None and tensor in graph.data_tensors and tensor not in seen:  # a node refused before
+            seen.add(tensor)
+            todo.extend(t for t in node.input if t in graph.data_tensors)
         if op is None or op.name in seen:
             continue
         seen.add(op.name)

@@ -17,7 +17,8 @@ The attention comes three ways, since exporters write them differently:
 * ``manual``: written out, ``softmax(q @ k^T * d^-0.5) @ v``
 
 Files (in ``tests/fixtures/attention/``), each with ``<name>.npz`` beside it holding ``x`` (a float32 batch
-of 2), ``ort_logits`` (ONNX Runtime's output for it) and ``torch_logits`` (PyTorch's):
+of 2), ``ort_logits`` (ONNX Runtime's output for it), ``torch_logits`` (PyTorch's) and ``torch_gradient``
+(PyTorch's autograd gradient of each sample's logit of class ``GRADIENT_CLASS`` with respect to x, in float64):
 
 * ``vit_{mha,sdpa,manual}_opset{14,17}.onnx``  TorchScript exporter (``dynamo=False``)
 * ``vit_{mha,sdpa}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
@@ -40,6 +41,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEADS, DEPTH, PATCH, SIZE, CLASSES = 16, 2, 2, 4, 16, 10
+GRADIENT_CLASS = 3
 
 
 def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, depth=DEPTH, patch=PATCH,
@@ -126,11 +128,15 @@ def write(net, x, path, opset):
 
     with torch.no_grad():
         torch_logits = net(torch.from_numpy(x)).numpy()
+    wide = torch.from_numpy(x).double().requires_grad_()
+    net.double()(wide)[:, GRADIENT_CLASS].sum().backward()
+    net.float()
     export(net, x, path, opset)
     model = onnx.load(path)
     onnx.checker.check_model(model)
     ort_logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    np.savez(path.with_suffix(".npz"), x=x, ort_logits=ort_logits, torch_logits=torch_logits)
+    np.savez(path.with_suffix(".npz"), x=x, ort_logits=ort_logits, torch_logits=torch_logits,
+             torch_gradient=wide.grad.numpy())
     ops = Counter(n.op_type for n in model.graph.node)
     print(f"{path.name}: {path.stat().st_size} bytes, max |ort - torch| "
           f"{np.abs(ort_logits - torch_logits).max():.2e}, ops {dict(sorted(ops.items()))}")

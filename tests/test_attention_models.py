@@ -1,0 +1,118 @@
+"""ViT-like classifiers exported by PyTorch (tests/fixtures/attention, tools/make_attention_fixtures.py):
+self-attention as TorchScript (opsets 14 and 17) and dynamo write it, explained, conserving, with the true
+gradient (against PyTorch's autograd), compiled; nn.MultiheadAttention's exports refused in one line."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import assert_one_line_error, rel_l2, run_cli
+from onnxrap import Explainer, methods
+from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
+from onnxrap.ops.attention import DataMatMul
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "attention"
+GRADIENT_CLASS = 3  # the class of the npz files' torch_gradient (tools/make_attention_fixtures.py)
+TORCHSCRIPT = ["vit_manual_opset17", "vit_manual_opset14", "vit_sdpa_opset17", "vit_sdpa_opset14",
+               "vit_meanpool_manual_opset17"]
+EXPLAINED = TORCHSCRIPT + ["vit_sdpa_dynamo"]
+MULTIHEAD = ["vit_mha_opset17", "vit_mha_opset14", "vit_mha_dynamo"]
+
+
+def load(name):
+    path = FIXTURES / f"{name}.onnx"
+    return path, np.load(path.with_suffix(".npz"))
+
+
+@pytest.fixture(params=EXPLAINED)
+def model(request):
+    return (request.param, *load(request.param))
+
+
+def test_the_models_hold_attention(model):
+    """Two blocks, each a Softmax between two MatMuls of data tensors; ONNX Runtime computes what torch did."""
+    name, path, case = model
+    types = Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert types["Softmax"] == 2
+    np.testing.assert_allclose(case["ort_logits"], case["torch_logits"], atol=1e-5)
+    ops = [op for op in Explainer(path).graph.ops if isinstance(op, DataMatMul)]
+    gated = [op for op in ops if op.gate is not None]
+    assert len(ops) == 4 and len(gated) == 2 and all(op.gate_on_left for op in gated)
+
+
+def test_inspect_is_clean(model, capsys):
+    _, path, _ = model
+    code, out, _ = run_cli(["inspect", path], capsys)
+    assert code == 0 and "explainable: yes" in out
+    assert "Softmax                    2  supported" in out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rap_conserves_the_logit(model, dtype):
+    """rap of targets 3 and 7 sums to the logit with no float64 redo, and every op keeps the sum it receives
+    (float64: to rounding), the two P @ V among them."""
+    _, path, case = model
+    e = Explainer(path, dtype=dtype).explain(case["x"], target=[3, 7], method="rap", trace=True)
+    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3)), e.target_logit, rtol=1e-4)
+    assert e.recomputed == [] and e.unconserved == []
+    attention = {op.name for op in Explainer(path).graph.ops if isinstance(op, DataMatMul) and op.gate is not None}
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    seen = set()
+    for name, _, out, inputs in e.layer_sums[1:]:  # after the head, which turns the seed 1 into the logit
+        np.testing.assert_allclose(inputs, out, rtol=tol, atol=tol * np.abs(e.target_logit).max(), err_msg=name)
+        seen.add(name)
+    assert attention <= seen
+
+
+def test_the_gradient_is_torchs(model):
+    """The float64 gradient, through both factors of every MatMul of data, the Softmax, LayerNorm and GELU, is
+    PyTorch's autograd gradient (float64, same weights) to float64 rounding of the float32 weights' products."""
+    _, path, case = model
+    e = Explainer(path, dtype="float64").explain(case["x"], target=GRADIENT_CLASS, method="gradient")
+    reference = case["torch_gradient"]
+    assert np.abs(e.relevance - reference).max() < 1e-6 * np.abs(reference).max()
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+@pytest.mark.parametrize("method, tol", [("rap", 1e-4), ("gradient", 1e-4), ("lrp-eps", 1e-3)])
+def test_compiled_agrees_with_eager(name, method, tol):
+    path, case = load(name)
+    ex = Explainer(path)
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(case["x"])
+    assert rel_l2(relevance, ex.explain(case["x"], method=method).relevance) < tol
+
+
+def test_dynamos_merged_batch_is_not_compiled():
+    """dynamo transposes the keys by reshaping (N, heads, T, d) to (N * heads, T, d): a graph for any batch
+    size cannot hold that, so compile names the ops (the eager engine explains them)."""
+    path, _ = load("vit_sdpa_dynamo")
+    with pytest.raises(NotCompilable) as info:
+        compile_graph(Explainer(path).graph, methods.get("rap"))
+    assert "node_Reshape_54 (Reshape: merges the batch axis with another" in str(info.value)
+
+
+def test_explain_end_to_end(tmp_path, capsys):
+    path, case = load("vit_manual_opset17")
+    np.save(tmp_path / "x.npy", case["x"][:1])
+    code, out, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out", "--method",
+                              "rap,gradient"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "x_rap+gradient.png").is_file()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (item,) = summary["inputs"]
+    assert item["methods"]["rap"]["conserved"] is True
+
+
+@pytest.mark.parametrize("name", MULTIHEAD)
+def test_multihead_attention_is_refused_in_one_line(name, tmp_path, capsys):
+    """nn.MultiheadAttention's exports compute attention sequence-first, with the batch axis moved (and
+    merged with the heads): refused, every node named, as any move of the batch axis is."""
+    path, case = load(name)
+    np.save(tmp_path / "x.npy", case["x"][:1])
+    code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "Transpose: moving the batch axis")
