@@ -116,3 +116,16 @@ def test_multihead_attention_is_refused_in_one_line(name, tmp_path, capsys):
     np.save(tmp_path / "x.npy", case["x"][:1])
     code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "Transpose: moving the batch axis")
+
+
+def test_the_trained_vit_conserves_and_compiles():
+    """The ViT trained on the digits (tools/make_attention_fixtures.py --digits): it classifies its held-out
+    digits, rap sums to each true class's logit in float32 with no redo, and compiled == eager."""
+    path, case = load("vit_digits")
+    ex = Explainer(path)
+    e = ex.explain(case["x"], target=case["y"], method="rap")
+    assert (e.logits.argmax(axis=1) == case["y"]).mean() >= 0.85
+    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2, 3)), e.target_logit, rtol=1e-5, atol=1e-5)
+    assert e.recomputed == [] and e.unconserved == []
+    _, relevance = CompiledModel(compile_graph(ex.graph, methods.get("rap"))).run(case["x"], case["y"])
+    assert rel_l2(relevance, e.relevance) < 1e-4

@@ -24,10 +24,15 @@ of 2), ``ort_logits`` (ONNX Runtime's output for it), ``torch_logits`` (PyTorch'
 * ``vit_{mha,sdpa}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
 * ``vit_meanpool_manual_opset17.onnx``  the mean-pooled variant, TorchScript exporter
 
-Requirements (only for this script): torch 2.13.0 (CPU), onnx, onnxscript (the dynamo exporter),
-onnxruntime, numpy.
+With ``--digits``, instead: ``vit_digits.onnx``, the ``manual`` ViT at 1x32x32 (64 patches of 4x4, width 32,
+2 heads, 2 blocks) trained as tools/train_digits.py trains the bundled CNN (its data, split and schedule:
+scikit-learn's digits, 15 epochs, about two minutes on two cores), TorchScript opset 17, with
+``vit_digits.npz`` holding the first 20 held-out digits ``x`` and their labels ``y``.
 
-Usage:  python tools/make_attention_fixtures.py [--out tests/fixtures/attention] [--seed 0]
+Requirements (only for this script): torch 2.13.0 (CPU), onnx, onnxscript (the dynamo exporter),
+onnxruntime, numpy; with ``--digits`` also scikit-learn and Pillow (tools/train_digits.py).
+
+Usage:  python tools/make_attention_fixtures.py [--out tests/fixtures/attention] [--seed 0] [--digits]
 """
 from __future__ import annotations
 
@@ -142,12 +147,42 @@ def write(net, x, path, opset):
           f"{np.abs(ort_logits - torch_logits).max():.2e}, ops {dict(sorted(ops.items()))}")
 
 
+def train_digits_vit(out, seed):
+    import sys
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train_digits
+
+    torch.set_num_threads(2)
+    train_digits.seed_everything(seed)
+    x_train, y_train, x_hold, y_hold = train_digits.load_data(seed)
+    net = build_vit(seed, "manual", width=32, size=32, channels=1)
+    start = time.perf_counter()
+    train_digits.train(net, x_train, y_train, seed)
+    accuracy = (train_digits.predict(net, x_hold) == y_hold).float().mean().item()
+    print(f"training took {time.perf_counter() - start:.0f}s; held-out accuracy {accuracy:.4f}")
+    path = out / "vit_digits.onnx"
+    export(net.eval(), x_hold[:1].numpy(), path, 17)
+    model = onnx.load(path)
+    onnx.helper.set_model_props(model, {"onnxrap.description": f"a ViT-like on sklearn digits, seed {seed}, held-out "
+                                        f"accuracy {accuracy:.4f}; tools/make_attention_fixtures.py --digits"})
+    onnx.save(model, path)
+    np.savez(path.with_suffix(".npz"), x=x_hold[:20].numpy(), y=y_hold[:20].numpy())
+    print(f"{path.name}: {path.stat().st_size} bytes")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "attention")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits", action="store_true", help="train the digits ViT instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.digits:
+        return train_digits_vit(args.out, args.seed)
     x = np.random.default_rng(args.seed).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     for attention in ("mha", "sdpa", "manual"):
         net = build_vit(args.seed, attention)
