@@ -3,7 +3,8 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; recognise LayerNorms written out node by node (``passes.py``);
+as constants; recognise LayerNorms written out node by node and attention's q, k
+and v split off past the batch axis (``passes.py``);
 parse each data node into an ``Op``; canonicalise with the named passes of
 ``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
@@ -24,7 +25,7 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .passes import CANONICAL_PASSES, OpIndex, layernorms_written_out, logits_behind_squashers
+from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
@@ -214,11 +215,11 @@ class Graph:
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
-        fused = [(indices, op) for indices, op in
-                 layernorms_written_out(nodes, names, self.constants, self.static_shape, kept)
+        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound)
+                 for indices, op in find(nodes, names, self.constants, self.static_shape, kept)
                  if relevant.issuperset(indices)]
-        # fused_nodes: the ONNX nodes that one op stands for (inspect counts them apart)
-        self.fused_nodes = [nodes[i] for indices, _ in fused for i in sorted(indices)]
+        # fused_nodes: (op, ONNX node) for each node that one op stands for (inspect counts them apart)
+        self.fused_nodes = [(op, nodes[i]) for indices, op in fused for i in sorted(indices)]
         self.data_nodes = [nodes[i] for i in sorted(relevant.difference(*(indices for indices, _ in fused)))]
         self.ops, self.unsupported = self._parse(nodes, names, relevant, fused)
         self._canonicalise()

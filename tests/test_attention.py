@@ -186,3 +186,42 @@ def test_the_cli_names_every_refused_node(tmp_path, capsys):
     code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "qk (MatMul", "pv (MatMul")
     assert not (tmp_path / "out").exists()
+
+
+def qkv_split(perm=(2, 0, 3, 1, 4), squeezed=0, tokens=3, heads=2, d=2):
+    """timm's q, k, v: x (N, T, heads d) @ W, reshaped to (N, T, 3, heads, d), transposed by ``perm``, Split
+    along axis 0 into parts of 1 and each Squeezed on axis ``squeezed``; then attention, flattened into a
+    head."""
+    rng = np.random.default_rng(8)
+    width = heads * d
+    inits = [const("W", rng.normal(size=(width, 3 * width))), const("Wh", rng.normal(size=(tokens * width, 3))),
+             const("five", np.array([-1, tokens, 3, heads, d]), dtype=np.int64),
+             const("flat", np.array([-1, tokens * width]), dtype=np.int64),
+             const("sizes", np.array([1, 1, 1]), dtype=np.int64), const("axis", np.array([squeezed]), dtype=np.int64)]
+    parts = ["q", "k", "v"]
+    nodes = [node("MatMul", ["x", "W"], "qkv"), node("Reshape", ["qkv", "five"], "r"),
+             node("Transpose", ["r"], "moved", perm=list(perm), name="moved"),
+             node("Split", ["moved", "sizes"], [f"{p}5" for p in parts], axis=0, name="split"),
+             *(node("Squeeze", [f"{p}5", "axis"], p) for p in parts),
+             node("Transpose", ["k"], "kt", perm=[0, 1, 3, 2]), node("MatMul", ["q", "kt"], "qk"),
+             node("Softmax", ["qk"], "p", axis=-1), node("MatMul", ["p", "v"], "o"),
+             node("Transpose", ["o"], "ot", perm=[0, 2, 1, 3]), node("Reshape", ["ot", "flat"], "f"),
+             node("MatMul", ["f", "Wh"], "y")]
+    return make_model(nodes, [("x", ["N", tokens, width])], [("y", ["N", 3])], inits)
+
+
+def test_the_qkv_split_conserves_and_has_the_true_gradient():
+    model = qkv_split()
+    x = np.random.default_rng(9).normal(size=(2, 3, 4))
+    e = Explainer(model, dtype="float64").explain(x.astype(np.float32), target=[0, 2], method="rap")
+    np.testing.assert_allclose(e.relevance.sum(axis=(1, 2)), e.target_logit, rtol=1e-5, atol=1e-6)
+    g = Explainer(model, dtype="float64").explain(x[:1].astype(np.float32), target=1, method="gradient").relevance
+    h, d = 1e-2, np.random.default_rng(10).standard_normal((1, 3, 4))
+    up, down = (run(model, (x[:1] + s * h * d).astype(np.float32))[0][0, 1] for s in (1, -1))
+    assert abs((float(up) - float(down)) / (2 * h) - float((g * d).sum())) < 1e-3 * abs(float(up) - float(down)) / h + 1e-5
+
+
+@pytest.mark.parametrize("perm, squeezed", [((2, 3, 0, 1, 4), 0), ((2, 0, 3, 1, 4), 1)])
+def test_a_near_miss_of_the_qkv_split_stays_refused(perm, squeezed):
+    """The batch axis moved third, or a Squeeze of another axis: the Transpose that moves it is refused."""
+    assert "moved (Transpose: moving the batch axis)" in refused(qkv_split(perm, squeezed))

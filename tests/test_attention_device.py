@@ -11,7 +11,7 @@ from test_norms_device import cupyx_erf  # noqa: F401 (fixture: CuPy's erf, GELU
 METHODS = ["rap", "gradient", "lrp-eps", "rap-paper"]
 
 
-@pytest.mark.parametrize("name", ["vit_manual_opset17", "vit_sdpa_dynamo"])
+@pytest.mark.parametrize("name", ["vit_manual_opset17", "vit_sdpa_dynamo", "vit_timm_opset17"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_same_numbers_on_device_arrays(strict_gpu, waits, cupyx_erf, name, dtype):
     assert_same_numbers_on_device(FIXTURES / f"{name}.onnx", np.load(FIXTURES / f"{name}.npz")["x"], dtype,

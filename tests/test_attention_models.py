@@ -18,9 +18,9 @@ from onnxrap.ops.attention import DataMatMul
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "attention"
 GRADIENT_CLASS = 3  # the class of the npz files' torch_gradient (tools/make_attention_fixtures.py)
-TORCHSCRIPT = ["vit_manual_opset17", "vit_manual_opset14", "vit_sdpa_opset17", "vit_sdpa_opset14",
+TORCHSCRIPT = ["vit_manual_opset17", "vit_manual_opset14", "vit_sdpa_opset17", "vit_sdpa_opset14", "vit_timm_opset17",
                "vit_meanpool_manual_opset17"]
-EXPLAINED = TORCHSCRIPT + ["vit_sdpa_dynamo"]
+EXPLAINED = TORCHSCRIPT + ["vit_sdpa_dynamo", "vit_timm_dynamo"]
 MULTIHEAD = ["vit_mha_opset17", "vit_mha_opset14", "vit_mha_dynamo"]
 
 
@@ -78,13 +78,23 @@ def test_the_gradient_is_torchs(model):
     assert np.abs(e.relevance - reference).max() < 1e-6 * np.abs(reference).max()
 
 
-@pytest.mark.parametrize("name", TORCHSCRIPT)
+@pytest.mark.parametrize("name", TORCHSCRIPT + ["vit_timm_dynamo"])
 @pytest.mark.parametrize("method, tol", [("rap", 1e-4), ("gradient", 1e-4), ("lrp-eps", 1e-3)])
 def test_compiled_agrees_with_eager(name, method, tol):
     path, case = load(name)
     ex = Explainer(path)
     _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(case["x"])
     assert rel_l2(relevance, ex.explain(case["x"], method=method).relevance) < tol
+
+
+def test_timms_qkv_split_is_one_op_per_part(capsys):
+    """timm's ``qkv.reshape(N, T, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)`` moves the batch axis second
+    and splits it back off: TorchScript writes Transpose, Split, Squeeze, dynamo Transpose, Slice, Squeeze;
+    each of q, k and v is one op that keeps the batch axis first (passes.heads_unbound)."""
+    for name, nodes in (("vit_timm_opset17", "Split 2, Squeeze 6, Transpose 2"),
+                        ("vit_timm_dynamo", "Slice 6, Squeeze 6, Transpose 2")):
+        code, out, _ = run_cli(["inspect", FIXTURES / f"{name}.onnx"], capsys)
+        assert code == 0 and f"split off past the batch axis, explained as one Transpose each: {nodes}" in out
 
 
 def test_dynamos_merged_batch_is_not_compiled():

@@ -15,13 +15,16 @@ The attention comes three ways, since exporters write them differently:
 * ``mha``: ``torch.nn.MultiheadAttention`` (one in-projection of 3 x width, split into q, k, v)
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on separate q, k, v projections
 * ``manual``: written out, ``softmax(q @ k^T * d^-0.5) @ v``
+* ``timm``: as timm's ``Attention`` (ViT, DeiT): one ``qkv`` Linear, ``reshape(N, T, 3, heads, d).permute(2,
+  0, 3, 1, 4).unbind(0)``, then as ``manual``
 
 Files (in ``tests/fixtures/attention/``), each with ``<name>.npz`` beside it holding ``x`` (a float32 batch
 of 2), ``ort_logits`` (ONNX Runtime's output for it), ``torch_logits`` (PyTorch's) and ``torch_gradient``
 (PyTorch's autograd gradient of each sample's logit of class ``GRADIENT_CLASS`` with respect to x, in float64):
 
 * ``vit_{mha,sdpa,manual}_opset{14,17}.onnx``  TorchScript exporter (``dynamo=False``)
-* ``vit_{mha,sdpa}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
+* ``vit_timm_opset17.onnx``  TorchScript exporter
+* ``vit_{mha,sdpa,timm}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
 * ``vit_meanpool_manual_opset17.onnx``  the mean-pooled variant, TorchScript exporter
 
 With ``--digits``, instead: ``vit_digits.onnx``, the ``manual`` ViT at 1x32x32 (64 patches of 4x4, width 32,
@@ -51,7 +54,8 @@ GRADIENT_CLASS = 3
 
 def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, depth=DEPTH, patch=PATCH,
               size=SIZE, channels=3, classes=CLASSES):
-    """The ViT-like above; ``attention`` is ``mha``, ``sdpa`` or ``manual``, ``pool`` ``token`` or ``mean``."""
+    """The ViT-like above; ``attention`` is ``mha``, ``sdpa``, ``manual`` or ``timm``, ``pool`` ``token`` or
+    ``mean``."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -61,6 +65,9 @@ def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, 
             super().__init__()
             if attention == "mha":
                 self.mha = nn.MultiheadAttention(width, heads, batch_first=True)
+            elif attention == "timm":
+                self.qkv = nn.Linear(width, 3 * width)
+                self.out = nn.Linear(width, width)
             else:
                 self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
                 self.out = nn.Linear(width, width)
@@ -69,7 +76,10 @@ def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, 
             if attention == "mha":
                 return self.mha(x, x, x, need_weights=False)[0]
             n, t, _ = x.shape
-            q, k, v = (f(x).reshape(n, t, heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+            if attention == "timm":
+                q, k, v = self.qkv(x).reshape(n, t, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                q, k, v = (f(x).reshape(n, t, heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
             if attention == "sdpa":
                 y = F.scaled_dot_product_attention(q, k, v)
             else:
@@ -184,9 +194,9 @@ def main():
     if args.digits:
         return train_digits_vit(args.out, args.seed)
     x = np.random.default_rng(args.seed).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
-    for attention in ("mha", "sdpa", "manual"):
+    for attention in ("mha", "sdpa", "manual", "timm"):
         net = build_vit(args.seed, attention)
-        for opset in (14, 17):
+        for opset in (14, 17) if attention != "timm" else (17,):
             write(net, x, args.out / f"vit_{attention}_opset{opset}.onnx", opset)
         if attention != "manual":
             write(net, x, args.out / f"vit_{attention}_dynamo.onnx", None)

@@ -159,6 +159,33 @@ def _transpose(v):
     return Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
 
 
+class Unbound(Op):
+    """Part ``index`` along ``axis`` of its input, that axis dropped, then transposed by ``perm``: one of q, k
+    and v as timm's attention splits them off one tensor (passes.heads_unbound), ``qkv.permute(2, 0, 3, 1,
+    4).unbind(0)`` with the batch axis first throughout, where the ONNX nodes put it second in between."""
+
+    kind = "shape"
+
+    def __init__(self, name, op_type, inputs, output, axis, index, perm):
+        super().__init__(name, op_type, inputs, output)
+        self.axis = axis
+        self.index = index
+        self.perm = list(perm)
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        part = x[(slice(None),) * self.axis + (slice(self.index, self.index + 1),)]
+        return part.reshape(tuple(x.shape[:self.axis]) + tuple(x.shape[self.axis + 1:])).transpose(self.perm)
+
+    def vjp(self, bk, ctx, grad):
+        shape = ctx[self.inputs[0]].shape
+        g = grad.transpose(tuple(np.argsort(self.perm).tolist()))
+        g = g.reshape(tuple(shape[:self.axis]) + (1,) + tuple(shape[self.axis + 1:]))
+        widths = [(0, 0)] * len(shape)
+        widths[self.axis] = (self.index, shape[self.axis] - self.index - 1)
+        return [bk.xp.pad(g, widths)]
+
+
 class Pad(Op):
     """Constant padding; the adjoint crops.  Its own kind: what lies on a nonzero padding is no input's,
     and a conserving method must put it somewhere (docs/rules.md, conservation.constants)."""
