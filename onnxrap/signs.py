@@ -200,19 +200,19 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
 def _gate_only_reached(graph, no_gate):
     """The ops that may only compute a gate, as unsupported ops where relevance reaches them from the logits
     (past no gate's gate input): MatMuls of two data tensors without a gate (``no_gate``: name -> why) and
-    Softmaxes."""
+    Softmaxes.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []
     while todo:
         tensor = todo.pop()
-        op = producers.get(tensor)
-        node = graph.producer_node(tensor) if op is None else None
-        if node is not None and tensor in graph.data_tensors and tensor not in seen:  # a node refused before
-            seen.add(tensor)
-            todo.extend(t for t in node.input if t in graph.data_tensors)
-        if op is None or op.name in seen:
+        if tensor in seen:
             continue
-        seen.add(op.name)
+        seen.add(tensor)
+        op = producers.get(tensor)
+        if op is None:  # the graph input, or a node refused before
+            node = graph.producer_node(tensor)
+            todo.extend(t for t in (node.input if node is not None else ()) if t in graph.data_tensors)
+            continue
         todo.extend([op.signal] if isinstance(op, Gated) and op.gate is not None else op.inputs)
         if op.name in no_gate:
             found.append((op.name, op.op_type, no_gate[op.name]))

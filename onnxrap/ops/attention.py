@@ -77,7 +77,9 @@ class DataMatMul(Gated, Dense):
         self.gate_on_left = None
 
     def pick_gate(self, bounds):
-        why = super().pick_gate(bounds)
+        by_name = dict(zip(self.inputs, bounds))
+        self.inputs = list(self.operands)  # bounds in the ONNX order, however often it is asked
+        why = super().pick_gate([by_name[name] for name in self.operands])
         if self.gate is not None:
             self.gate_on_left = self.gate == 0
             self.inputs = [self.signal, self.inputs[self.gate]]
