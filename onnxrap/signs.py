@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import numpy_backend
-from .ops.attention import DataMatMul
 from .ops.elementwise import Gate, Gated
 from .ops.linear import Linear
 from .ops.structure import Pad

@@ -132,7 +132,8 @@ def export(net, x, path, opset):
 
     if opset is None:
         torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          external_data=False)
     else:
         torch.onnx.export(net, torch.from_numpy(x), str(path), opset_version=opset, dynamo=False,
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})

@@ -120,4 +120,5 @@ def parse(view: NodeView) -> list[Op]:
 
 
 # Import the families so that their ops register.
-from . import attention, elementwise, fused, linear, normalization, pooling, quantize, routing, structure  # noqa: E402,F401
+from . import (attention, elementwise, fused, linear, normalization, pooling, quantize, routing,  # noqa: E402,F401
+               structure)
