@@ -119,14 +119,17 @@ def _inferred_shapes(model, types=None):
 
 def _fill_free_dimensions(shapes, model, input_name):
     """Fill in the dimensions of ``shapes`` that shape inference left free but that do not depend on the
-    batch size: inferred again, with the values of shape computations propagated, at two batch sizes, a
-    dimension the same in both is fixed.  Exporters compute attention's 1 / sqrt(head size) from the
-    shape of a tensor reshaped to a size read off the input's shape (TorchScript's ``x.shape[-1] ** -0.5``)."""
+    batch size: inferred again with the values of shape computations propagated, at batch sizes 2 and 3
+    where the batch is free (a dimension the same in both is fixed), else once.  Exporters compute
+    attention's 1 / sqrt(head size) from the shape of a tensor reshaped to a size read off the input's shape
+    (TorchScript's ``x.shape[-1] ** -0.5``)."""
+    declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
+    free = bool(declared) and not declared[0].HasField("dim_value")
     runs = []
-    for batch in (2, 3):
+    for batch in (2, 3) if free else (None,):
         skeleton = _skeleton(model)
         for vi in skeleton.graph.input:
-            if vi.name == input_name and vi.type.tensor_type.shape.dim:
+            if vi.name == input_name and batch is not None:
                 vi.type.tensor_type.shape.dim[0].Clear()
                 vi.type.tensor_type.shape.dim[0].dim_value = batch
         try:
@@ -137,7 +140,8 @@ def _fill_free_dimensions(shapes, model, input_name):
         seen = [run.get(name) for run in runs]
         if None in seen or any(len(s) != len(shape) for s in seen):
             continue
-        shapes[name] = tuple(d if d is not None else (a if a == b else None) for d, a, b in zip(shape, *seen))
+        shapes[name] = tuple(d if d is not None else (ds[0] if len(set(ds)) == 1 else None)
+                             for d, *ds in zip(shape, *seen))
 
 
 def _evaluated(node, known, opset):

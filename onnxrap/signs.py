@@ -21,9 +21,9 @@ writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
 tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
 that, in [0, c] with c finite (``Gated.pick_gate``); its output has its
 signal's sign.  A MatMul of two data tensors is picked the same way (attention's
-``P @ V``: a Softmax's output is in [0, 1]); one without a gate (``Q @ K^T``), and
-a Softmax, are refused where relevance reaches them, since no rule shares relevance
-over them: a gate's rule gives its gate none.
+``P @ V``: a Softmax's output is in [0, 1]); one without a gate (``Q @ K^T``), a
+Softmax and a move of the batch axis are refused where relevance reaches them,
+since no rule shares relevance over them: a gate's rule gives its gate none.
 """
 from __future__ import annotations
 
@@ -157,8 +157,9 @@ def _reaching(writers, sources):
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
     positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
-    the Muls that are no gate and what ``_gate_only_reached`` finds, as unsupported ops ``(name, op type, why)``."""
-    bounds, refused, producers, no_gate = {}, [], {}, {}
+    the Muls that are no gate and what ``_refused_where_reached`` finds, as unsupported ops ``(name, op type,
+    why)``."""
+    bounds, refused, producers = {}, [], {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
@@ -168,9 +169,7 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
             why = op.pick_gate(given)
             if why and isinstance(op, Gate):
                 refused.append((op.name, op.op_type, why))
-            elif why:  # a MatMul with no gate may compute one (attention's scores): refused where reached
-                no_gate[op.name] = why
-            else:
+            elif not why:  # a MatMul with no gate may compute one (attention's scores): refused where reached
                 sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
         bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
@@ -193,13 +192,13 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
                         writer.positions = writer.positions + ("projection",)
                 for writer in streams.get(op.inputs[0], ()):
                     writer.writes_signed_stream = True
-    return refused + _gate_only_reached(graph, no_gate)
+    return refused + _refused_where_reached(graph)
 
 
-def _gate_only_reached(graph, no_gate):
-    """The ops that may only compute a gate, as unsupported ops where relevance reaches them from the logits
-    (past no gate's gate input): MatMuls of two data tensors without a gate (``no_gate``: name -> why) and
-    Softmaxes.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
+def _refused_where_reached(graph):
+    """The ops with a reason in ``refused_where_reached`` (a MatMul of two data tensors with no gate, a
+    Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
+    unsupported ops.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []
     while todo:
@@ -213,10 +212,7 @@ def _gate_only_reached(graph, no_gate):
             todo.extend(t for t in (node.input if node is not None else ()) if t in graph.data_tensors)
             continue
         todo.extend([op.signal] if isinstance(op, Gated) and op.gate is not None else op.inputs)
-        if op.name in no_gate:
-            found.append((op.name, op.op_type, no_gate[op.name]))
-        elif op.kind == "softmax":
-            found.append((op.name, op.op_type, "a Softmax inside the graph is explained only as attention's "
-                                                "weights: its output must reach the logits only as a MatMul's gate"))
+        if op.refused_where_reached:
+            found.append((op.name, op.op_type, op.refused_where_reached))
     order = {op.name: k for k, op in enumerate(graph.ops)}
     return sorted(found, key=lambda item: order[item[0]])

@@ -97,6 +97,22 @@ def test_timms_qkv_split_is_one_op_per_part(capsys):
         assert code == 0 and f"split off past the batch axis, explained as one Transpose each: {nodes}" in out
 
 
+@pytest.mark.parametrize("name", ["vit_sdpa_batch1_opset17", "vit_sdpa_batch1_dynamo"])
+def test_a_fixed_batch_of_one(name):
+    """Exported for a batch of one (no dynamic axes): dynamo's Reshape of the keys to (heads, T, d) changes the
+    batch axis, but only on the way to the Softmax, where relevance never goes: explained, conserving, with
+    torch's gradient, and compiled (the batch is fixed, so the graph holds the Reshape as it is)."""
+    path, case = load(name)
+    ex = Explainer(path)
+    e = ex.explain(case["x"], target=GRADIENT_CLASS, method="rap")
+    np.testing.assert_allclose(e.relevance.sum(), e.target_logit, rtol=1e-5)
+    gradient = Explainer(path, dtype="float64").explain(case["x"], target=GRADIENT_CLASS, method="gradient")
+    assert np.abs(gradient.relevance - case["torch_gradient"]).max() < 1e-6 * np.abs(case["torch_gradient"]).max()
+    for method in ("rap", "gradient"):
+        _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method))).run(case["x"], [GRADIENT_CLASS])
+        assert rel_l2(relevance, ex.explain(case["x"], target=GRADIENT_CLASS, method=method).relevance) < 1e-4
+
+
 def test_dynamos_merged_batch_is_not_compiled():
     """dynamo transposes the keys by reshaping (N, heads, T, d) to (N * heads, T, d): a graph for any batch
     size cannot hold that, so compile names the ops (the eager engine explains them)."""

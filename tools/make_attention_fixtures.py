@@ -26,6 +26,8 @@ of 2), ``ort_logits`` (ONNX Runtime's output for it), ``torch_logits`` (PyTorch'
 * ``vit_timm_opset17.onnx``  TorchScript exporter
 * ``vit_{mha,sdpa,timm}_dynamo.onnx``  the dynamo exporter (``dynamo=True``, its default opset)
 * ``vit_meanpool_manual_opset17.onnx``  the mean-pooled variant, TorchScript exporter
+* ``vit_sdpa_batch1_{opset17,dynamo}.onnx``  the ``sdpa`` model exported for a batch of one, as an export
+  with no dynamic axes is (dynamo's Reshape of the keys to ``(heads, T, d)`` then changes the batch axis)
 
 With ``--digits``, instead: ``vit_digits.onnx``, the ``manual`` ViT at 1x32x32 (64 patches of 4x4, width 32,
 2 heads, 2 blocks) trained as tools/train_digits.py trains the bundled CNN (its data, split and schedule:
@@ -126,20 +128,22 @@ def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, 
     return net.eval()
 
 
-def export(net, x, path, opset):
-    """TorchScript at ``opset``, or the dynamo exporter where ``opset`` is None."""
+def export(net, x, path, opset, free_batch=True):
+    """TorchScript at ``opset``, or the dynamo exporter where ``opset`` is None; the batch axis free, or
+    fixed at ``x``'s."""
     import torch
 
     if opset is None:
         torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                          external_data=False)
+                          output_names=["logits"], external_data=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},) if free_batch else None)
     else:
         torch.onnx.export(net, torch.from_numpy(x), str(path), opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}})
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}} if free_batch else None)
 
 
-def write(net, x, path, opset):
+def write(net, x, path, opset, free_batch=True):
     import torch
 
     with torch.no_grad():
@@ -147,7 +151,7 @@ def write(net, x, path, opset):
     wide = torch.from_numpy(x).double().requires_grad_()
     net.double()(wide)[:, GRADIENT_CLASS].sum().backward()
     net.float()
-    export(net, x, path, opset)
+    export(net, x, path, opset, free_batch)
     model = onnx.load(path)
     onnx.checker.check_model(model)
     ort_logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -202,6 +206,8 @@ def main():
         if attention != "manual":
             write(net, x, args.out / f"vit_{attention}_dynamo.onnx", None)
     write(build_vit(args.seed, "manual", pool="mean"), x, args.out / "vit_meanpool_manual_opset17.onnx", 17)
+    for opset, suffix in ((17, "opset17"), (None, "dynamo")):
+        write(build_vit(args.seed, "sdpa"), x[:1], args.out / f"vit_sdpa_batch1_{suffix}.onnx", opset, free_batch=False)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class Op:
         self.output = output
         self.positions: tuple[str, ...] = ()  # set by the graph: "head", "input"
         self.synthetic = False  # its output is not in the ONNX graph: onnxrap's forward computes it
+        # why no rule may share relevance over it, where relevance reaches it (signs.py refuses it there); it
+        # may still compute a gate, whose rule gives it none (attention's scores and Softmax)
+        self.refused_where_reached: str | None = None
 
     def forward(self, bk, ctx):
         """The op's output from its inputs in ``ctx`` (onnxrap's own forward, for float64 checking)."""

@@ -5,7 +5,7 @@ factor is provably in [0, 1]: a gate, as a Sigmoid's output gates a Mul (``Gated
 and the op is the linear map ``V -> P V`` with the data-dependent, non-negative weights P (Ali et al.,
 ICML 2022, hold P constant in the same way: docs/rules.md, attention).  Every linear rule then applies
 with P as its weight.  ``Q K^T`` has no gate: it only computes the gate, and relevance never reaches it;
-signs.py refuses it, and a Softmax, where relevance would.
+signs.py refuses it, and a Softmax, where relevance would (``refused_where_reached``).
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ class Softmax(Op):
     def __init__(self, name, op_type, inputs, output, axes):
         super().__init__(name, op_type, inputs, output)
         self.axes = tuple(axes)
+        self.refused_where_reached = ("a Softmax inside the graph is explained only as attention's weights: its "
+                                      "output must reach the logits only as a MatMul's gate")
 
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
@@ -79,7 +81,7 @@ class DataMatMul(Gated, Dense):
     def pick_gate(self, bounds):
         by_name = dict(zip(self.inputs, bounds))
         self.inputs = list(self.operands)  # bounds in the ONNX order, however often it is asked
-        why = super().pick_gate([by_name[name] for name in self.operands])
+        why = self.refused_where_reached = super().pick_gate([by_name[name] for name in self.operands])
         if self.gate is not None:
             self.gate_on_left = self.gate == 0
             self.inputs = [self.signal, self.inputs[self.gate]]

@@ -102,21 +102,24 @@ def _axes(v):
     return None if axes is None else list(axes)
 
 
-def _check_batch_axis_stays(v):
-    """Every rule reads axis 0 of a tensor of rank 2 or more as the batch: a move between such tensors
-    that merges, drops or displaces it is refused.  A move to or from rank 1 passes: exporters flatten
-    a batch of one that way and a later move restores it (torch.export's views, tests/test_gather.py)."""
+def _batch_axis_moved(v):
+    """Why the move merges, drops or displaces the batch axis, or None where it keeps it.  Every rule that
+    shares relevance reads axis 0 of a tensor of rank 2 or more as the batch, so such a move is refused where
+    relevance reaches it (signs.py); elsewhere it only computes a gate (dynamo's transpose of attention's
+    keys through ``(N * heads, T, d)``), and its adjoint is exact.  A move to or from rank 1 keeps it:
+    exporters flatten a batch of one that way and a later move restores it (torch.export's views,
+    tests/test_gather.py)."""
     shape, out = v.input_shape(0), v.graph.static_shape(v.node.output[0])
     rank = None if shape is None else len(shape)
     if shape and out and min(len(shape), len(out)) >= 2 and None not in (shape[0], out[0]) and shape[0] != out[0]:
-        raise Unsupported(f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis")
+        return f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis"
     if v.op_type == "Flatten":
         axis = int(v.attr("axis", 1))
         if axis < 0 and rank is None:
             raise Unsupported(f"Flatten axis={axis} on an input of unknown rank")
         axis = axis % rank if axis < 0 else axis
         if axis == 0 or (axis > 1 and (shape is None or any(d != 1 for d in shape[1:axis]))):
-            raise Unsupported(f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)")
+            return f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)"
     elif v.op_type in ("Squeeze", "Unsqueeze"):
         axes, squeeze = _axes(v) or [], v.op_type == "Squeeze"
         if rank is None:
@@ -125,14 +128,16 @@ def _check_batch_axis_stays(v):
             result = rank - len(axes) if squeeze else rank + len(axes)
             touches_batch, ranks = any(a % (rank if squeeze else result) == 0 for a in axes), (rank, result)
         if touches_batch and (ranks is None or min(ranks) >= 2):  # rank 1 on either side: as above
-            raise Unsupported(f"{v.op_type} axes={axes} " +
-                              ("drops the batch axis" if squeeze else "puts an axis before the batch axis"))
+            return f"{v.op_type} axes={axes} " + ("drops the batch axis" if squeeze else
+                                                 "puts an axis before the batch axis")
+    return None
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(v):
-    _check_batch_axis_stays(v)
-    return Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+    op = Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+    op.refused_where_reached = _batch_axis_moved(v)
+    return op
 
 
 class Transpose(Op):
@@ -152,11 +157,11 @@ class Transpose(Op):
 @register("Transpose")
 def _transpose(v):
     perm = v.attr("perm")
-    if perm is not None and perm[0] != 0:
-        raise Unsupported("moving the batch axis")
     if perm is None:
         raise Unsupported("reversing every axis moves the batch axis")
-    return Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
+    op = Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
+    op.refused_where_reached = "moving the batch axis" if perm[0] != 0 else None  # as _batch_axis_moved's
+    return op
 
 
 class Unbound(Op):
