@@ -21,8 +21,8 @@ writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
 tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
 that, in [0, c] with c finite (``Gated.pick_gate``); its output has its
 signal's sign.  A MatMul of two data tensors is picked the same way (attention's
-``P @ V``: a Softmax's output is in [0, 1]); one without a gate (``Q @ K^T``), a
-Softmax and a move of the batch axis are refused where relevance reaches them,
+``P @ V``: a Softmax's output is in [0, 1]).  A product with no gate (``Q @ K^T``),
+a Softmax and a move of the batch axis are refused where relevance reaches them,
 since no rule shares relevance over them: a gate's rule gives its gate none.
 """
 from __future__ import annotations
@@ -157,20 +157,16 @@ def _reaching(writers, sources):
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
     positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
-    the Muls that are no gate and what ``_refused_where_reached`` finds, as unsupported ops ``(name, op type,
-    why)``."""
-    bounds, refused, producers = {}, [], {}
+    what ``_refused_where_reached`` finds (Muls with no gate among them), as unsupported ops ``(name, op
+    type, why)``."""
+    bounds, producers = {}, {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
-        if isinstance(op, Gated):
-            why = op.pick_gate(given)
-            if why and isinstance(op, Gate):
-                refused.append((op.name, op.op_type, why))
-            elif not why:  # a MatMul with no gate may compute one (attention's scores): refused where reached
-                sources = [op.signal]  # the gate scales the signal; relevance never reaches it
+        if isinstance(op, Gated) and not op.pick_gate(given):  # with no gate: refused where reached
+            sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
         bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
         if isinstance(op, Gate) and op.gate is not None:
@@ -192,12 +188,12 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
                         writer.positions = writer.positions + ("projection",)
                 for writer in streams.get(op.inputs[0], ()):
                     writer.writes_signed_stream = True
-    return refused + _refused_where_reached(graph)
+    return _refused_where_reached(graph)
 
 
 def _refused_where_reached(graph):
-    """The ops with a reason in ``refused_where_reached`` (a MatMul of two data tensors with no gate, a
-    Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
+    """The ops with a reason in ``refused_where_reached`` (a Mul or MatMul of two data tensors with no gate,
+    a Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
     unsupported ops.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []

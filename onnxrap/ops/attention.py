@@ -81,7 +81,7 @@ class DataMatMul(Gated, Dense):
     def pick_gate(self, bounds):
         by_name = dict(zip(self.inputs, bounds))
         self.inputs = list(self.operands)  # bounds in the ONNX order, however often it is asked
-        why = self.refused_where_reached = super().pick_gate([by_name[name] for name in self.operands])
+        why = super().pick_gate([by_name[name] for name in self.operands])
         if self.gate is not None:
             self.gate_on_left = self.gate == 0
             self.inputs = [self.signal, self.inputs[self.gate]]
