@@ -1,6 +1,7 @@
 """The Python API: ``Explainer(model).explain(x, target=None, method="rap")``."""
 from __future__ import annotations
 
+import ast
 import json
 from dataclasses import dataclass, field
 
@@ -101,15 +102,36 @@ class Explainer:
 
     @property
     def labels(self):
-        """Class names from the model's ``onnxrap.labels`` metadata: a JSON list (names may hold
-        commas) or comma-separated; None if absent."""
-        text = (self.metadata.get("onnxrap.labels") or "").strip()
+        """Class names from the model's metadata, None if it has none: ``onnxrap.labels``, a JSON list (names
+        may hold commas) or comma-separated; else Ultralytics' ``names``, a Python dict literal
+        ``{0: 'name', ...}`` (its classification exports carry it)."""
+        return self._metadata_labels()[1]
+
+    @property
+    def labels_key(self):
+        """The metadata key the class names came from; None without names."""
+        return self._metadata_labels()[0]
+
+    def _metadata_labels(self):
+        meta, where = self.metadata, self.graph.label
+        text = (meta.get("onnxrap.labels") or "").strip()
         if text.startswith("["):
             try:
-                return [str(t) for t in json.loads(text)]
+                return "onnxrap.labels", [str(t) for t in json.loads(text)]
             except ValueError:
-                raise ModelError(f"{self.graph.label}: metadata onnxrap.labels is not a valid JSON list") from None
-        return [t.strip() for t in text.split(",")] if text else None
+                raise ModelError(f"{where}: metadata onnxrap.labels is not a valid JSON list") from None
+        if text:
+            return "onnxrap.labels", [t.strip() for t in text.split(",")]
+        if "names" in meta:
+            try:
+                names = ast.literal_eval(meta["names"])
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                names = None
+            if not isinstance(names, dict) or sorted(names) != list(range(len(names))):
+                raise ModelError(f"{where}: metadata names is not a dict of class indices 0, 1, ... to names "
+                                 "(Ultralytics' form; give --labels)")
+            return "names", [str(names[k]) for k in range(len(names))]
+        return None, None
 
     @property
     def layout(self) -> str:

@@ -186,7 +186,7 @@ def build_parser():
     v.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label "
                                         "(label: class index or class name)")
     v.add_argument("--labels", help="class names, one per line (maps class folder names and CSV labels to indices; "
-                                    "default: the model's onnxrap.labels metadata)")
+                                    "default: the model's onnxrap.labels, or Ultralytics' names, metadata)")
     v.add_argument("--limit", type=int, help="evaluate at most N correctly classified inputs (the first N)")
     v.add_argument("--seed", type=int, default=0, help="seed of the shuffle perturbation (default: %(default)s)")
     v.add_argument("--concentration-max", type=int, default=10000,
@@ -228,7 +228,8 @@ def build_parser():
     a.add_argument("--methods", type=_names, default="rap", help=f"comma-separated (default: %(default)s); known: "
                                                      f"{', '.join(methods.FACTORIES)}")
     a.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label")
-    a.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels metadata)")
+    a.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels, or "
+                                    "Ultralytics' names, metadata)")
     a.add_argument("--limit", type=int, help="audit the first N inputs (a larger N later extends the audit)")
     a.add_argument("--workers", type=int, default=1,
                    help="local worker processes (with --device cuda: one per GPU); with --ray: Ray actors "
@@ -605,6 +606,8 @@ def _entry(path, display, per_method, chosen, labels, out, stem, args, contrast)
     entry = {"input": str(path), "predicted": predicted, "predicted_logit": float(logits[predicted]),
              "predicted_probability": float(probs[predicted]), "target": target,
              "target_logit": float(logits[target]), "contrast": contrast, "figure": str(figure), "methods": {}}
+    if labels:  # the class names, where the model or --labels gives them
+        entry["predicted_label"], entry["target_label"] = labels[predicted], labels[target]
     score = float(logits[target])  # what a conserving method's relevance sums to
     if contrast is not None:  # the target's logit minus the dual's
         score = entry["contrast_score"] = float(methods.contrast_seed([target], len(logits), contrast)[0] @ logits)

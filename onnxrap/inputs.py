@@ -362,15 +362,15 @@ def load_input(path, preprocess_factory, input_rank, channel_axis=1, note=None):
 
 
 def class_names_of(explainer, path=None):
-    """Class names from a labels file (``--labels``), else from the model's ``onnxrap.labels`` metadata, else
-    None; either must name every class of a model whose class count is fixed."""
+    """Class names from a labels file (``--labels``), else from the model's metadata (``Explainer.labels``),
+    else None; either must name every class of a model whose class count is fixed."""
     classes = explainer.graph.classes
     if path:
         return read_labels(path, classes)
     names = explainer.labels
     if names is not None and classes is not None and len(names) != classes:
-        raise InputError(f"{explainer.graph.label}: its onnxrap.labels metadata holds {len(names)} names, but the "
-                         f"model has {classes} classes (give --labels)")
+        raise InputError(f"{explainer.graph.label}: its {explainer.labels_key} metadata holds {len(names)} names, "
+                         f"but the model has {classes} classes (give --labels)")
     return names
 
 

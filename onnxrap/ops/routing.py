@@ -1,5 +1,5 @@
-"""Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), and
-Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
+"""Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
+(one op per output), and Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
 from output positions to input positions.  The map is ONNX's own semantics
@@ -105,14 +105,14 @@ class IndexRouting(Op):
         return [bk.scatter_add(grad.reshape(n, -1), index, x.size // n).reshape(x.shape)]
 
 
-def index_routing(v, index_inputs):
-    """The node with every input but the data a constant (reading them raises Unsupported otherwise)."""
+def index_routing(v, index_inputs, output=0, name=None):
+    """The node, with every input but the data a constant (reading them raises Unsupported otherwise), as the
+    map to its output ``output``."""
     constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
     node.CopyFrom(v.node)
     node.name = v.name
-    del node.output[1:]
-    return IndexRouting(v.name, v.op_type, [v.node.input[0]], v.node.output[0], node, constants,
+    return IndexRouting(name or v.name, v.op_type, [v.node.input[0]], v.node.output[output], node, constants,
                         list(v.graph.model.opset_import), v.graph.input_name)
 
 
@@ -134,3 +134,13 @@ def _gather_nd(v):
 @register("Slice")
 def _slice(v):
     return index_routing(v, [1, 2, 3, 4])  # starts, ends, axes, steps (attributes before opset 10: kept on the node)
+
+
+@register("Split")
+def _split(v):
+    """Each output the data path reads is the part of the input it copies; ONNX's own Split (the split
+    sizes as attribute or input, num_outputs, an uneven last part) makes each map."""
+    graph = v.graph
+    read = {t for n in graph.data_nodes + graph.fused_nodes for t in n.input} | {graph.logits_name}
+    outputs = [k for k, t in enumerate(v.node.output) if t in read]  # a part nothing reads gets no op
+    return [index_routing(v, [1], k, f"{v.name}:{k}") for k in outputs]
