@@ -69,7 +69,11 @@ def _moves(op, inputs, constants):
 
 
 def _average(op, inputs, constants):
-    return _hull(inputs[0], (0.0, 0.0))  # padding counted as zeros
+    low, high = _hull(inputs[0], (0.0, 0.0))  # padding counted as zeros
+    if op.within_inputs:
+        return low, high
+    count = op.count or np.inf  # a sum of an unknown number of terms keeps only the sign
+    return _times((low, high), (0.0, count))
 
 
 def _add(op, inputs, constants):
