@@ -470,10 +470,13 @@ def cmd_inspect(args):
         status = "supported" if op_type in known and not bad[op_type] else (
             f"NOT SUPPORTED ({bad[op_type]} of {n})" if op_type in known else "NOT SUPPORTED")
         print(f"  {op_type:<22} {n:>5}  {status}")
-    fused = collections.Counter(n.op_type for n in graph.fused_nodes)
-    if fused:  # the written-out LayerNorms (passes.layernorms_written_out), each one LayerNormalization
-        print("written-out LayerNorms, explained as LayerNormalization: " +
-              ", ".join(f"{t} {n}" for t, n in sorted(fused.items())))
+    fused = collections.defaultdict(collections.Counter)  # passes.layernorms_written_out, passes.heads_unbound
+    for op, node in graph.fused_nodes:
+        fused[op.op_type][node.op_type] += 1
+    for op_type, counts in fused.items():
+        what = {"LayerNormalization": "written-out LayerNorms, explained as LayerNormalization",
+                "Transpose": "attention's q, k and v split off past the batch axis, explained as one Transpose each"}
+        print(f"{what[op_type]}: " + ", ".join(f"{t} {n}" for t, n in sorted(counts.items())))
     folded = collections.Counter(n.op_type for n in graph.folded_nodes)
     if folded:
         print("folded to constants: " + ", ".join(f"{t} {n}" for t, n in sorted(folded.items())))

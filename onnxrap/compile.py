@@ -92,6 +92,12 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
                   if isinstance(op, IndexRouting) and op.each_sample(probe[op.inputs[0]].shape[1:]) is None]
         if routed:
             raise NotCompilable(routed)
+    # Ops that read or write a batch of one with a longer first axis, where the batch was merged with another
+    # (dynamo's transpose of attention's keys through (N * heads, T, d)): a graph for any batch size cannot say
+    # how, so one whose forward or rule the method runs is NotCompilable; off the walk (a gate's branch) they
+    # are only the model's own nodes.
+    merged = {op.name for op in graph.ops if fixed is None and any(
+        t in probe and probe[t].ndim >= 2 and probe[t].shape[0] != 1 for t in [*op.inputs, op.output])}
     bk = TraceBackend(free_batch=fixed is None)
     with Tracer(batch, fixed is None, opset) as tr:
         x = tr.input(graph.input_name, (batch,) + dims, probe[graph.input_name].dtype)
@@ -105,6 +111,7 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
         try:
             for op in graph.ops:  # tensors inside fused nodes, and float64's own forward pass
                 if op.synthetic or recompute:
+                    _check_batch_kept(op, merged)
                     ctx[op.output] = _traced(op, "its forward pass", lambda op=op: op.forward(bk, ctx))
             logits = ctx[graph.logits_name]
             top = logits.reshape(batch, -1).argmax(axis=1)
@@ -115,7 +122,7 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
 
             def backprop(method_, xs, ts):  # xs, ts: always the graph's input and targets here
                 seed = hot * logits if method_.seed_kind == "logit" else hot  # as Method.seed
-                return propagate(graph, _OpNamingRules(method_), ctx, seed)
+                return propagate(graph, _OpNamingRules(method_, merged), ctx, seed)
 
             relevance = traced_attribute(method)(backprop, x, chosen)
         except TraceError as exc:
@@ -130,6 +137,12 @@ def compile_graph(graph, method, dtype="float32", shape=None, recompute=None, ca
     return model
 
 
+def _check_batch_kept(op, merged):
+    if op.name in merged:
+        raise NotCompilable([(op.name, op.op_type, "merges the batch axis with another, which a graph for any "
+                                                   "batch size cannot hold (the eager engine explains it)")])
+
+
 def _traced(op, what, run):
     """``run()``; a part the tracer cannot express makes ``op`` NotCompilable (the eager engine explains it)."""
     try:
@@ -139,12 +152,15 @@ def _traced(op, what, run):
 
 
 class _OpNamingRules:
-    """A method whose rules, where the tracer cannot express one, name the op (``_traced``)."""
+    """A method whose rules, where the tracer cannot express one, name the op (``_traced``); as do the ops of
+    ``merged`` (names) that the walk reaches."""
 
-    def __init__(self, method):
+    def __init__(self, method, merged):
         self.method = method
+        self.merged = merged
 
     def rule_for(self, op):
+        _check_batch_kept(op, self.merged)
         rule = self.method.rule_for(op)
         return lambda op_, ctx, R: _traced(op, f"its rule {rule!r}", lambda: rule(op_, ctx, R))
 
@@ -158,7 +174,7 @@ def _shared_weights(graph, tr):
     An Explainer hands its own arrays to ONNX Runtime for them instead of a second copy."""
     shared = {}
     for op in graph.ops:
-        if isinstance(op, Linear):
+        if isinstance(op, Linear) and op.master is not None:  # attention's weights are data
             for part in ("pos", "neg"):
                 array = getattr(op.master, part)
                 for transposed, view in ((False, array), (True, array.T)):

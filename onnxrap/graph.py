@@ -3,7 +3,8 @@
 Steps: read and check the model; pick the image input and the logits (a
 terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
-as constants; recognise LayerNorms written out node by node (``passes.py``);
+as constants; recognise LayerNorms written out node by node and attention's q, k
+and v split off past the batch axis (``passes.py``);
 parse each data node into an ``Op``; canonicalise with the named passes of
 ``passes.py``; and build a networkx DAG with the position of
 every linear op (``head``: no linear op after it, ``input``: none before it).
@@ -24,7 +25,7 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .passes import CANONICAL_PASSES, OpIndex, layernorms_written_out, logits_behind_squashers
+from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
@@ -111,6 +112,62 @@ def _skeleton(model, folded=None):
 
 
 
+def _inferred_shapes(model, types=None):
+    """``{tensor: shape}`` from an inferred model's value infos (free dimensions as None); ``types``, if
+    given, gets each tensor's element type."""
+    shapes = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if types is not None:
+            types[vi.name] = t.elem_type
+        if t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
+                                    for d in t.shape.dim)
+    return shapes
+
+
+def _fill_free_dimensions(shapes, model, input_name, folded=None):
+    """Fill in the dimensions of ``shapes`` that shape inference left free but that do not depend on the
+    batch size: inferred again with the values of shape computations propagated, at batch sizes 2 and 3
+    where the batch is free (a dimension the same in both is fixed), else once.  Exporters compute
+    attention's 1 / sqrt(head size) from the shape of a tensor reshaped to a size read off the input's shape
+    (TorchScript's ``x.shape[-1] ** -0.5``).  ``folded``: values folded so far (``_skeleton``)."""
+    declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
+    free = bool(declared) and not declared[0].HasField("dim_value")
+    runs = []
+    for batch in (2, 3) if free else (None,):
+        skeleton = _skeleton(model, folded)
+        for vi in skeleton.graph.input:
+            if vi.name == input_name and batch is not None:
+                vi.type.tensor_type.shape.dim[0].Clear()
+                vi.type.tensor_type.shape.dim[0].dim_value = batch
+        try:
+            runs.append(_inferred_shapes(onnx.shape_inference.infer_shapes(skeleton, data_prop=True)))
+        except Exception:
+            return  # shapes only help
+    for name, shape in shapes.items():
+        seen = [run.get(name) for run in runs]
+        if None in seen or any(len(s) != len(shape) for s in seen):
+            continue
+        shapes[name] = tuple(d if d is not None else (ds[0] if len(set(ds)) == 1 else None)
+                             for d, *ds in zip(shape, *seen))
+
+
+def _evaluated(node, known, opset):
+    """The outputs of the ONNX ``node`` from the values ``known`` of its inputs (onnx's reference
+    evaluator), as NumPy arrays; None where it cannot evaluate them."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
+        outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
+        sub = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", ins, outs), opset_imports=opset)
+        return [np.asarray(v) for v in ReferenceEvaluator(sub).run(None, {t: known[t] for t in node.input if t})]
+    except Exception:
+        return None
+
+
 def _node_names(graph) -> list[str]:
     """Every node's name; unnamed nodes get ``OpType_index`` so messages can name them."""
     seen, names = set(), []
@@ -138,26 +195,6 @@ def _dequantized(node, inputs):
     return ((x.astype(np.float32) - zero.astype(np.float32)) * scale).astype(scale.dtype)
 
 
-def _picked(node, shape, constants, opset):
-    """What a Gather or Slice with constant indices takes from a shape with free dimensions (None), where
-    it takes only known ones; else None.  onnx's evaluator runs the node on the positions 0, 1, 2, ..."""
-    from onnx.reference import ReferenceEvaluator
-
-    if not all(t in constants for t in node.input[1:] if t):
-        return None
-    ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.INT64, None) for t in node.input if t]
-    outs = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.INT64, None)]
-    feeds = {t: constants[t] for t in node.input[1:] if t}
-    feeds[node.input[0]] = np.arange(len(shape), dtype=np.int64)
-    try:
-        sub = onnx.helper.make_model(onnx.helper.make_graph([node], "pick", ins, outs), opset_imports=opset)
-        (positions,) = ReferenceEvaluator(sub).run(None, feeds)
-    except Exception:
-        return None
-    picked = [shape[p] for p in np.asarray(positions).reshape(-1)]
-    return None if None in picked else np.array(picked, dtype=np.int64).reshape(np.shape(positions))
-
-
 class Graph:
     """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
 
@@ -167,11 +204,18 @@ class Graph:
         self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
         self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
-        self._infer_shapes(_skeleton(model))
+        try:
+            inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        except Exception:
+            inferred = model  # shapes only help; the capture run checks everything
+        self._types = {}
+        self._shapes = _inferred_shapes(inferred, self._types)
         nodes = list(model.graph.node)
         names = _node_names(model.graph)
         self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
         self.input_name = self._pick_input(model.graph, input_name)
+        if any(n.op_type == "Shape" and None in self._shapes.get(n.input[0], (None,))[1:] for n in nodes):
+            _fill_free_dimensions(self._shapes, model, self.input_name)
         # explained_through: the squashers and roundings between the logits and the output (inspect names them)
         self.output_name, (self.logits_name, self.explained_through) = self._pick_output(model.graph, nodes,
                                                                                          output_name)
@@ -181,20 +225,20 @@ class Graph:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        unresolved = self._fold_constants(nodes, relevant)
-        while unresolved:  # a folded bound (torch's free-batch ShuffleNet: each block's split) fixes later shapes
-            self._infer_shapes(_skeleton(model, {t: v for t, v in self.constants.items()
-                                                 if t in self._node_producer and v.size <= 4096}))
-            left = self._fold_constants(nodes, relevant)
+        unresolved = self._fold_constants(nodes, names, relevant)
+        while unresolved:  # a folded bound (torch's free-batch ShuffleNet: each unit's split) fixes later shapes
+            _fill_free_dimensions(self._shapes, model, self.input_name, {
+                t: v for t, v in self.constants.items() if t in self._node_producer and v.size <= 4096})
+            left = self._fold_constants(nodes, names, relevant)
             unresolved = left if len(left) < len(unresolved) else []
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
-        fused = [(indices, op) for indices, op in
-                 layernorms_written_out(nodes, names, self.constants, self.static_shape, kept)
+        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound)
+                 for indices, op in find(nodes, names, self.constants, self.static_shape, kept)
                  if relevant.issuperset(indices)]
-        # fused_nodes: the ONNX nodes that one op stands for (inspect counts them apart)
-        self.fused_nodes = [nodes[i] for indices, _ in fused for i in sorted(indices)]
+        # fused_nodes: (op, ONNX node) for each node that one op stands for (inspect counts them apart)
+        self.fused_nodes = [(op, nodes[i]) for indices, op in fused for i in sorted(indices)]
         self.data_nodes = [nodes[i] for i in sorted(relevant.difference(*(indices for indices, _ in fused)))]
         self.ops, self.unsupported = self._parse(nodes, names, relevant, fused)
         self._canonicalise()
@@ -203,7 +247,7 @@ class Graph:
         # The ops hold what they need; keep only the constants read at run time (shapes, Concat parts).
         read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
         self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
-        self.unsupported += mark_signed_inputs(self)  # Muls of two data tensors that are no gate
+        self.unsupported += mark_signed_inputs(self)  # Muls with no gate; MatMuls with none, Softmaxes, where reached
         if self.unsupported and strict:
             raise UnsupportedOpsError(self.unsupported)
 
@@ -264,29 +308,8 @@ class Graph:
             return tuple(np.shape(self.constants[name]))
         return shape
 
-    def _infer_shapes(self, skeleton):
-        """Shapes and types of the tensors of ``skeleton``; shapes only help, the capture run checks everything.
-        data_prop: the shapes of Reshapes to sizes built from Shape (torch's exports with a free batch)."""
-        inferred = skeleton
-        for data_prop in (True, False):
-            try:
-                inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
-                break
-            except Exception:
-                continue
-        self._shapes, self._types = {}, {}
-        g = inferred.graph
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            t = vi.type.tensor_type
-            self._types[vi.name] = t.elem_type
-            if t.HasField("shape"):
-                self._shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None
-                                              for d in t.shape.dim)
-
-    def _fold_constants(self, nodes, relevant):
+    def _fold_constants(self, nodes, names, relevant):
         """Evaluate every non-data node the data path reads, where its inputs are known; return the ones left."""
-        from onnx.reference import ReferenceEvaluator
-
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
         producer = self._node_producer
         order, todo = set(), list(needed)
@@ -296,35 +319,36 @@ class Graph:
                 order.add(i)
                 todo.extend(t for t in nodes[i].input if t and t not in self.data_tensors)
         opset = [o for o in self.model.opset_import]
-        partial = {}  # Shape outputs with free dimensions (None): Gather and Slice of their known ones fold
+        partial = {}  # a Shape's output with free dimensions (None) -> the shape
         for i in sorted(order):
             node = nodes[i]
             if all(t in self.constants for t in node.output if t):
                 continue  # folded in an earlier round
-            if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
-                value = _picked(node, partial[node.input[0]], self.constants, opset)
-                if value is not None:
-                    self.constants[node.output[0]] = value
-                continue
             if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
                 if node.input[0] in self.constants:  # the data tensor lends only its type
                     elem = self._types.get(node.input[1]) or onnx.TensorProto.FLOAT
                     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
                     self.constants[node.output[0]] = self.constants[node.input[0]].astype(dtype)
                 continue
+            if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
+                # static dimensions of a shape with free ones (attention's 1 / sqrt(head size) from x.shape[-1]):
+                # the free ones stand as -1, which no dimension is, and must not be picked
+                values = _evaluated(node, {**self.constants, node.input[0]: partial[node.input[0]]}, opset)
+                if values is not None and (values[0] >= 0).all():
+                    self.constants[node.output[0]] = values[0]
+                continue
             if node.op_type in ("Shape", "Size"):
                 shape = self._shapes.get(node.input[0])
-                if shape is None or (None in shape and node.op_type == "Size"):
+                if shape is not None and None in shape and node.op_type == "Shape" and not node.attribute:
+                    partial[node.output[0]] = np.array([-1 if d is None else d for d in shape], dtype=np.int64)
+                if shape is None or None in shape:
                     continue  # dynamic: its value is known only per run
+                shape = np.array(shape, dtype=np.int64)
                 if node.op_type == "Size":
-                    self.constants[node.output[0]] = np.array(np.prod(shape), dtype=np.int64)
-                    continue
-                attrs = {a.name: a.i for a in node.attribute}
-                shape = shape[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
-                if None in shape:  # torch's exports with a free batch read the channels this way
-                    partial[node.output[0]] = shape
+                    self.constants[node.output[0]] = np.array(shape.prod(), dtype=np.int64)
                 else:
-                    self.constants[node.output[0]] = np.array(shape, dtype=np.int64)
+                    attrs = {a.name: a.i for a in node.attribute}
+                    self.constants[node.output[0]] = shape[attrs.get("start", 0):attrs.get("end", len(shape)) or None]
                 continue
             if not all(t in self.constants for t in node.input if t):
                 continue
@@ -335,15 +359,9 @@ class Graph:
                 if value is not None:
                     self.constants[node.output[0]] = value
                     continue
-            try:
-                ins = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.input if t]
-                outs = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None) for t in node.output if t]
-                sub = onnx.helper.make_model(onnx.helper.make_graph([node], "fold", ins, outs), opset_imports=opset)
-                values = ReferenceEvaluator(sub).run(None, {t: self.constants[t] for t in node.input if t})
-            except Exception:
-                continue  # left for the capture run to compute
-            for t, value in zip([t for t in node.output if t], values):
-                self.constants[t] = np.asarray(value)
+            values = _evaluated(node, self.constants, opset)
+            for t, value in zip([t for t in node.output if t], values or ()):  # None: left for the capture run
+                self.constants[t] = value
         return [i for i in order if not all(t in self.constants for t in nodes[i].output if t)]
 
     def producer_node(self, tensor):

@@ -7,7 +7,7 @@ looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
 reaches such an input unrectified, see signs.py), ``conv``, then
 ``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
-``layernorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``activation``, ``scale``,
+``layernorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``softmax``, ``activation``, ``scale``,
 ``identity``, ``shape``, ``pad``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
@@ -31,7 +31,7 @@ import numpy as np
 from .engine import one_hot
 from .errors import InputError, UnsupportedOpsError
 from .rules.basic import Adjoint, BatchNormMask, BatchNormRatio, Crop, Pass
-from .rules.joins import AddShare, ConcatSlices, SignalTakesAll
+from .rules.joins import AddShare, ConcatSlices, GateOnly, SignalTakesAll
 from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.normalization import CenteringShare
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
@@ -316,7 +316,7 @@ def split_options(names, options, flag=str):
 
 # Rules every relevance method shares for ops that carry relevance without choices.
 _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(), "pad": Adjoint(),
-          "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll()}
+          "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll(), "softmax": GateOnly()}
 
 _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input": ZBox(),
         "linear": RapHidden(per_sign=False), "batchnorm": Pass(), "layernorm": CenteringShare(absolute=True),

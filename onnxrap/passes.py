@@ -6,9 +6,10 @@ and edits an ``OpIndex`` (the parsed ops with producer and consumer indexes,
 kept current by its edit methods) and knows the logits by name.
 ``CANONICAL_PASSES`` run in order after parsing.  Two steps are taken on the
 ONNX nodes, before parsing: ``logits_behind_squashers``, because it decides
-which tensor the data path ends at, and ``layernorms_written_out``, because
-the ops of a written-out LayerNorm are refused one by one (no rule knows that
-a Div's divisor is the sigma of its own numerator).
+which tensor the data path ends at, and ``layernorms_written_out`` and
+``heads_unbound``, because their nodes are refused one by one (no rule knows
+that a Div's divisor is the sigma of its own numerator; a Transpose that moves
+the batch axis is refused before the Split that puts it back).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .ops.elementwise import FLOAT_TYPES, ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
 from .ops.normalization import LayerNorm
-from .ops.structure import Pad, Transpose
+from .ops.structure import Pad, Transpose, Unbound
 
 # Explained through: their input is the logits.  A multi-label head's final Sigmoid too: rap conserves
 # the score it is seeded with, and a probability is not one that a linear head's relevance can sum to.
@@ -108,10 +109,7 @@ def layernorms_written_out(nodes, names, constants, static_shape, kept):
     keepdims.  Returns ``(indices of the nodes, the LayerNorm op they are)`` for each; a pattern whose
     intermediate tensors anything else reads (or that are in ``kept``: the logits, the graph's outputs)
     is left alone, and so refused.  The op is named after its first ReduceMean."""
-    readers = {}
-    for i, node in enumerate(nodes):
-        for t in dict.fromkeys(node.input):
-            readers.setdefault(t, []).append(i)
+    readers = _readers(nodes)
 
     def only_reader(tensor, op_type):
         found = readers.get(tensor, [])
@@ -162,6 +160,86 @@ def layernorms_written_out(nodes, names, constants, static_shape, kept):
                        float(np.ravel(eps)[0]), affine["Mul"], affine["Add"])
         fused.append((indices, op))
     return fused
+
+
+def _readers(nodes):
+    readers = {}
+    for i, node in enumerate(nodes):
+        for t in dict.fromkeys(node.input):
+            readers.setdefault(t, []).append(i)
+    return readers
+
+
+def _ints(node, k, attr, constants):
+    """A node's integer list given as its input ``k`` (a constant) or, in older opsets, as attribute ``attr``;
+    None where neither is known."""
+    if len(node.input) > k and node.input[k]:
+        return [int(a) for a in np.ravel(constants[node.input[k]])] if node.input[k] in constants else None
+    value = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == attr), None)
+    return None if value is None else [int(a) for a in np.ravel(value)]
+
+
+def heads_unbound(nodes, names, constants, static_shape, kept):
+    """q, k and v as timm's attention splits them off one tensor: ``qkv.reshape(N, T, 3, heads, d).permute(2,
+    0, 3, 1, 4).unbind(0)``, a Transpose that puts the batch axis second, then for each part a Split
+    (TorchScript) or a Slice (dynamo) of one index along axis 0 and a Squeeze of axis 0.  Each part is one
+    ``Unbound`` op: the index taken along the Transpose's input axis, then the rest of the permutation, which
+    keeps the batch axis first.  Returns ``(indices of the nodes, the op)`` per part, the Transpose and a
+    Split counted with the first; a pattern whose intermediate tensors anything else reads is left alone,
+    and so refused (the Transpose moves the batch axis)."""
+    readers = _readers(nodes)
+    fused = []
+    for first, transpose in enumerate(nodes):
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), None)
+        moved = transpose.output[0]
+        if transpose.op_type != "Transpose" or not perm or len(perm) < 3 or perm[1] != 0 or moved in kept:
+            continue
+        parts = _parts_along_axis_0(nodes, readers, constants, moved, (static_shape(moved) or [None])[0], kept)
+        if not parts:
+            continue
+        axis, rest = perm[0], [p - (p > perm[0]) for p in perm[1:]]
+        for k, (index, indices) in enumerate(sorted(parts)):
+            output = nodes[indices[-1]].output[0]
+            op = Unbound(names[indices[-1]], "Transpose", [transpose.input[0]], output, axis, index, rest)
+            fused.append(([first] + indices if k == 0 else indices, op))
+    return fused
+
+
+def _parts_along_axis_0(nodes, readers, constants, tensor, size, kept):
+    """``[(index, [node indices])]``: each part of ``tensor`` taken at one index of axis 0 and squeezed, by a
+    Split into parts of 1 (its index counted with the first part) or by Slices; None where anything else
+    reads ``tensor`` or a part."""
+    found = readers.get(tensor, [])
+    steps = [nodes[i] for i in found]
+    if len(found) == 1 and steps[0].op_type == "Split":
+        split = steps[0]
+        sizes = _ints(split, 1, "split", constants) or ([1] * len(split.output) if size == len(split.output) else None)
+        axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+        if axis != 0 or sizes is None or set(sizes) != {1}:
+            return None
+        picked = [(k, [], out) for k, out in enumerate(split.output)]
+        head = [found[0]]
+    elif found and all(n.op_type == "Slice" for n in steps):
+        picked = []
+        for i, node in zip(found, steps):
+            starts, ends = _ints(node, 1, "starts", constants), _ints(node, 2, "ends", constants)
+            axes, slice_steps = _ints(node, 3, "axes", constants) or [0], _ints(node, 4, "steps", constants) or [1]
+            if None in (starts, ends) or axes != [0] or slice_steps != [1] or ends[0] - starts[0] != 1 or \
+                    (starts[0] < 0 and size is None):
+                return None
+            picked.append((starts[0] % size if starts[0] < 0 else starts[0], [i], node.output[0]))
+        head = []
+    else:
+        return None
+    parts = []
+    for index, taken, out in picked:
+        squeeze = readers.get(out, [])
+        if out in kept or len(squeeze) != 1 or nodes[squeeze[0]].op_type != "Squeeze" or \
+                _ints(nodes[squeeze[0]], 1, "axes", constants) != [0]:
+            return None
+        parts.append((index, taken + squeeze))
+    parts[0] = (parts[0][0], head + parts[0][1])
+    return parts
 
 
 def _fits(value, shape, k):

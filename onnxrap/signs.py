@@ -19,15 +19,18 @@ gets the position ``projection``; where no floor is on the way either (an
 MBConv block's projection after SiLU, not its depthwise convolution, which
 writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
 tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
-that, in [0, c] with c finite (``Gate.pick_gate``); its output has its
-signal's sign.
+that, in [0, c] with c finite (``Gated.pick_gate``); its output has its
+signal's sign.  A MatMul of two data tensors is picked the same way (attention's
+``P @ V``: a Softmax's output is in [0, 1]).  A product with no gate (``Q @ K^T``),
+a Softmax and a move of the batch axis are refused where relevance reaches them,
+since no rule shares relevance over them: a gate's rule gives its gate none.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backend import numpy_backend
-from .ops.elementwise import Gate
+from .ops.elementwise import Gate, Gated
 from .ops.linear import Linear
 from .ops.structure import Pad
 
@@ -66,7 +69,11 @@ def _moves(op, inputs, constants):
 
 
 def _average(op, inputs, constants):
-    return _hull(inputs[0], (0.0, 0.0))  # padding counted as zeros
+    low, high = _hull(inputs[0], (0.0, 0.0))  # padding counted as zeros
+    if op.within_inputs:
+        return low, high
+    count = op.count or np.inf  # a sum of an unknown number of terms keeps only the sign
+    return _times((low, high), (0.0, count))
 
 
 def _add(op, inputs, constants):
@@ -92,8 +99,13 @@ def _gate(op, inputs, constants):
     return _times(*inputs)
 
 
+def _probabilities(op, inputs, constants):
+    return 0.0, 1.0
+
+
 BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad": _moves, "maxpool": _moves,
-          "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate}
+          "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate,
+          "softmax": _probabilities}
 
 
 _SELF_GATE_GRID = -np.logspace(-4, 4, 8001)  # the negative signal values where x * g(x) is evaluated
@@ -148,20 +160,17 @@ def _reaching(writers, sources):
 
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
-    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's gate; return the Muls that
-    are no gate, as unsupported ops ``(name, op type, why)``."""
-    bounds, refused, producers = {}, [], {}
+    positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
+    what ``_refused_where_reached`` finds (Muls with no gate among them), as unsupported ops ``(name, op
+    type, why)``."""
+    bounds, producers = {}, {}
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
-        if isinstance(op, Gate):
-            why = op.pick_gate(given)
-            if why:
-                refused.append((op.name, op.op_type, why))
-            else:
-                sources = [op.signal]  # the gate scales the signal; relevance never reaches it
+        if isinstance(op, Gated) and not op.pick_gate(given):  # with no gate: refused where reached
+            sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
         bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
         if isinstance(op, Gate) and op.gate is not None:
@@ -183,4 +192,27 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
                         writer.positions = writer.positions + ("projection",)
                 for writer in streams.get(op.inputs[0], ()):
                     writer.writes_signed_stream = True
-    return refused
+    return _refused_where_reached(graph)
+
+
+def _refused_where_reached(graph):
+    """The ops with a reason in ``refused_where_reached`` (a Mul or MatMul of two data tensors with no gate,
+    a Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
+    unsupported ops.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
+    producers = {op.output: op for op in graph.ops}
+    seen, todo, found = set(), [graph.logits_name], []
+    while todo:
+        tensor = todo.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        op = producers.get(tensor)
+        if op is None:  # the graph input, or a node refused before
+            node = graph.producer_node(tensor)
+            todo.extend(t for t in (node.input if node is not None else ()) if t in graph.data_tensors)
+            continue
+        todo.extend([op.signal] if isinstance(op, Gated) and op.gate is not None else op.inputs)
+        if op.refused_where_reached:
+            found.append((op.name, op.op_type, op.refused_where_reached))
+    order = {op.name: k for k, op in enumerate(graph.ops)}
+    return sorted(found, key=lambda item: order[item[0]])

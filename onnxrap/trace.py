@@ -94,6 +94,7 @@ class Sym:
     def __rmul__(self, o): return _binary("Mul", o, self, np.multiply)
     def __truediv__(self, o): return _binary("Div", self, o, np.divide)
     def __rtruediv__(self, o): return _binary("Div", o, self, np.divide)
+    def __pow__(self, o): return _binary("Pow", self, o, np.power)  # a Pow activation's (ops/elementwise.py)
     def __matmul__(self, o): return _matmul(self, o)
     def __and__(self, o): return _binary("And", self, o, np.logical_and)
 

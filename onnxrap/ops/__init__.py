@@ -1,8 +1,8 @@
 """What each ONNX op computes, as far as relevance rules need to know.
 
 Every supported ONNX op type is registered here by the module of its family
-(``linear``, ``pooling``, ``elementwise``, ``normalization``, ``structure``, ``routing``, ``fused``,
-``quantize``).  A parser turns an
+(``linear``, ``pooling``, ``elementwise``, ``normalization``, ``attention``, ``structure``, ``routing``,
+``fused``, ``quantize``).  A parser turns an
 ONNX node into an ``Op``: its canonical *kind* (what methods map to rules),
 its data inputs, and the forward and adjoint pieces the rules use.  A new op
 type is one ``@register`` entry in one family module.
@@ -35,6 +35,9 @@ class Op:
         self.output = output
         self.positions: tuple[str, ...] = ()  # set by the graph: "head", "input"
         self.synthetic = False  # its output is not in the ONNX graph: onnxrap's forward computes it
+        # why no rule may share relevance over it, where relevance reaches it (signs.py refuses it there); it
+        # may still compute a gate, whose rule gives it none (attention's scores and Softmax)
+        self.refused_where_reached: str | None = None
 
     def forward(self, bk, ctx):
         """The op's output from its inputs in ``ctx`` (onnxrap's own forward, for float64 checking)."""
@@ -120,4 +123,5 @@ def parse(view: NodeView) -> list[Op]:
 
 
 # Import the families so that their ops register.
-from . import elementwise, fused, linear, normalization, pooling, quantize, routing, structure  # noqa: E402,F401
+from . import (attention, elementwise, fused, linear, normalization, pooling, quantize, routing,  # noqa: E402,F401
+               structure)

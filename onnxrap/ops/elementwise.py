@@ -246,6 +246,23 @@ def _smooth(v):
     return smooth(v.name, v.op_type, v.node.input[0], v.node.output[0], v.attrs)
 
 
+@register("Pow")
+def _pow(v):
+    """``x ** c`` with a constant scalar ``c > 0`` (PoolFormerV2's StarReLU squares a Relu's output): an
+    activation.  An even power is non-negative, not monotone; an odd one and a fractional one (defined for
+    x >= 0, as in ONNX Runtime) never decrease."""
+    if not v.is_data(0) or v.is_data(1):
+        raise Unsupported("a power with a data exponent")
+    c = np.asarray(v.const(1), dtype=np.float64)
+    if c.size != 1 or not float(c.reshape(())) > 0:
+        raise Unsupported("an exponent that is not one positive number")
+    c = float(c.reshape(()))
+    even = c.is_integer() and int(c) % 2 == 0
+    return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0], lambda xp, u: u ** c,
+                      lambda xp, u: c * u ** (c - 1), (0.0, np.inf) if even or not c.is_integer() else
+                      (-np.inf, np.inf), monotone=not even)
+
+
 class BatchNorm(Op):
     """Inference BatchNormalization ``y = g * x + (bias - g * mean)`` per channel (axis 1)."""
 
@@ -319,21 +336,16 @@ class ConstantArithmetic(Op):
 _ROUNDING = 1e-6  # a float32 constant's rounding: Relu6(x + 3) * float32(1/6) reaches 1 + 3e-8
 
 
-class Gate(Op):
-    """A Mul of two data tensors where one, the gate, is a non-negative bounded factor and the other the
-    signal: a Sigmoid's or HardSigmoid's output in [0, 1] (maybe per channel as in squeeze-excitation;
-    SiLU is ``x * Sigmoid(x)``), or a factor in [0, c] with c finite, as paddle2onnx's hard-swish
-    ``x * Clip(x + 3, 0, 6) / 6`` multiplies by ``Clip(x + 3, 0, 6)`` in [0, 6].
+class Gated:
+    """An op of two data tensors where one, the gate, is a non-negative bounded factor that scales the other,
+    the signal: ``Gate`` (a Mul) and attention's ``DataMatMul`` (ops/attention.py).
 
     signs.py proves the bounds and calls ``pick_gate``, which sets ``gate`` (0 or 1, the gate's place
-    among ``inputs``); a Mul with no single gate keeps ``None`` and the graph lists it as unsupported.
+    among ``inputs``); an op with no single gate keeps ``None``, and is refused where relevance reaches it
+    (on a gate's branch, attention's ``Q @ K^T``, only its exact adjoint runs).
     """
 
-    kind = "gate"
-
-    def __init__(self, name, op_type, inputs, output):
-        super().__init__(name, op_type, inputs, output)
-        self.gate = None
+    gate = None
 
     def pick_gate(self, bounds):
         """Take as the gate the one input whose ``(low, high)`` of ``bounds`` lies in [0, 1], or, where
@@ -344,16 +356,29 @@ class Gate(Op):
         gates = unit or bounded
         self.gate = gates[0] if len(gates) == 1 else None
         if not gates:
-            return ("Mul of two data tensors that is not a gate: neither factor is bounded in [0, c] with c "
-                    "finite (as a Sigmoid's, HardSigmoid's or Clip(x + 3, 0, 6)'s output is)")
-        if len(gates) == 2:
+            why = (f"{self.op_type} of two data tensors that is not a gate: neither factor is bounded in [0, c] "
+                   "with c finite (as a Sigmoid's, HardSigmoid's, Softmax's or Clip(x + 3, 0, 6)'s output is)")
+        elif len(gates) == 2:
             span = "[0, 1]" if unit else "[0, c] with c finite, neither in [0, 1]"
-            return f"Mul of two data tensors both bounded in {span}: which one gates the other is ambiguous"
-        return None
+            why = f"{self.op_type} of two data tensors both bounded in {span}: which one gates the other is ambiguous"
+        else:
+            why = None
+        self.refused_where_reached = why  # no rule shares relevance between two signals (signs.py)
+        return why
 
     @property
     def signal(self):
         return self.inputs[1 - self.gate]
+
+
+class Gate(Gated, Op):
+    """A Mul of two data tensors where one, the gate, is a non-negative bounded factor and the other the
+    signal: a Sigmoid's or HardSigmoid's output in [0, 1] (maybe per channel as in squeeze-excitation;
+    SiLU is ``x * Sigmoid(x)``), or a factor in [0, c] with c finite, as paddle2onnx's hard-swish
+    ``x * Clip(x + 3, 0, 6) / 6`` multiplies by ``Clip(x + 3, 0, 6)`` in [0, 6].
+    """
+
+    kind = "gate"
 
     def forward(self, bk, ctx):
         return ctx[self.inputs[0]] * ctx[self.inputs[1]]
@@ -373,6 +398,11 @@ def _arithmetic(v):
             return Sum(v.name, v.op_type, v.data_inputs(), v.node.output[0])
         if v.op_type == "Mul":
             return Gate(v.name, v.op_type, v.data_inputs(), v.node.output[0])
+        if v.op_type == "Sub":  # a - b is a join of a and -b (PoolFormer's pool(x) - x): a Sum of them
+            a, b = v.node.input
+            negated = ConstantArithmetic(v.name + ":negate", "Mul", [b], f"{v.node.output[0]}:negated", -1.0)
+            negated.synthetic = True
+            return [negated, Sum(v.name, v.op_type, [a, negated.output], v.node.output[0])]
         raise Unsupported(f"{v.op_type} of two data tensors")
     (i,) = data
     if v.op_type == "Sum":  # one data input, maybe constants beside it

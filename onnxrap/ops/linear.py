@@ -43,6 +43,10 @@ class Linear(Op):
         """W+ and W- on the backend in ``dtype`` (no copy where they already are)."""
         return Weights(*bk.constant(self, "weights", dtype, lambda: (self.master.pos, self.master.neg)))
 
+    def weights_in(self, ctx, dtype) -> Weights:
+        """The weights the rules share relevance by in ``ctx``: the model's (attention's are data)."""
+        return self.weights(ctx.bk, dtype)
+
     def absorb_bias(self, bias, output):
         """Fold a following Add of a constant into this op (MatMul + Add = Gemm)."""
         self.bias_values = bias if self.bias_values is None else self.bias_values + bias
@@ -123,6 +127,10 @@ def parse_gemm(v):
 
 @register("MatMul")
 def _matmul(v):
+    if v.is_data(0) and v.is_data(1):
+        from .attention import data_matmul
+
+        return data_matmul(v)
     return Dense(v.name, v.op_type, [v.node.input[0]], v.node.output[0], _weight_matrix(v), None)
 
 

@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, ReduceMean.
+"""Pooling: MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, ReduceMean, ReduceSum.
 
 Average pools expose a *sum* pool and its adjoint plus the divisor, because
 the relevance rules share by ``x / sum(x)`` within a window, where the
@@ -86,6 +86,7 @@ class _Mean:
     """An average: a sum pool over a divisor.  Subclasses give ``sum_pool``, its adjoint and ``divisor``."""
 
     kind = "avgpool"
+    within_inputs = True  # each output lies between its inputs' least and greatest (and the padding's 0)
 
     def forward(self, bk, ctx):
         x = ctx[self.inputs[0]]
@@ -170,9 +171,23 @@ def _gap(v):
     return MeanReduce(v.name, v.op_type, [v.node.input[0]], v.node.output[0], None, True)
 
 
-@register("ReduceMean")
-def _reduce_mean(v):
-    if v.has_input(1):  # opset 18 moved axes to an input
+class SumReduce(MeanReduce):
+    """Sum over fixed non-batch axes (ReduceSum: split attention's sum over its branches): an average
+    times its count, so every rule for an average applies."""
+
+    within_inputs = False  # a sum of values in [0, 1] is in [0, count]
+
+    def __init__(self, name, op_type, inputs, output, axes, keepdims, count=None):
+        super().__init__(name, op_type, inputs, output, axes, keepdims)
+        self.count = count  # the terms of each sum where the input's shape is known, else None
+
+    def divisor(self, bk, x_shape, dtype):
+        return 1
+
+
+@register("ReduceMean", "ReduceSum")
+def _reduce(v):
+    if v.has_input(1):  # opset 18 moved ReduceMean's axes to an input (ReduceSum's: opset 13)
         axes = [int(a) for a in np.atleast_1d(v.const(1))]
     else:
         axes = v.attr("axes")
@@ -183,5 +198,8 @@ def _reduce_mean(v):
     shape = v.input_shape(0)
     if any(a == 0 or (shape and a % len(shape) == 0) for a in axes):
         raise Unsupported("reducing over the batch axis")
-    return MeanReduce(v.name, v.op_type, [v.node.input[0]], v.node.output[0], axes,
-                      bool(v.attr("keepdims", 1)))
+    io = (v.name, v.op_type, [v.node.input[0]], v.node.output[0], axes, bool(v.attr("keepdims", 1)))
+    if v.op_type == "ReduceMean":
+        return MeanReduce(*io)
+    known = shape is not None and all(shape[a] is not None for a in axes)
+    return SumReduce(*io, count=math.prod(shape[a] for a in axes) if known else None)

@@ -1,5 +1,6 @@
 """Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
-(one op per output), and Pad with mode edge, reflect or wrap (registered with Pad in structure.py).
+(one op per output), Resize and Upsample with mode nearest, and Pad with mode edge, reflect or wrap
+(registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
 from output positions to input positions.  The map is ONNX's own semantics
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from . import Op, register
+from . import Op, Unsupported, register
 
 
 class IndexRouting(Op):
@@ -144,3 +145,14 @@ def _split(v):
     read = {t for n in graph.data_nodes + graph.fused_nodes for t in n.input} | {graph.logits_name}
     outputs = [k for k, t in enumerate(v.node.output) if t in read]  # a part nothing reads gets no op
     return [index_routing(v, [1], k, f"{v.name}:{k}") for k in outputs]
+
+
+@register("Resize", "Upsample")
+def _resize(v):
+    """Nearest-neighbour resizing (HRNet's and FPN's upsampling) copies input values: ONNX's own Resize makes
+    the map, whatever its coordinate transformation and rounding.  Linear and cubic modes weigh several
+    inputs into one output; no rule here knows them."""
+    mode = v.attr("mode", "nearest")
+    if mode != "nearest":
+        raise Unsupported(f"mode {mode} (only nearest copies values; linear and cubic interpolate)")
+    return index_routing(v, [1, 2, 3])  # roi, scales, sizes (Upsample: scales)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from . import Op, Unsupported, register
 from .routing import index_routing
 
@@ -40,24 +41,44 @@ class Concat(Op):
             if is_data:
                 out.append((name, (slice(None),) * axis + (slice(start, start + size),)))
             start += size
+        if start != ctx.shapes[self.output][axis]:  # an expanded constant part grew along the axis too
+            raise ModelError(f"{self.name} (Concat): its parts add up to {start} along axis {axis}, its output "
+                             f"has {ctx.shapes[self.output][axis]}")
         return out
 
     def forward(self, bk, ctx):
-        dtype = ctx[self.inputs[0]].dtype
-        parts = [ctx[name] if is_data else bk.constant(self, name, dtype, lambda name=name: ctx.constants[name])
-                 for name, is_data in self.parts]
-        return bk.xp.concatenate(parts, axis=self.axis)
+        data = ctx[self.inputs[0]]
+        axis = self.axis % data.ndim
+        parts = []
+        for name, is_data in self.parts:
+            if is_data:
+                parts.append(ctx[name])
+                continue
+            part = bk.constant(self, name, data.dtype, lambda name=name: ctx.constants[name])
+            shape = tuple(part.shape[k] if k == axis else data.shape[k] for k in range(data.ndim))
+            parts.append(bk.xp.broadcast_to(part, shape))  # a class token along the batch (``_constant_part``)
+        return bk.xp.concatenate(parts, axis=axis)
 
     def vjp(self, bk, ctx, grad):
         return [grad[index] for _, index in self.slices(ctx, ctx.constants)]
 
 
+def _constant_part(v, t):
+    """The constant a Concat's part that is no data holds: itself, or what an Expand broadcasts along the
+    batch axis to the input's batch size (a ViT's class token, ``Expand(cls, Shape(x)...)``: batch sizes
+    are not constants).  The forward broadcasts it again; ``Concat.slices`` checks its size along the axis."""
+    node = v.graph.producer_node(t)
+    if t not in v.graph.constants and node is not None and node.op_type == "Expand" and \
+            node.input[0] in v.graph.constants and np.ndim(v.graph.constants[node.input[0]]) == len(
+                v.graph.static_shape(t) or ()) and np.shape(v.graph.constants[node.input[0]])[0] == 1:
+        return node.input[0]
+    v.graph.require_constant(t)
+    return t
+
+
 @register("Concat")
 def _concat(v):
-    parts = [(t, t in v.graph.data_tensors) for t in v.node.input]
-    for t, is_data in parts:
-        if not is_data:
-            v.graph.require_constant(t)
+    parts = [(t, True) if t in v.graph.data_tensors else (_constant_part(v, t), False) for t in v.node.input]
     return Concat(v.name, v.op_type, v.data_inputs(), v.node.output[0], int(v.attr("axis")), parts)
 
 
@@ -81,21 +102,24 @@ def _axes(v):
     return None if axes is None else list(axes)
 
 
-def _check_batch_axis_stays(v):
-    """Every rule reads axis 0 of a tensor of rank 2 or more as the batch: a move between such tensors
-    that merges, drops or displaces it is refused.  A move to or from rank 1 passes: exporters flatten
-    a batch of one that way and a later move restores it (torch.export's views, tests/test_gather.py)."""
+def _batch_axis_moved(v):
+    """Why the move merges, drops or displaces the batch axis, or None where it keeps it.  Every rule that
+    shares relevance reads axis 0 of a tensor of rank 2 or more as the batch, so such a move is refused where
+    relevance reaches it (signs.py); elsewhere it only computes a gate (dynamo's transpose of attention's
+    keys through ``(N * heads, T, d)``), and its adjoint is exact.  A move to or from rank 1 keeps it:
+    exporters flatten a batch of one that way and a later move restores it (torch.export's views,
+    tests/test_gather.py)."""
     shape, out = v.input_shape(0), v.graph.static_shape(v.node.output[0])
     rank = None if shape is None else len(shape)
     if shape and out and min(len(shape), len(out)) >= 2 and None not in (shape[0], out[0]) and shape[0] != out[0]:
-        raise Unsupported(f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis")
+        return f"{v.op_type} from {tuple(shape)} to {tuple(out)} changes the batch axis"
     if v.op_type == "Flatten":
         axis = int(v.attr("axis", 1))
         if axis < 0 and rank is None:
             raise Unsupported(f"Flatten axis={axis} on an input of unknown rank")
         axis = axis % rank if axis < 0 else axis
         if axis == 0 or (axis > 1 and (shape is None or any(d != 1 for d in shape[1:axis]))):
-            raise Unsupported(f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)")
+            return f"Flatten axis={v.attr('axis', 1)} merges the batch axis with others (only axis=1 keeps it)"
     elif v.op_type in ("Squeeze", "Unsqueeze"):
         axes, squeeze = _axes(v) or [], v.op_type == "Squeeze"
         if rank is None:
@@ -104,14 +128,16 @@ def _check_batch_axis_stays(v):
             result = rank - len(axes) if squeeze else rank + len(axes)
             touches_batch, ranks = any(a % (rank if squeeze else result) == 0 for a in axes), (rank, result)
         if touches_batch and (ranks is None or min(ranks) >= 2):  # rank 1 on either side: as above
-            raise Unsupported(f"{v.op_type} axes={axes} " +
-                              ("drops the batch axis" if squeeze else "puts an axis before the batch axis"))
+            return f"{v.op_type} axes={axes} " + ("drops the batch axis" if squeeze else
+                                                 "puts an axis before the batch axis")
+    return None
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def _reshape(v):
-    _check_batch_axis_stays(v)
-    return Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+    op = Reshape(v.name, v.op_type, [v.node.input[0]], v.node.output[0])
+    op.refused_where_reached = _batch_axis_moved(v)
+    return op
 
 
 class Transpose(Op):
@@ -131,11 +157,38 @@ class Transpose(Op):
 @register("Transpose")
 def _transpose(v):
     perm = v.attr("perm")
-    if perm is not None and perm[0] != 0:
-        raise Unsupported("moving the batch axis")
     if perm is None:
         raise Unsupported("reversing every axis moves the batch axis")
-    return Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
+    op = Transpose(v.name, v.op_type, [v.node.input[0]], v.node.output[0], list(perm))
+    op.refused_where_reached = "moving the batch axis" if perm[0] != 0 else None  # as _batch_axis_moved's
+    return op
+
+
+class Unbound(Op):
+    """Part ``index`` along ``axis`` of its input, that axis dropped, then transposed by ``perm``: one of q, k
+    and v as timm's attention splits them off one tensor (passes.heads_unbound), ``qkv.permute(2, 0, 3, 1,
+    4).unbind(0)`` with the batch axis first throughout, where the ONNX nodes put it second in between."""
+
+    kind = "shape"
+
+    def __init__(self, name, op_type, inputs, output, axis, index, perm):
+        super().__init__(name, op_type, inputs, output)
+        self.axis = axis
+        self.index = index
+        self.perm = list(perm)
+
+    def forward(self, bk, ctx):
+        x = ctx[self.inputs[0]]
+        part = x[(slice(None),) * self.axis + (slice(self.index, self.index + 1),)]
+        return part.reshape(tuple(x.shape[:self.axis]) + tuple(x.shape[self.axis + 1:])).transpose(self.perm)
+
+    def vjp(self, bk, ctx, grad):
+        shape = ctx[self.inputs[0]].shape
+        g = grad.transpose(tuple(np.argsort(self.perm).tolist()))
+        g = g.reshape(tuple(shape[:self.axis]) + (1,) + tuple(shape[self.axis + 1:]))
+        widths = [(0, 0)] * len(shape)
+        widths[self.axis] = (self.index, shape[self.axis] - self.index - 1)
+        return [bk.xp.pad(g, widths)]
 
 
 class Pad(Op):

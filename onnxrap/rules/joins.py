@@ -64,3 +64,11 @@ class SignalTakesAll(Rule):
         shares = [None, None]
         shares[1 - op.gate] = ctx.bk.unbroadcast(R, ctx[op.signal].shape)
         return shares
+
+
+class GateOnly(Rule):
+    """An op that only computes a gate (attention's Softmax): a gate's rule gives its gate no relevance, so
+    none reaches it, and signs.py refuses such an op wherever relevance would.  It passes none on."""
+
+    def __call__(self, op, ctx, R):
+        return [None] * len(op.inputs)

@@ -44,7 +44,7 @@ class _LinearRule(Rule):
     @staticmethod
     def _setup(op, ctx):
         x = op.take(ctx[op.inputs[0]])
-        w = op.weights(ctx.bk, x.dtype)
+        w = op.weights_in(ctx, x.dtype)
         # fwd(a, w1, w2, ...) -> L_w1(a), L_w2(a), ... sharing the work on a;
         # adj((s1, w1), (s2, w2), ...) -> L_w1^T(s1) + L_w2^T(s2) + ..., one col2im.
         fwd = lambda a, *ws: op.apply(ctx.bk, a, list(ws) if len(ws) > 1 else ws[0])  # noqa: E731
