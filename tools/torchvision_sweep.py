@@ -89,7 +89,8 @@ ATTENTION = ("vit_", "swin_", "maxvit_")
 SKIPPED = ("vgg11", "vgg13", "vgg13_bn", "vgg19", "vgg19_bn")
 SIZES = {"inception_v3": 80, "alexnet": 224, "maxvit_t": 224}
 # inception_v3's auxiliary classifier (run in train mode only, so not in the export) needs 299 px there
-BUILD_KWARGS = {"inception_v3": {"aux_logits": False}, "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64}, "vit_l_16": {"image_size": 64},
+BUILD_KWARGS = {"inception_v3": {"aux_logits": False}, "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64},
+                "vit_l_16": {"image_size": 64},
                 "vit_l_32": {"image_size": 64}, "vit_h_14": {"image_size": 70}}
 
 
@@ -211,7 +212,10 @@ def check(path, x, torch_grad, attention, torch_grad64, compile_=True):
         return {"refused": "(explained: attention is no longer refused)"}
     ort_logits, t_fwd = ort_forward(path, x)
     row["fwd_ms"] = t_fwd * 1e3
-    e = ex.explain(x, method="rap")
+    try:
+        e = ex.explain(x, method="rap")
+    except OnnxrapError as exc:  # what the model does with this input (a forward the capture cannot reproduce)
+        return row | {"refused": first_line(exc)}
     scale = np.abs(ort_logits).max()
     row["logits"] = float(np.abs(e.logits - ort_logits).max() / scale)
     row["conserve"] = float(abs(e.relevance.sum(dtype=np.float64) - e.target_logit[0]) / abs(e.target_logit[0]))
@@ -292,12 +296,13 @@ def sweep_one(tvm, name, exporter, out, image_path, compile_=True):
 
 
 def fmt(v, digits=1):
-    return "" if v is None else f"{v:.{digits}e}" if isinstance(v, float) and v < 0.01 else f"{v:.{digits}f}"
+    return "" if v is None else f"{v:.{digits}e}" if isinstance(v, float) and v < 1 else f"{v:.{digits}f}"
 
 
 def summary(refusal):
     """An unsupported-ops refusal as counts per op type and reason, with the first node named."""
-    nodes = re.findall(r"(\S+) \((\w+)(?:: ([^;]*?))?\)(?:;|$)", refusal.removeprefix("unsupported ops in the data path: "))
+    listed = refusal.removeprefix("unsupported ops in the data path: ")
+    nodes = re.findall(r"(\S+) \((\w+)(?:: ([^;]*?))?\)(?:;|$)", listed)
     if not nodes:
         return refusal
     def reason(why):  # "Reshape from (shape) to (shape) changes the batch axis": the shapes differ per node
@@ -314,9 +319,14 @@ def summary(refusal):
 def table(rows):
     lines = ["| model | exporter | px | params (M) | nodes | logits | conserve | grad | compiled | fwd (ms) | rap/fwd "
              "| compiled/fwd | result |", "|" + " --- |" * 13]
-    for r in rows:
+    def order(r):  # the sweep's order: the cheapest first
+        return r.get("params", 0) * r["size"] ** 2, r["model"], r["exporter"] != "torchscript"
+
+    for r in sorted(rows, key=order):
         if "export_failed" in r:
             result = f"export failed: {r['export_failed']}"
+        elif "error" in r and r["error"].split(":")[0] in ("ModelError", "InputError", "SampleError"):
+            result = "refused while explaining: " + re.sub(r"/\S*/", "", r["error"].split(": ", 1)[1])  # no tmp dir
         elif "error" in r:
             result = f"**onnxrap error**: {r['error']}"
         elif "refused" in r:
