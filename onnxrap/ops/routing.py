@@ -1,5 +1,5 @@
 """Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
-(one op per output), Resize and Upsample with mode nearest, and Pad with mode edge, reflect or wrap
+(one op per output), Expand (a broadcast), Resize and Upsample with mode nearest, and Pad with mode edge, reflect or wrap
 (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
@@ -106,10 +106,11 @@ class IndexRouting(Op):
         return [bk.scatter_add(grad.reshape(n, -1), index, x.size // n).reshape(x.shape)]
 
 
-def index_routing(v, index_inputs, output=0, name=None):
+def index_routing(v, index_inputs, output=0, name=None, constants=None):
     """The node, with every input but the data a constant (reading them raises Unsupported otherwise), as the
-    map to its output ``output``."""
-    constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
+    map to its output ``output``; ``constants``: their values where the parser knows better."""
+    if constants is None:
+        constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
     node.CopyFrom(v.node)
     node.name = v.name
@@ -156,3 +157,19 @@ def _resize(v):
     if mode != "nearest":
         raise Unsupported(f"mode {mode} (only nearest copies values; linear and cubic interpolate)")
     return index_routing(v, [1, 2, 3])  # roi, scales, sizes (Upsample: scales)
+
+
+@register("Expand")
+def _expand(v):
+    """A broadcast (MobileViTv2's context vector, BoTNet's position logits): each output copies the input
+    element it broadcasts from; the adjoint sums over the broadcast axes.  ``expand_as(t)`` with a free
+    batch expands to ``Shape(t)``, known but for the batch: Expand broadcasts, so a 1 there expands alike
+    (the input already has the batch)."""
+    if not v.has_input(1) or v.node.input[1] in v.graph.constants:
+        return index_routing(v, [1])
+    shape_of = v.graph.producer_node(v.node.input[1])
+    like = None if shape_of is None or shape_of.op_type != "Shape" or shape_of.attribute else \
+        v.graph.static_shape(shape_of.input[0])
+    if like is None or not like or None in like[1:]:
+        return index_routing(v, [1])  # refused: its shape is not a constant
+    return index_routing(v, [1], constants={v.node.input[1]: np.array([1, *like[1:]], dtype=np.int64)})
