@@ -87,9 +87,19 @@ def shown_shape(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]" if shape else "unknown"
 
 
-def _skeleton(model):
-    """The model without its large initializers (declared as inputs instead), for shape inference."""
+def _skeleton(model, folded=None):
+    """The model without its large initializers (declared as inputs instead), for shape inference; ``folded``:
+    ``{tensor: value}`` computed by folding, written as Constant nodes in place of the nodes that computed them
+    (onnx's data propagation reads those)."""
     g = model.graph
+    nodes = []
+    for node in g.node:
+        outputs = [t for t in node.output if t]
+        if folded and outputs and all(t in folded for t in outputs):
+            nodes += [onnx.helper.make_node("Constant", [], [t],
+                                            value=numpy_helper.from_array(np.asarray(folded[t]), t)) for t in outputs]
+        else:
+            nodes.append(node)
     declared = {i.name for i in g.input}
     small, big = [], []
     for init in g.initializer:
@@ -97,7 +107,7 @@ def _skeleton(model):
             small.append(init)
         elif init.name not in declared:
             big.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    graph = onnx.helper.make_graph(g.node, g.name, list(g.input) + big, g.output, small, value_info=g.value_info)
+    graph = onnx.helper.make_graph(nodes, g.name, list(g.input) + big, g.output, small, value_info=g.value_info)
     return onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
@@ -117,17 +127,17 @@ def _inferred_shapes(model, types=None):
     return shapes
 
 
-def _fill_free_dimensions(shapes, model, input_name):
+def _fill_free_dimensions(shapes, model, input_name, folded=None):
     """Fill in the dimensions of ``shapes`` that shape inference left free but that do not depend on the
     batch size: inferred again with the values of shape computations propagated, at batch sizes 2 and 3
     where the batch is free (a dimension the same in both is fixed), else once.  Exporters compute
     attention's 1 / sqrt(head size) from the shape of a tensor reshaped to a size read off the input's shape
-    (TorchScript's ``x.shape[-1] ** -0.5``)."""
+    (TorchScript's ``x.shape[-1] ** -0.5``).  ``folded``: values folded so far (``_skeleton``)."""
     declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
     free = bool(declared) and not declared[0].HasField("dim_value")
     runs = []
     for batch in (2, 3) if free else (None,):
-        skeleton = _skeleton(model)
+        skeleton = _skeleton(model, folded)
         for vi in skeleton.graph.input:
             if vi.name == input_name and batch is not None:
                 vi.type.tensor_type.shape.dim[0].Clear()
@@ -215,7 +225,12 @@ class Graph:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-        self._fold_constants(nodes, names, relevant)
+        unresolved = self._fold_constants(nodes, names, relevant)
+        while unresolved:  # a folded bound (torch's free-batch ShuffleNet: each unit's split) fixes later shapes
+            _fill_free_dimensions(self._shapes, model, self.input_name, {
+                t: v for t, v in self.constants.items() if t in self._node_producer and v.size <= 4096})
+            left = self._fold_constants(nodes, names, relevant)
+            unresolved = left if len(left) < len(unresolved) else []
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
@@ -294,7 +309,7 @@ class Graph:
         return shape
 
     def _fold_constants(self, nodes, names, relevant):
-        """Evaluate every non-data node the data path reads, where its inputs are known."""
+        """Evaluate every non-data node the data path reads, where its inputs are known; return the ones left."""
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
         producer = self._node_producer
         order, todo = set(), list(needed)
@@ -307,6 +322,8 @@ class Graph:
         partial = {}  # a Shape's output with free dimensions (None) -> the shape
         for i in sorted(order):
             node = nodes[i]
+            if all(t in self.constants for t in node.output if t):
+                continue  # folded in an earlier round
             if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
                 if node.input[0] in self.constants:  # the data tensor lends only its type
                     elem = self._types.get(node.input[1]) or onnx.TensorProto.FLOAT
@@ -345,6 +362,7 @@ class Graph:
             values = _evaluated(node, self.constants, opset)
             for t, value in zip([t for t in node.output if t], values or ()):  # None: left for the capture run
                 self.constants[t] = value
+        return [i for i in order if not all(t in self.constants for t in nodes[i].output if t)]
 
     def producer_node(self, tensor):
         """The ONNX node writing ``tensor``; None for the inputs and initializers."""
