@@ -38,7 +38,9 @@ vit_b_*, regnet_y_32gf run the same code); and (``--skip``) vgg11, vgg13, vgg13_
 models up to 30 M parameters (``--dynamo-max-params``) and rap is compiled for models up to 100 M
 (``--compile-max-params``).
 
-Attention models (vit_*, swin_*, maxvit_t) are only exported and inspected: their refusal is listed.
+``--zoo timm --only NAME,...`` runs timm's models the same way (``pretrained=False``; 64 px where the
+model takes ``img_size``, else its own fixed size; timm 1.0.31: ``pip install --no-deps timm safetensors``
+beside torch and torchvision).
 
 ``--fixtures DIR`` instead writes the reduced-width models of ``FIXTURES`` (TorchScript, opset 17, and
 dynamo for a few) with ``<name>.npz``: ``x`` (a batch of 2: the photo and smooth noise), ``target``,
@@ -83,7 +85,6 @@ from onnxrap.errors import OnnxrapError, first_line  # noqa: E402
 
 PHOTO = Path("/work/data/photos/chelsea_orig.png")
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-ATTENTION = ("vit_", "swin_", "maxvit_")
 # The same code as a kept model at a larger width or depth, at 224 px (2 shared cores): vgg11_bn, vgg16 and
 # vgg16_bn stand for the VGGs.
 SKIPPED = ("vgg11", "vgg13", "vgg13_bn", "vgg19", "vgg19_bn")
@@ -110,10 +111,6 @@ def import_torchvision():
     return torchvision.models
 
 
-def size_of(name):
-    return SIZES.get(name, 224 if name.startswith("vgg") else 64)
-
-
 def image(size, path=PHOTO):
     """(1, 3, size, size) float32, ImageNet-normalised: the photo, else smooth noise."""
     from PIL import Image, ImageOps
@@ -136,7 +133,8 @@ def make_trained_like(model, size, seed=0):
             if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) \
                     and getattr(module, "weight", None) is not None:
                 module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+                if module.bias is not None:  # timm's PoolFormerV2 norms have none
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
                 module.momentum = None  # the cumulative average of all batches
@@ -150,11 +148,65 @@ def make_trained_like(model, size, seed=0):
     return model
 
 
-def build(tvm, name, size, seed=0, **kwargs):
-    import torch
-    torch.manual_seed(seed)
-    model = tvm.get_model(name, weights=None, **{**BUILD_KWARGS.get(name, {}), **kwargs})
-    return make_trained_like(model, size, seed)
+class TorchvisionZoo:
+    """torchvision's classification builders, ``weights=None``."""
+
+    name = "torchvision"
+
+    def __init__(self):
+        self.tvm = import_torchvision()
+
+    def names(self):
+        return self.tvm.list_models(module=self.tvm)
+
+    def params(self, name):
+        return self.tvm.get_model_weights(name).DEFAULT.meta["num_params"]
+
+    def size(self, name):
+        return SIZES.get(name, 224 if name.startswith("vgg") else 64)
+
+    def build(self, name, seed=0):
+        """The model made trained-like, and its input size."""
+        import torch
+        torch.manual_seed(seed)
+        size = self.size(name)
+        model = self.tvm.get_model(name, weights=None, **BUILD_KWARGS.get(name, {}))
+        return make_trained_like(model, size, seed), size
+
+
+class TimmZoo:
+    """timm's models (``--zoo timm``; name them with ``--only``: timm has over 1,300), ``pretrained=False``,
+    at 64 px where the model takes an ``img_size``, else at its own fixed input size."""
+
+    name = "timm"
+
+    def __init__(self):
+        import_torchvision()  # timm imports torchvision: the same care with its C ops
+        import timm
+        self.timm = timm
+
+    def names(self):
+        raise SystemExit("--zoo timm needs --only NAME,NAME,...")
+
+    def params(self, name):
+        return None  # known once built
+
+    def size(self, name):
+        return None
+
+    def build(self, name, seed=0):
+        import torch
+        torch.manual_seed(seed)
+        try:
+            model, size = self.timm.create_model(name, pretrained=False, img_size=64), 64
+        except TypeError:  # a model without img_size: its own size where it is fixed
+            model = self.timm.create_model(name, pretrained=False)
+            cfg = model.pretrained_cfg
+            size = cfg["input_size"][-1] if cfg.get("fixed_input_size") else 64
+        return make_trained_like(model, size, seed), size
+
+
+ZOOS = {"torchvision": TorchvisionZoo, "timm": TimmZoo}
 
 
 def export(model, x, path, exporter, external_data=True):
@@ -201,15 +253,13 @@ def ort_forward(path, x):
     return out, float(np.median(times))
 
 
-def check(path, x, torch_grad, attention, torch_grad64, compile_=True):
+def check(path, x, torch_grad, torch_grad64, compile_=True):
     """One exported file through onnxrap: a dict of the measures, or ``refused`` with the one-line reason."""
     row = {}
     try:
         ex = Explainer(path)
     except OnnxrapError as exc:
         return {"refused": first_line(exc)}
-    if attention:
-        return {"refused": "(explained: attention is no longer refused)"}
     ort_logits, t_fwd = ort_forward(path, x)
     row["fwd_ms"] = t_fwd * 1e3
     try:
@@ -252,15 +302,15 @@ def opset_of(proto):
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def sweep_one(tvm, name, exporter, out, image_path, compile_=True):
+def sweep_one(zoo, name, exporter, out, image_path, compile_max_params):
     import torch
-    size = size_of(name)
-    attention = name.startswith(ATTENTION)
-    row = {"model": name, "exporter": exporter, "size": size}
+    row = {"model": name, "exporter": exporter, "size": zoo.size(name)}
     t0 = time.perf_counter()
     try:
-        model = build(tvm, name, size)
+        model, size = zoo.build(name)
+        row["size"] = size
         row["params"] = sum(p.numel() for p in model.parameters())
+        compile_ = row["params"] <= compile_max_params * 1e6
         x = image(size, image_path)
         with torch.enable_grad():
             _, grad, _ = torch_logits_and_grad(model, x)
@@ -280,7 +330,7 @@ def sweep_one(tvm, name, exporter, out, image_path, compile_=True):
             with torch.enable_grad():
                 return torch_logits_and_grad(model.double(), x.astype(np.float64), target)[1]
 
-        result = check(path, x, grad, attention, torch_grad64, compile_)
+        result = check(path, x, grad, torch_grad64, compile_)
         heatmap = result.pop("heatmap", None)
         if heatmap is not None:
             np.save(out / f"{name}_{exporter}_heatmap.npy", heatmap)
@@ -320,7 +370,7 @@ def table(rows):
     lines = ["| model | exporter | px | params (M) | nodes | logits | conserve | grad | compiled | fwd (ms) | rap/fwd "
              "| compiled/fwd | result |", "|" + " --- |" * 13]
     def order(r):  # the sweep's order: the cheapest first
-        return r.get("params", 0) * r["size"] ** 2, r["model"], r["exporter"] != "torchscript"
+        return r.get("params", 0) * (r["size"] or 64) ** 2, r["model"], r["exporter"] != "torchscript"
 
     for r in sorted(rows, key=order):
         if "export_failed" in r:
@@ -345,22 +395,27 @@ def table(rows):
 
 
 def sweep(args):
-    tvm = import_torchvision()
+    zoo = ZOOS[args.zoo]()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = {(r["model"], r["exporter"]) for r in map(json.loads, results.read_text().splitlines())} \
         if results.is_file() else set()
-    names = args.only.split(",") if args.only else tvm.list_models(module=tvm)
-    params = {n: tvm.get_model_weights(n).DEFAULT.meta["num_params"] for n in names}
-    skipped = [n for n in names if params[n] > args.max_params * 1e6 or n in args.skip.split(",")]
+    names = args.only.split(",") if args.only else zoo.names()
+    params = {n: zoo.params(n) for n in names}  # None: not known before building (timm)
+    too_big = {n for n in names if params[n] is not None and params[n] > args.max_params * 1e6}
+    skipped = [n for n in names if n in too_big or n in args.skip.split(",")]
     if skipped:
         print(f"skipped (--skip, or over {args.max_params} M parameters): {', '.join(skipped)}", flush=True)
-    for name in sorted((n for n in names if n not in skipped), key=lambda n: params[n] * size_of(n) ** 2):
+    def cost(n):  # the cheapest first, where known
+        return (params[n] or 0) * (zoo.size(n) or 64) ** 2
+
+    for name in sorted((n for n in names if n not in skipped), key=cost):
         for exporter in args.exporters.split(","):
-            if (name, exporter) in done or (exporter == "dynamo" and params[name] > args.dynamo_max_params * 1e6):
+            big = params[name] is not None and params[name] > args.dynamo_max_params * 1e6
+            if (name, exporter) in done or (exporter == "dynamo" and big):
                 continue
-            row = sweep_one(tvm, name, exporter, out, args.image, params[name] <= args.compile_max_params * 1e6)
+            row = sweep_one(zoo, name, exporter, out, args.image, args.compile_max_params)
             summary = {k: v for k, v in row.items() if k not in ("ops", "traceback")}
             print(json.dumps(summary), flush=True)
             with results.open("a") as f:
@@ -470,7 +525,7 @@ def write_fixtures(out, image_path):
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
-def recheck_gradients(tvm, out, threshold=1e-5):
+def recheck_gradients(zoo, out, threshold=1e-5):
     """Rows whose float64 gradient misses torch's by over ``threshold``: the same model exported with BatchNorm
     kept (``do_constant_folding=False``), so that onnxrap and torch compute with the same weights; records
     ``grad64_bn``.  Folding rounds the folded weights to float32, which moves a ReLU input near 0 across it."""
@@ -480,8 +535,8 @@ def recheck_gradients(tvm, out, threshold=1e-5):
     for row in rows:
         if row.get("grad64", 0) <= threshold or "grad64_bn" in row:
             continue
-        model = build(tvm, row["model"], row["size"])
-        x = image(row["size"])
+        model, size = zoo.build(row["model"])
+        x = image(size)
         with torch.enable_grad():
             _, _, target = torch_logits_and_grad(model, x)
             _, grad64, _ = torch_logits_and_grad(model.double(), x.astype(np.float64), target)
@@ -503,6 +558,8 @@ def recheck_gradients(tvm, out, threshold=1e-5):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="sweep-torchvision", help="folder for results.jsonl, table.md, heatmaps")
+    p.add_argument("--zoo", choices=sorted(ZOOS), default="torchvision",
+                   help="whose models: torchvision's builders, or timm's (name them with --only)")
     p.add_argument("--only", help="comma-separated builder names (default: all classification builders)")
     p.add_argument("--exporters", default="torchscript,dynamo")
     p.add_argument("--max-params", type=float, default=150, help="skip models over this many million parameters")
@@ -522,7 +579,7 @@ def main(argv=None):
     if args.fixtures:
         write_fixtures(Path(args.fixtures), args.image)
     elif args.recheck_gradients:
-        recheck_gradients(import_torchvision(), Path(args.out))
+        recheck_gradients(ZOOS[args.zoo](), Path(args.out))
     else:
         sweep(args)
 
