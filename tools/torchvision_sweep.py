@@ -195,15 +195,19 @@ class TimmZoo:
         return None
 
     def build(self, name, seed=0):
+        """At 64 px; a model that cannot run there (fixed attention biases, HaloNet's blocks) at its own size."""
         import torch
         torch.manual_seed(seed)
         try:
-            model, size = self.timm.create_model(name, pretrained=False, img_size=64), 64
-        except TypeError:  # a model without img_size: its own size where it is fixed
+            model = self.timm.create_model(name, pretrained=False, img_size=64)
+        except TypeError:  # no img_size argument
             model = self.timm.create_model(name, pretrained=False)
-            cfg = model.pretrained_cfg
-            size = cfg["input_size"][-1] if cfg.get("fixed_input_size") else 64
-        return make_trained_like(model, size, seed), size
+        own = model.pretrained_cfg["input_size"][-1]
+        try:
+            return make_trained_like(model, 64, seed), 64
+        except (RuntimeError, AssertionError):
+            torch.manual_seed(seed)
+            return make_trained_like(self.timm.create_model(name, pretrained=False), own, seed), own
 
 
 ZOOS = {"torchvision": TorchvisionZoo, "timm": TimmZoo}
@@ -307,7 +311,10 @@ def sweep_one(zoo, name, exporter, out, image_path, compile_max_params):
     row = {"model": name, "exporter": exporter, "size": zoo.size(name)}
     t0 = time.perf_counter()
     try:
-        model, size = zoo.build(name)
+        try:
+            model, size = zoo.build(name)
+        except Exception as exc:  # the model's own code at this size: recorded, not onnxrap's
+            return row | {"build_failed": f"{type(exc).__name__}: {first_line(exc)[:300]}"}
         row["size"] = size
         row["params"] = sum(p.numel() for p in model.parameters())
         compile_ = row["params"] <= compile_max_params * 1e6
@@ -373,7 +380,9 @@ def table(rows):
         return r.get("params", 0) * (r["size"] or 64) ** 2, r["model"], r["exporter"] != "torchscript"
 
     for r in sorted(rows, key=order):
-        if "export_failed" in r:
+        if "build_failed" in r:
+            result = f"not built: {r['build_failed']}"
+        elif "export_failed" in r:
             result = f"export failed: {r['export_failed']}"
         elif "error" in r and r["error"].split(":")[0] in ("ModelError", "InputError", "SampleError"):
             result = "refused while explaining: " + re.sub(r"/\S*/", "", r["error"].split(": ", 1)[1])  # no tmp dir
