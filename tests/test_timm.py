@@ -15,7 +15,7 @@ import pytest
 from helpers import rel_l2, run_cli
 from onnx_helpers import run
 from onnxrap import Explainer, methods
-from onnxrap.compile import CompiledModel, compile_graph
+from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "timm"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -58,13 +58,29 @@ def test_the_gradient_is_torchs(case):
     assert rel_l2(e.relevance, data["torch_grad64"]) < 1e-5
 
 
+# Windowed and relative-position attention fold the batch into the windows or heads (a Reshape to (N * k, ...)):
+# a graph for any batch size cannot hold that, so compile_graph refuses them and the eager engine explains them.
+BATCH_MERGED = {"botnet": "/stages/stages.3/stages.3.1/self_attn/Reshape_3",
+                "swin": "/layers/layers.1/blocks/blocks.0/Reshape_6",
+                "tiny_vit": "/stages/stages.1/blocks/blocks.0/Reshape_2"}
+# ResNeSt's rap is sensitive to float32 rounding: eager rap in float32 differs from eager rap in float64 by 1.6e-3
+# and 4e-3 (rel L2) on its two samples, compiled from eager by 1.4e-4 and 6.9e-4.
+COMPILED_TOLERANCE = {("resnest", "rap"): 1e-3}
+
+
 @pytest.mark.parametrize("method", ["rap", "gradient"])
 def test_compiled_agrees_with_eager(case, method):
-    _, path, data = case
+    name, path, data = case
     ex = Explainer(path)
+    if name in BATCH_MERGED:
+        with pytest.raises(NotCompilable) as info:
+            compile_graph(ex.graph, methods.get(method), shape=data["x"].shape[1:])
+        assert f"{BATCH_MERGED[name]} (Reshape: merges the batch axis with another" in str(info.value)
+        return
     compiled = CompiledModel(compile_graph(ex.graph, methods.get(method), shape=data["x"].shape[1:]))
     _, relevance = compiled.run(data["x"], data["target"])
-    assert rel_l2(relevance, ex.explain(data["x"], target=data["target"], method=method).relevance) < 1e-4
+    eager = ex.explain(data["x"], target=data["target"], method=method).relevance
+    assert rel_l2(relevance, eager) < COMPILED_TOLERANCE.get((name, method), 1e-4)
 
 
 def test_inspect_is_clean(case, capsys):
