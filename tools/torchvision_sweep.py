@@ -133,7 +133,7 @@ def make_trained_like(model, size, seed=0):
             if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)) \
                     and getattr(module, "weight", None) is not None:
                 module.weight.copy_(torch.rand(module.weight.shape, generator=g) + 0.5)
-                if module.bias is not None:  # timm's PoolFormerV2 norms have none
+                if module.bias is not None:  # timm's MetaFormer norms have none
                     module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
