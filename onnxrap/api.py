@@ -298,9 +298,9 @@ class Explainer:
 
         axis = self.graph.sample_axis
 
-        def missing(r):
+        def missing(r):  # a NaN or Inf sum (float32 overflowed) misses too
             sums = r.sum(axis=tuple(a for a in range(r.ndim) if a != axis), dtype=np.float64)
-            return np.abs(sums - logit) > 1e-3 * np.maximum(np.abs(logit), 1e-6)
+            return ~(np.abs(sums - logit) <= 1e-3 * np.maximum(np.abs(logit), 1e-6))
 
         bad = missing(relevance)
         if self.dtype == np.float64 or not bad.any():  # already float64, or nothing to redo

@@ -91,3 +91,21 @@ def test_features_by_samples_in_float32_are_checked_per_sample():
     exp = Explainer(model, dtype="float32").explain(x, target=np.array([0, 1, 2, 3, 0]))
     assert exp.relevance.shape == (40, 5) and exp.unconserved == [] and exp.nonfinite == []
     np.testing.assert_allclose(exp.relevance.sum(axis=0), exp.target_logit, rtol=1e-4)
+
+
+class OverflowsInFloat32(Rule):
+    """What float32 overflow does to a conserving method's sum (Inf - Inf): NaN in float32 only."""
+
+    def __call__(self, op, ctx, R):
+        return [R * np.nan if R.dtype == np.float32 else R]
+
+
+def test_a_conserving_method_that_overflows_in_float32_is_redone_in_float64():
+    """A NaN sum misses the logit like any other: the samples are redone in float64 (timm's ResNeSt at
+    64 px overflowed float32 rap and came back NaN, where float64 conserves)."""
+    method = methods.Composite({"activation": OverflowsInFloat32()}, base="rap", name="rap-float32-overflow",
+                               conserves=True)
+    x = np.random.default_rng(3).random((2, 1, 32, 32), dtype=np.float32)
+    exp = Explainer(DIGITS).explain(x, method=method)
+    assert exp.recomputed == [0, 1] and exp.unconserved == [] and exp.nonfinite == []
+    np.testing.assert_allclose(exp.relevance.sum(axis=(1, 2, 3)), exp.target_logit, rtol=1e-5)
