@@ -1,6 +1,6 @@
 """Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
-(one op per output), Expand (a broadcast), Resize and Upsample with mode nearest, and Pad with mode edge, reflect or wrap
-(registered with Pad in structure.py).
+(one op per output), Expand (a broadcast), Resize and Upsample with mode nearest, and Pad with mode edge,
+reflect or wrap (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
 from output positions to input positions.  The map is ONNX's own semantics
