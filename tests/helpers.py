@@ -163,3 +163,19 @@ def conv_hidden_reference(model, p, x, targets, hidden):
         Rr = ref_rap_first_onehot(v["f"][n], p["Wh"][:, t], p["bh"][t]).reshape(4, 3, 3)
         ref[n] = ref_zbox(x[n].astype(float), convA, hidden(v["a"][n], convB, Rr))
     return ref
+
+
+# -- exported model zoos (tests/fixtures/torchvision, tests/fixtures/timm) ------------------------
+
+def zoo_names(folder):
+    """The fixture names a sweep tool's ``manifest.json`` lists."""
+    import json
+
+    return sorted(json.loads((folder / "manifest.json").read_text())["files"])
+
+
+def zoo_case(folder, name):
+    """``(name, path of <name>.onnx, the arrays of <name>.npz)``."""
+    path = folder / f"{name}.onnx"
+    return name, path, dict(np.load(path.with_suffix(".npz")))
+

@@ -5,27 +5,24 @@ before the export) are stored beside each model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from helpers import rel_l2, run_cli
+from helpers import rel_l2, run_cli, zoo_case, zoo_names
 from onnx_helpers import run
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "timm"
-MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-NAMES = sorted(MANIFEST["files"])
+NAMES = zoo_names(FIXTURES)
 
 
 @pytest.fixture(params=NAMES)
 def case(request):
-    path = FIXTURES / f"{request.param}.onnx"
-    return request.param, path, dict(np.load(path.with_suffix(".npz")))
+    return zoo_case(FIXTURES, request.param)
 
 
 def test_every_file_is_small():
