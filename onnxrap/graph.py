@@ -240,6 +240,8 @@ class Graph:
         # fused_nodes: (op, ONNX node) for each node that one op stands for (inspect counts them apart)
         self.fused_nodes = [(op, nodes[i]) for indices, op in fused for i in sorted(indices)]
         self.data_nodes = [nodes[i] for i in sorted(relevant.difference(*(indices for indices, _ in fused)))]
+        # what the data path reads (a Split's parts outside it get no op)
+        self.read_on_data_path = {t for i in relevant for t in nodes[i].input} | {self.logits_name}
         self.ops, self.unsupported = self._parse(nodes, names, relevant, fused)
         self._canonicalise()
         self.dag = self._build_dag()

@@ -148,3 +148,19 @@ def test_names_metadata_of_another_size_is_one_line_error(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.load(CHECK)["x"][:1])
     code, _, err = run_cli(["explain", tmp_path / "two.onnx", tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "two.onnx", "names metadata holds 2 names", "10 classes", "--labels")
+
+
+def test_split_beside_a_written_out_layernorm():
+    """A Split in a model whose LayerNorm is written out node by node (PyTorch before opset 17): the Split's
+    parser reads what the data path reads, the fused LayerNorm's nodes included."""
+    nodes = [node("Split", ["x", "halves"], ["a", "b"], axis=1), node("Concat", ["b", "a"], "s", axis=1),
+             node("ReduceMean", ["s"], "mean", axes=[-1]), node("Sub", ["s", "mean"], "d"),
+             node("Pow", ["d", "two"], "sq"), node("ReduceMean", ["sq"], "var", axes=[-1]),
+             node("Add", ["var", "eps"], "ve"), node("Sqrt", ["ve"], "sd"), node("Div", ["d", "sd"], "n"),
+             node("Flatten", ["n"], "f"), node("MatMul", ["f", "W"], "y")]
+    inits = [const("halves", [2, 2], np.int64), const("two", 2.0), const("eps", 1e-5), const("W", rnd((24, 3), 2))]
+    model = make_model(nodes, [("x", [2, 4, 6])], [("y", [2, 3])], inits)
+    ex = Explainer(model, dtype="float64")
+    assert [op.op_type for op in ex.graph.ops].count("LayerNormalization") == 1
+    rap = ex.explain(rnd((2, 4, 6), 3), method="rap", target=[0, 2])
+    np.testing.assert_allclose(rap.relevance.sum(axis=(1, 2)), rap.target_logit, rtol=1e-6)

@@ -142,9 +142,7 @@ def _slice(v):
 def _split(v):
     """Each output the data path reads is the part of the input it copies; ONNX's own Split (the split
     sizes as attribute or input, num_outputs, an uneven last part) makes each map."""
-    graph = v.graph
-    read = {t for n in graph.data_nodes + graph.fused_nodes for t in n.input} | {graph.logits_name}
-    outputs = [k for k, t in enumerate(v.node.output) if t in read]  # a part nothing reads gets no op
+    outputs = [k for k, t in enumerate(v.node.output) if t in v.graph.read_on_data_path]
     return [index_routing(v, [1], k, f"{v.name}:{k}") for k in outputs]
 
 
