@@ -165,17 +165,16 @@ def conv_hidden_reference(model, p, x, targets, hidden):
     return ref
 
 
-# -- exported model zoos (tests/fixtures/torchvision, tests/fixtures/timm) ------------------------
+# -- exported model fixtures (tests/fixtures/<family>/<name>.onnx beside <name>.npz) ------------------
 
-def zoo_names(folder):
+def manifest_names(folder):
     """The fixture names a sweep tool's ``manifest.json`` lists."""
     import json
 
     return sorted(json.loads((folder / "manifest.json").read_text())["files"])
 
 
-def zoo_case(folder, name):
+def fixture_case(folder, name):
     """``(name, path of <name>.onnx, the arrays of <name>.npz)``."""
     path = folder / f"{name}.onnx"
     return name, path, dict(np.load(path.with_suffix(".npz")))
-

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import assert_one_line_error, rel_l2, run_cli
+from helpers import assert_one_line_error, fixture_case, rel_l2, run_cli
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
 from onnxrap.ops.attention import DataMatMul
@@ -25,13 +25,12 @@ MULTIHEAD = ["vit_mha_opset17", "vit_mha_opset14", "vit_mha_dynamo"]
 
 
 def load(name):
-    path = FIXTURES / f"{name}.onnx"
-    return path, np.load(path.with_suffix(".npz"))
+    return fixture_case(FIXTURES, name)[1:]
 
 
 @pytest.fixture(params=EXPLAINED)
 def model(request):
-    return (request.param, *load(request.param))
+    return fixture_case(FIXTURES, request.param)
 
 
 def test_the_models_hold_attention(model):

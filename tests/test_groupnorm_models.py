@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import run_cli
+from helpers import fixture_case, run_cli
 from test_norms_models import (assert_compiled_agrees_with_eager, assert_gradient_is_onnx_runtimes_derivative,
                                assert_rap_conserves_op_by_op)
 
@@ -22,8 +22,7 @@ PATTERNS = {"resnet_groupnorm_opset17": {"InstanceNormalization": 6, "Reshape": 
 
 @pytest.fixture(params=list(PATTERNS))
 def model(request):
-    path = FIXTURES / f"{request.param}.onnx"
-    return request.param, path, np.load(path.with_suffix(".npz"))
+    return fixture_case(FIXTURES, request.param)
 
 
 def test_the_models_hold_the_patterns(model):

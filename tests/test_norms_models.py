@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import assert_one_line_error, rel_l2, run_cli
+from helpers import assert_one_line_error, fixture_case, rel_l2, run_cli
 from onnx_helpers import run
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
@@ -21,8 +21,7 @@ EXPLAINED = ["convnext_opset17", "convnext_opset20"]
 
 @pytest.fixture(params=EXPLAINED)
 def model(request):
-    path = FIXTURES / f"{request.param}.onnx"
-    return request.param, path, np.load(path.with_suffix(".npz"))
+    return fixture_case(FIXTURES, request.param)
 
 
 def test_the_models_hold_the_patterns(model):

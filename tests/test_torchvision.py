@@ -14,19 +14,19 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import rel_l2, run_cli, zoo_case, zoo_names
+from helpers import rel_l2, run_cli, fixture_case, manifest_names
 from onnx_helpers import run
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torchvision"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-NAMES = zoo_names(FIXTURES)
+NAMES = manifest_names(FIXTURES)
 
 
 @pytest.fixture(params=NAMES)
 def case(request):
-    return zoo_case(FIXTURES, request.param)
+    return fixture_case(FIXTURES, request.param)
 
 
 def test_every_file_is_small():
