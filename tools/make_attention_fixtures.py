@@ -49,6 +49,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from make_norm_fixtures import randomise_layernorms  # tools/ is this script's folder
+
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEADS, DEPTH, PATCH, SIZE, CLASSES = 16, 2, 2, 4, 16, 10
 GRADIENT_CLASS = 3
@@ -119,13 +121,7 @@ def build_vit(seed, attention="manual", pool="token", width=WIDTH, heads=HEADS, 
             return self.head(x[:, 0] if self.cls is not None else x.mean(dim=1))
 
     torch.manual_seed(seed)
-    net = ViT()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
-                m.bias.copy_(0.2 * torch.randn_like(m.bias))
-    return net.eval()
+    return randomise_layernorms(ViT()).eval()
 
 
 def export(net, x, path, opset, free_batch=True):

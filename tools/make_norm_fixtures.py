@@ -74,12 +74,21 @@ def build_net(seed):
         nn.Conv2d(3, 16, 4, stride=4), ChannelsLast(nn.LayerNorm(16, eps=1e-6)), Block(16),
         ChannelsLast(nn.LayerNorm(16, eps=1e-6)), nn.Conv2d(16, 32, 2, stride=2), Block(32),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(32, eps=1e-6), nn.Linear(32, 10))
+    return randomise_layernorms(net).eval()
+
+
+def randomise_layernorms(net):
+    """Every LayerNorm's scale drawn around 1 (std 0.3) and its bias around 0 (std 0.2), in module order: a
+    trained network's norms are not the identity that PyTorch initialises."""
+    import torch
+    from torch import nn
+
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.LayerNorm):
                 m.weight.copy_(1 + 0.3 * torch.randn_like(m.weight))
                 m.bias.copy_(0.2 * torch.randn_like(m.bias))
-    return net.eval()
+    return net
 
 
 def build_resnet(seed, norm):
