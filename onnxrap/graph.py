@@ -25,6 +25,7 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
+from .batch_first import batch_axis_restored
 from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
 from .signs import mark_signed_inputs
 
@@ -204,16 +205,17 @@ class Graph:
         self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
         self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
-        try:
-            inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-        except Exception:
-            inferred = model  # shapes only help; the capture run checks everything
-        self._types = {}
-        self._shapes = _inferred_shapes(inferred, self._types)
-        nodes = list(model.graph.node)
-        names = _node_names(model.graph)
-        self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
+        nodes, names = self._read(model)
         self.input_name = self._pick_input(model.graph, input_name)
+        # batch_first.py: nn.MultiheadAttention's sequence-first tensors rewritten batch-first, a new model whose
+        # outputs are the exported one's; batch_first_nodes: how many ONNX nodes it rewrote (inspect says so)
+        restored = batch_axis_restored(model, self.input_name, self._shapes.get(self.input_name),
+                                       self._types.get(self.input_name) or onnx.TensorProto.FLOAT)
+        self.batch_first_nodes = 0
+        if restored is not None:
+            (model, self.batch_first_nodes), self.owns_model = restored, True
+            self.model = model
+            nodes, names = self._read(model)
         if any(n.op_type == "Shape" and None in self._shapes.get(n.input[0], (None,))[1:] for n in nodes):
             _fill_free_dimensions(self._shapes, model, self.input_name)
         # explained_through: the squashers and roundings between the logits and the output (inspect names them)
@@ -252,6 +254,18 @@ class Graph:
         self.unsupported += mark_signed_inputs(self)  # Muls with no gate; MatMuls with none, Softmaxes, where reached
         if self.unsupported and strict:
             raise UnsupportedOpsError(self.unsupported)
+
+    def _read(self, model):
+        """The model's nodes and their names; its tensors' types and shapes as shape inference knows them."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+        except Exception:
+            inferred = model  # shapes only help; the capture run checks everything
+        self._types = {}
+        self._shapes = _inferred_shapes(inferred, self._types)
+        nodes = list(model.graph.node)
+        self._node_producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # built once
+        return nodes, _node_names(model.graph)
 
     # -- input and output ---------------------------------------------------
     def _pick_input(self, g, wanted):
