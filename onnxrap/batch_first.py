@@ -542,13 +542,13 @@ class _Rewrite:
             else:
                 self.keep(add)
 
-    def over_axes(self, node, axes, keepdims=True, **mapped_attrs):
-        """An op over ``axes`` of its input (Softmax, LayerNormalization, reductions) on its view, each axis
+    def over_axes(self, node, over, keepdims=True, **mapped_attrs):
+        """An op over the axes ``over`` of its input (Softmax, LayerNormalization, reductions) on its view, each axis
         mapped (``mapped_attrs``: attribute name -> its value from the mapped axes); never over the batch."""
         name = node.input[0]
         layout = self.layouts[name]
         rank = len(layout.groups)
-        axes = sorted(a % rank for a in axes)
+        axes = sorted(a % rank for a in over)
         if layout.batch_axis in axes:
             raise NotRewritten(f"{node.name}: computes over the batch axis")
         view_axes = self.view(name)[1]

@@ -470,6 +470,9 @@ def cmd_inspect(args):
         status = "supported" if op_type in known and not bad[op_type] else (
             f"NOT SUPPORTED ({bad[op_type]} of {n})" if op_type in known else "NOT SUPPORTED")
         print(f"  {op_type:<22} {n:>5}  {status}")
+    if graph.batch_first_nodes:  # batch_first.py
+        print(f"batch axis moved by the exporter (sequence-first attention): {graph.batch_first_nodes} node(s) "
+              "rewritten batch-first, the rewritten model's outputs checked against the exported one's")
     fused = collections.defaultdict(collections.Counter)  # passes.layernorms_written_out, passes.heads_unbound
     for op, node in graph.fused_nodes:
         fused[op.op_type][node.op_type] += 1

@@ -1,6 +1,7 @@
 """ViT-like classifiers exported by PyTorch (tests/fixtures/attention, tools/make_attention_fixtures.py):
 self-attention as TorchScript (opsets 14 and 17) and dynamo write it, explained, conserving, with the true
-gradient (against PyTorch's autograd), compiled; nn.MultiheadAttention's exports refused in one line."""
+gradient (against PyTorch's autograd), compiled; nn.MultiheadAttention's exports too, rewritten batch-first
+(onnxrap/batch_first.py; more in tests/test_mha.py)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import assert_one_line_error, fixture_case, rel_l2, run_cli
+from helpers import fixture_case, rel_l2, run_cli
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
 from onnxrap.ops.attention import DataMatMul
@@ -20,8 +21,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "attention"
 GRADIENT_CLASS = 3  # the class of the npz files' torch_gradient (tools/make_attention_fixtures.py)
 TORCHSCRIPT = ["vit_manual_opset17", "vit_manual_opset14", "vit_sdpa_opset17", "vit_sdpa_opset14", "vit_timm_opset17",
                "vit_meanpool_manual_opset17"]
-EXPLAINED = TORCHSCRIPT + ["vit_sdpa_dynamo", "vit_timm_dynamo"]
 MULTIHEAD = ["vit_mha_opset17", "vit_mha_opset14", "vit_mha_dynamo"]
+EXPLAINED = TORCHSCRIPT + ["vit_sdpa_dynamo", "vit_timm_dynamo"] + MULTIHEAD
 
 
 def load(name):
@@ -77,7 +78,7 @@ def test_the_gradient_is_torchs(model):
     assert np.abs(e.relevance - reference).max() < 1e-6 * np.abs(reference).max()
 
 
-@pytest.mark.parametrize("name", TORCHSCRIPT + ["vit_timm_dynamo"])
+@pytest.mark.parametrize("name", TORCHSCRIPT + ["vit_timm_dynamo"] + MULTIHEAD)
 @pytest.mark.parametrize("method, tol", [("rap", 1e-4), ("gradient", 1e-4), ("lrp-eps", 1e-3)])
 def test_compiled_agrees_with_eager(name, method, tol):
     path, case = load(name)
@@ -140,16 +141,6 @@ def test_explain_end_to_end(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     (item,) = summary["inputs"]
     assert item["methods"]["rap"]["conserved"] is True
-
-
-@pytest.mark.parametrize("name", MULTIHEAD)
-def test_multihead_attention_is_refused_in_one_line(name, tmp_path, capsys):
-    """nn.MultiheadAttention's exports compute attention sequence-first, with the batch axis moved (and
-    merged with the heads): refused, every node named, as any move of the batch axis is."""
-    path, case = load(name)
-    np.save(tmp_path / "x.npy", case["x"][:1])
-    code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, "Transpose: moving the batch axis")
 
 
 def test_the_trained_vit_conserves_and_compiles():
