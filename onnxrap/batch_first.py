@@ -586,25 +586,29 @@ class _Rewrite:
 
 
 def batch_axis_restored(model, input_name, input_shape, elem):
-    """``(the model rewritten batch-first, how many nodes were rewritten)``, or None where nothing moves the
-    batch axis or the rewrite cannot prove a step (the module's docstring).  ``input_shape``: the input's
-    declared shape (None: a free dimension); every dimension but the batch must be known."""
-    if not input_shape or any(d is None for d in input_shape[1:]) or not moves_the_batch(model, input_name):
+    """``(the model rewritten batch-first, how many nodes were rewritten)``; None where nothing moves the batch
+    axis.  Raises NotRewritten, saying why, where the rewrite cannot prove a step (the module's docstring).
+    ``input_shape``: the input's declared shape (None: a free dimension)."""
+    if not input_shape or not moves_the_batch(model, input_name):
         return None
+    if any(d is None for d in input_shape[1:]):
+        raise NotRewritten("the input's shape is free beyond the batch axis")
     probed = _probe(model, input_name, input_shape, elem)
     if probed is None:
-        return None
+        raise NotRewritten("ONNX Runtime cannot run the model on noise to learn its shapes")
     shapes, batch_axes, computed, outputs, x = probed
     rewrite = _Rewrite(model, input_name, shapes, batch_axes, computed, input_shape[0])
     try:
         rewritten = rewrite.run()
         session = ort.InferenceSession(rewritten.SerializeToString(), _options(), providers=["CPUExecutionProvider"])
         got = session.run(list(outputs), {input_name: x})
-    except (NotRewritten, Exception):
-        return None
+    except NotRewritten:
+        raise
+    except Exception as exc:  # a case the walk did not foresee: no rewrite, never a wrong one
+        raise NotRewritten(f"{type(exc).__name__} at {rewrite.at.name if rewrite.at is not None else '?'}") from None
     for name, value in zip(outputs, got):
         expected = outputs[name]
         scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
         if value.shape != expected.shape or not np.allclose(value, expected, rtol=0, atol=_TOLERANCE * scale):
-            return None
+            raise NotRewritten(f"the rewritten model's output {name} differs from the exported one's")
     return rewritten, rewrite.rewritten

@@ -25,7 +25,7 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .batch_first import batch_axis_restored
+from .batch_first import NotRewritten, batch_axis_restored
 from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
 from .signs import mark_signed_inputs
 
@@ -209,9 +209,12 @@ class Graph:
         self.input_name = self._pick_input(model.graph, input_name)
         # batch_first.py: nn.MultiheadAttention's sequence-first tensors rewritten batch-first, a new model whose
         # outputs are the exported one's; batch_first_nodes: how many ONNX nodes it rewrote (inspect says so)
-        restored = batch_axis_restored(model, self.input_name, self._shapes.get(self.input_name),
-                                       self._types.get(self.input_name) or onnx.TensorProto.FLOAT)
-        self.batch_first_nodes = 0
+        self.batch_first_nodes, not_rewritten = 0, None
+        try:
+            restored = batch_axis_restored(model, self.input_name, self._shapes.get(self.input_name),
+                                           self._types.get(self.input_name) or onnx.TensorProto.FLOAT)
+        except NotRewritten as why:
+            restored, not_rewritten = None, str(why)
         if restored is not None:
             (model, self.batch_first_nodes), self.owns_model = restored, True
             self.model = model
@@ -252,6 +255,10 @@ class Graph:
         read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
         self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
         self.unsupported += mark_signed_inputs(self)  # Muls with no gate; MatMuls with none, Softmaxes, where reached
+        if not_rewritten:  # the moves of the batch axis say why they were not rewritten batch-first
+            self.unsupported = [(name, op_type, f"{why} (not rewritten batch-first: {not_rewritten})"
+                                 if op_type == "Transpose" and why and "batch axis" in why else why)
+                                for name, op_type, why in self.unsupported]
         if self.unsupported and strict:
             raise UnsupportedOpsError(self.unsupported)
 
