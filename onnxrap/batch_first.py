@@ -20,13 +20,14 @@ alone and first), it is ``t`` under its own name, and the node is written as it 
 D)`` becomes a MatMul on ``(N, T, D)`` and an Add of its bias.
 
 Shapes come from ONNX Runtime (shape inference cannot follow PyTorch's shape arithmetic): the model is run at
-batch sizes 2 and 3 (or at its fixed batch size), every data tensor an output, and an axis whose size differs
+batch sizes 1 and 2 (or at its fixed batch size), every data tensor an output, and an axis whose size differs
 holds the batch.  With a fixed batch of 1 a batch factor of size 1 may stand in either neighbouring group;
 it joins the next one, or the one before where the next is the last axis (the one a MatMul contracts).
 
 Proof.  The rewrite is applied only where every step is one of the above, the batch factor is never split
 nor reduced over, and the graph's outputs come back with their own layout; the new model is then run on the
-probe's input and its outputs must equal the original's to float32 rounding.  Anything else returns None and
+probe's last input (a batch of 2 where the batch is free) and its outputs must equal the original's to float32
+rounding.  Anything else returns None and
 the graph is parsed as exported, so that the moves are refused by name as before.
 """
 from __future__ import annotations
@@ -114,10 +115,11 @@ def moves_the_batch(model, input_name):
 
 
 def _probe(model, input_name, shape, elem):
-    """The model run at batch sizes 2 and 3 (a fixed batch: its own), every data tensor an output, and every
-    tensor of shape arithmetic that a data node reads.  Returns ``({tensor: shape at the first batch size},
+    """The model run at batch sizes 1 and 2 (a fixed batch: its own), every data tensor an output, and every
+    tensor of shape arithmetic that a data node reads.  Returns ``({tensor: shape at the last batch size},
     {tensor: axes holding the batch}, {tensor of shape arithmetic: value, where the same at both}, {output:
-    value}, the input)`` of the first run; None where ONNX Runtime cannot run it."""
+    value}, the input)`` of the last run (a batch of 2, where a rewrite that mixed samples would show); None
+    where ONNX Runtime cannot run it."""
     data = _data_tensors(model, input_name)
     known = _constants(model)
     probe = onnx.ModelProto()
@@ -130,22 +132,22 @@ def _probe(model, input_name, shape, elem):
         probe.graph.output.append(helper.make_empty_tensor_value_info(t))
     names = [o.name for o in probe.graph.output]
     dtype = helper.tensor_dtype_to_np_dtype(elem)
-    runs, x = [], None
+    runs = []
     try:
         session = ort.InferenceSession(probe.SerializeToString(), _options(), providers=["CPUExecutionProvider"])
-        for b in [shape[0]] if shape[0] is not None else [2, 3]:
+        for b in [shape[0]] if shape[0] is not None else [1, 2]:
             feed = np.random.default_rng(0).standard_normal((b,) + tuple(shape[1:])).astype(dtype)
             runs.append(dict(zip(names, session.run(None, {input_name: feed}))))
-            x = feed if x is None else x
+            x = feed
     except Exception:
         return None
     first, last = runs[0], runs[-1]
-    shapes = {t: np.shape(v) for t, v in first.items() if t in data} | {input_name: x.shape}
-    batch_axes = {t: {a for a, (d, e) in enumerate(zip(s, np.shape(last[t]))) if d != e} for t, s in shapes.items()
-                  if t in last and len(np.shape(last[t])) == len(s)} | {input_name: {0}}
-    computed = {t: first[t] for t in read if t in first and np.shape(first[t]) == np.shape(last[t]) and
+    shapes = {t: np.shape(v) for t, v in last.items() if t in data} | {input_name: x.shape}
+    batch_axes = {t: {a for a, (d, e) in enumerate(zip(np.shape(first[t]), s)) if d != e} for t, s in shapes.items()
+                  if t in first and np.ndim(first[t]) == len(s)} | {input_name: {0}}
+    computed = {t: last[t] for t in read if t in last and np.shape(first[t]) == np.shape(last[t]) and
                 np.array_equal(first[t], last[t])}
-    return shapes, batch_axes, computed, {t: first[t] for t in declared}, x
+    return shapes, batch_axes, computed, {t: last[t] for t in declared}, x
 
 
 def _options():
