@@ -27,8 +27,12 @@ it joins the next one, or the one before where the next is the last axis (the on
 Proof.  The rewrite is applied only where every step is one of the above, the batch factor is never split
 nor reduced over, and the graph's outputs come back with their own layout; the new model is then run on the
 probe's last input (a batch of 2 where the batch is free) and its outputs must equal the original's to float32
-rounding.  Anything else returns None and
-the graph is parsed as exported, so that the moves are refused by name as before.
+rounding.  Anything else raises NotRewritten, saying why, and the graph is parsed as exported: the moves are
+refused by name as before, with that reason.
+
+A module of its own, not a pass of passes.py: those rewrite parsed ops, and this one must run before parsing
+(the parsers refuse the moves) and writes ONNX nodes, so that the capture, the compiled engine and ONNX
+Runtime's check of the rewrite all read one ordinary model.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Load an ONNX classifier and turn it into a DAG of the ops that carry data.
 
-Steps: read and check the model; pick the image input and the logits (a
-terminal Softmax is skipped); mark the tensors that depend on the input's
+Steps: read and check the model; pick the image input; rewrite tensors whose
+batch axis the exporter moved batch-first (``batch_first.py``: sequence-first
+attention); pick the logits (a terminal Softmax is skipped); mark the tensors that depend on the input's
 *values* (``Shape``/``Size`` only read its shape); evaluate everything else
 as constants; recognise LayerNorms written out node by node and attention's q, k
 and v split off past the batch axis (``passes.py``);

@@ -9,7 +9,9 @@ ONNX nodes, before parsing: ``logits_behind_squashers``, because it decides
 which tensor the data path ends at, and ``layernorms_written_out`` and
 ``heads_unbound``, because their nodes are refused one by one (no rule knows
 that a Div's divisor is the sigma of its own numerator; a Transpose that moves
-the batch axis is refused before the Split that puts it back).
+the batch axis is refused before the Split that puts it back).  Before all of
+them, ``batch_first.py`` rewrites the ONNX model itself where an exporter moved
+the batch axis (sequence-first attention).
 """
 from __future__ import annotations
 
