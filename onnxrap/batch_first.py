@@ -167,6 +167,9 @@ class _Rewrite:
     def __init__(self, model, input_name, shapes, batch_axes, computed, fixed):
         self.model = model
         self.constants = _constants(model) | computed
+        self.computed = computed
+        self.shapes_read = set()  # outputs of the Shape nodes of moved tensors, which the new graph has not
+        self.producers = {t: n for n in model.graph.node for t in n.output}
         self.data = _data_tensors(model, input_name)
         self.shapes, self.batch_axes, self.fixed = shapes, batch_axes, fixed
         self.layouts = {}  # tensors whose batch moved: original name -> Layout
@@ -229,7 +232,8 @@ class _Rewrite:
                 self.keep(node)
                 continue
             if node.op_type in ("Shape", "Size"):
-                continue  # the moved tensor's shape arithmetic: the new nodes' shapes are constants
+                self.shapes_read.update(node.output)  # the new nodes' shapes are constants
+                continue
             self.rewritten += 1
             handler = getattr(self, f"_{node.op_type}", None)
             if node.op_type in REGROUPS:
@@ -252,10 +256,23 @@ class _Rewrite:
         return self.assembled()
 
     def assembled(self):
+        """The new model: the nodes its outputs need.  Shape arithmetic that read a moved tensor's shape is
+        gone; where a node still needs its result (attention's scale from the head size), the value the probe
+        found at both batch sizes stands as a constant."""
         g = self.model.graph
+        broken = set(self.shapes_read)
+        for node in self.nodes:  # the shape arithmetic after them (data tensors are all the new nodes' own)
+            if any(t in broken for t in node.input):
+                broken.update(t for t in node.output if t not in self.data)
         live, needed = [], {o.name for o in g.output}
         for node in reversed(self.nodes):  # nodes no output needs (the moved tensors' shape arithmetic) go
-            if any(t in needed for t in node.output):
+            wanted = [t for t in node.output if t in needed]
+            if wanted and any(t in broken for t in node.output):
+                for t in wanted:
+                    if t not in self.computed:
+                        raise NotRewritten(f"{node.name} computes {t} from the shape of a tensor the rewrite moved")
+                    self.initializers.append(numpy_helper.from_array(self.computed[t], t))
+            elif wanted:
                 live.append(node)
                 needed.update(t for t in node.input if t)
         live.reverse()
@@ -497,6 +514,25 @@ class _Rewrite:
         groups = [[factors[order.index(v)] for v in axes[a]] for a in kept]
         self.settle(node.output[0], Layout(out, factors, groups))
 
+    def constant_on_view(self, node, name, value):
+        """A constant that broadcasts against the data tensor ``name`` (1 along its batch), as it broadcasts
+        against ``name``'s view: its axes moved as the view moves them, 1 on every part of the batch's axis."""
+        rank = len(self.shapes[name])
+        if np.ndim(value) > rank:
+            raise NotRewritten(f"{node.name}: a constant of more axes than its data")
+        value = np.reshape(value, (1,) * (rank - np.ndim(value)) + np.shape(value))
+        _, axes, sizes = self.view(name)
+        shape = [1] * len(sizes)
+        for a, va in enumerate(axes):
+            if va == [0]:
+                shape[0] = value.shape[a]
+            if 0 in va and value.shape[a] != 1 and (self.fixed is None or va != [0]):  # a fixed batch: its own
+                raise NotRewritten(f"{node.name}: a constant that differs along the batch")
+            if len(va) == 1:
+                shape[va[0]] = value.shape[a]
+        moved = value.transpose(sorted(range(rank), key=lambda a: min(axes[a]))).reshape(shape)
+        return self.constant(f"{node.output[0]}/operand", moved)
+
     def _elementwise(self, node):
         data = [t for t in node.input if t in self.data]
         if len(data) == 2:
@@ -507,13 +543,45 @@ class _Rewrite:
         other = next(t for t in node.input if t not in self.data)
         if other not in self.constants:
             raise NotRewritten(f"{node.name}: its other operand is neither data nor a constant")
-        value = self.constants[other]
-        lead = next((k for k, d in enumerate(np.shape(value)) if d != 1), np.ndim(value))
-        if lead:  # leading ones would broadcast to axes before the batch: gone, the op is the same
-            node = helper.make_node(node.op_type, [self.constant(f"{other}/trailing", value.reshape(value.shape[lead:]))
-                                                   if t == other else t for t in node.input], list(node.output),
+        if self.view(data[0])[0] != data[0]:  # else the node as exported (on_views)
+            moved = self.constant_on_view(node, data[0], self.constants[other])
+            node = helper.make_node(node.op_type, [moved if t == other else t for t in node.input], list(node.output),
                                     name=node.name)
-        self.on_views(node, data, np.ndim(value) - lead)
+        self.on_views(node, data, 0)
+
+    def _Concat(self, node):
+        """Along an axis other than the batch, of data with the batch alone on one axis, and of constants or a
+        constant broadcast along the batch by an Expand (a class token: ``cls.expand(1, N, D)``), which is
+        written again on the view's batch."""
+        data = [t for t in node.input if t in self.data]
+        rank = len(self.shapes[node.output[0]])
+        axis = _attrs(node)["axis"] % rank
+        views = [self.view(t) for t in data]
+        axes, sizes = views[0][1], views[0][2]
+        if any(v[1] != axes or v[2][0] != sizes[0] for v in views) or any(len(va) != 1 for va in axes) or \
+                axes[axis] == [0]:
+            raise NotRewritten(f"{node.name}: joins along the batch, or data that merge it with other axes")
+        inputs = []
+        for t in node.input:
+            if t in self.data:
+                inputs.append(views[data.index(t)][0])
+                continue
+            producer = self.producers.get(t)
+            expanded = t not in self.constants and producer is not None and producer.op_type == "Expand" and \
+                producer.input[0] in self.constants
+            if t not in self.constants and not expanded:
+                raise NotRewritten(f"{node.name}: joins a part that is neither data nor a constant")
+            moved = self.constant_on_view(node, data[0], self.constants[producer.input[0] if expanded else t])
+            if expanded:  # broadcast along the view's batch: Expand to [N, 1, ...]
+                batch = self.write("Shape", [views[0][0]], [self.fresh(f"{t}/batch first/shape")], start=0, end=1)
+                ones = self.constant(f"{t}/batch first/ones", np.ones(len(sizes) - 1, np.int64))
+                target = self.write("Concat", [batch, ones], [self.fresh(f"{t}/batch first/expand")], axis=0)
+                moved = self.write("Expand", [moved, target], [self.fresh(f"{t}/batch first")])
+            inputs.append(moved)
+        out = self.copy(node, inputs, [self.fresh(f"{node.output[0]}/batch first")], axis=axes[axis][0])
+        factors = [Factor(sizes[0], batch=True)] + [Factor(s) for s in sizes[1:]]
+        factors[axes[axis][0]] = Factor(self.shapes[node.output[0]][axis])
+        self.settle(node.output[0], Layout(out, factors, [[factors[va[0]]] for va in axes]))
 
     def _MatMul(self, node):
         data = [t for t in node.input if t in self.data]
