@@ -15,13 +15,18 @@ tokens):
 * ``weights``: pre-norm blocks calling ``nn.MultiheadAttention(x, x, x)`` itself, sequence-first, with
   ``need_weights=True`` (its default): PyTorch computes attention with ``bmm`` on ``(N * heads, T, d)``, the
   batch merged with the heads, and the averaged weights (unused) besides.
+* ``seqcat``: as ``seqfirst``, the class token joined and the position embedding added sequence-first
+  (``torch.cat([cls.expand(1, N, D), x], dim=0)``, a position embedding of shape ``(T, 1, D)``), post-norm.
+* ``cross``: one ``nn.MultiheadAttention(kdim=8, vdim=8)`` sequence-first, its keys and values a Linear of the
+  tokens to 8 (separate q, k and v projections), in a residual; no encoder.
 * ``torchvision``: torchvision's ``VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
   hidden_dim=16, mlp_dim=32, num_classes=10)``, built by its constructor as ``vit_b_16`` is; its head, which
   torchvision starts at zero, drawn from N(0, 1 / width).
 
 Each is exported by TorchScript (``dynamo=False``) at opsets 17 and 14 and by dynamo, with a free batch axis
-(``<model>_{opset17,opset14,dynamo}``), and ``seqfirst`` and ``torchvision`` also for a fixed batch of one
-(``<model>_batch1_{opset17,dynamo}``).  ``<name>.npz`` holds ``x`` (a float32 batch of 2, of 1 for ``batch1``),
+(``<model>_{opset17,opset14,dynamo}``; ``seqcat`` and ``cross``: opset 17 and dynamo), ``seqfirst`` and
+``torchvision`` also for a fixed batch of one (``<model>_batch1_{opset17,dynamo}``) and ``seqcat`` for a fixed
+batch of two (``seqcat_batch2_opset17``: its class token folded to a constant of the batch's size).  ``<name>.npz`` holds ``x`` (a float32 batch of 2, of 1 for ``batch1``),
 ``ort_logits``, ``torch_logits`` and ``torch_gradient`` (PyTorch's float64 autograd gradient of each sample's
 logit of class 3 with respect to x), as tools/make_attention_fixtures.py writes them; ``manifest.json`` lists
 the files and the versions that wrote them.
@@ -45,8 +50,9 @@ from torchvision_sweep import import_torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEADS, DEPTH, MLP, PATCH, SIZE, CLASSES = 16, 2, 2, 32, 8, 32, 10
-MODELS = ("seqfirst", "batchfirst", "weights", "torchvision")
+MODELS = ("seqfirst", "batchfirst", "weights", "seqcat", "cross", "torchvision")
 BATCH1 = ("seqfirst", "torchvision")
+ONLY_OPSET17 = ("seqcat", "cross")  # and dynamo
 
 
 def build(kind, seed):
@@ -82,13 +88,16 @@ def build(kind, seed):
             tokens = (SIZE // PATCH) ** 2 + (kind != "batchfirst")
             self.embed = nn.Conv2d(3, WIDTH, PATCH, stride=PATCH)
             self.cls = nn.Parameter(0.5 * torch.randn(1, 1, WIDTH))
-            self.pos = nn.Parameter(0.5 * torch.randn(1, tokens, WIDTH))
+            self.pos = nn.Parameter(0.5 * torch.randn(*((tokens, 1) if kind == "seqcat" else (1, tokens)), WIDTH))
             if kind == "weights":
                 self.encoder = nn.Sequential(*(Block() for _ in range(DEPTH)))
+            elif kind == "cross":
+                self.kv = nn.Linear(WIDTH, 8)
+                self.attn = nn.MultiheadAttention(WIDTH, HEADS, kdim=8, vdim=8)
             else:
+                post = kind in ("batchfirst", "seqcat")
                 layer = nn.TransformerEncoderLayer(WIDTH, HEADS, MLP, dropout=0.0, batch_first=kind == "batchfirst",
-                                                   norm_first=kind != "batchfirst",
-                                                   activation="relu" if kind == "batchfirst" else "gelu")
+                                                   norm_first=not post, activation="relu" if post else "gelu")
                 self.encoder = nn.TransformerEncoder(layer, DEPTH, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(WIDTH)
             self.head = nn.Linear(WIDTH, CLASSES)
@@ -97,8 +106,17 @@ def build(kind, seed):
             x = self.embed(x).flatten(2).transpose(1, 2)
             if kind == "batchfirst":
                 return self.head(self.norm(self.encoder(x + self.pos)).mean(dim=1))
+            if kind == "seqcat":  # joined sequence-first
+                x = x.transpose(0, 1)
+                x = torch.cat([self.cls.expand(1, x.shape[1], -1), x], dim=0) + self.pos
+                return self.head(self.norm(self.encoder(x)[0]))
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
-            x = self.encoder(x.transpose(0, 1))  # (T, N, D): PyTorch's default layout
+            x = x.transpose(0, 1)  # (T, N, D): PyTorch's default layout
+            if kind == "cross":
+                kv = self.kv(x)
+                x = x + self.attn(x, kv, kv, need_weights=False)[0]
+            else:
+                x = self.encoder(x)
             return self.head(self.norm(x[0]))
 
     return randomise_layernorms(Net()).eval()
@@ -121,11 +139,15 @@ def main():
     for kind in args.only.split(","):
         net = build(kind, args.seed)
         for suffix, opset in (("opset17", 17), ("opset14", 14), ("dynamo", None)):
-            files.append(f"{kind}_{suffix}")
-            write(net, x, args.out / f"{files[-1]}.onnx", opset)
+            if kind not in ONLY_OPSET17 or opset != 14:
+                files.append(f"{kind}_{suffix}")
+                write(net, x, args.out / f"{files[-1]}.onnx", opset)
         for suffix, opset in (("opset17", 17), ("dynamo", None)) if kind in BATCH1 else ():
             files.append(f"{kind}_batch1_{suffix}")
             write(net, x[:1], args.out / f"{files[-1]}.onnx", opset, free_batch=False)
+        if kind == "seqcat":
+            files.append(f"{kind}_batch2_opset17")
+            write(net, x, args.out / f"{files[-1]}.onnx", 17, free_batch=False)
     manifest = args.out / "manifest.json"
     listed = json.loads(manifest.read_text())["files"] if manifest.is_file() else []
     import torchvision as package
