@@ -224,7 +224,10 @@ class _Rewrite:
 
     # -- the walk -----------------------------------------------------------------
     def run(self):
-        for node in self.model.graph.node:
+        for i, node in enumerate(self.model.graph.node):
+            if not node.name:  # messages and the new nodes name it as graph.py does
+                node = helper.make_node(node.op_type, node.input, node.output, name=f"{node.op_type}_{i}",
+                                        domain=node.domain, **_attrs(node))
             self.at = node
             perm = _attrs(node).get("perm")
             leaves = node.op_type == "Transpose" and node.input[0] in self.data and bool(perm) and perm[0] != 0
@@ -573,7 +576,9 @@ class _Rewrite:
                 raise NotRewritten(f"{node.name}: joins a part that is neither data nor a constant")
             moved = self.constant_on_view(node, data[0], self.constants[producer.input[0] if expanded else t])
             if expanded:  # broadcast along the view's batch: Expand to [N, 1, ...]
-                batch = self.write("Shape", [views[0][0]], [self.fresh(f"{t}/batch first/shape")], start=0, end=1)
+                shape = self.write("Shape", [views[0][0]], [self.fresh(f"{t}/batch first/shape")])
+                first = [self.constant(f"{t}/batch first/{k}", np.array([k], np.int64)) for k in (0, 1)]
+                batch = self.write("Slice", [shape] + first, [self.fresh(f"{t}/batch first/batch")])
                 ones = self.constant(f"{t}/batch first/ones", np.ones(len(sizes) - 1, np.int64))
                 target = self.write("Concat", [batch, ones], [self.fresh(f"{t}/batch first/expand")], axis=0)
                 moved = self.write("Expand", [moved, target], [self.fresh(f"{t}/batch first")])

@@ -42,7 +42,7 @@ def moves_of_the_batch(model):
 
 def test_the_fixtures_are_what_the_manifest_says():
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
-    assert manifest["versions"]["torch"].startswith("2.13") and len(NAMES) == 21
+    assert manifest["versions"]["torch"].startswith("2.13") and len(NAMES) == 22
     for name in NAMES:
         assert moves_of_the_batch(onnx.load(FIXTURES / f"{name}.onnx")), name  # as exported: sequence-first
 
@@ -143,11 +143,15 @@ def sequence_first(mixing):
                       [const("w", w), const("two", np.full((1, 3), 2.0)), const("axis", np.array(0), np.int64)])
 
 
-def test_sequence_first_arithmetic_is_explained():
-    """Centring over the tokens, a ReLU and a scale, sequence-first: rewritten, and rap conserves."""
+@pytest.mark.parametrize("named", [True, False])
+def test_sequence_first_arithmetic_is_explained(named):
+    """Centring over the tokens, a ReLU and a scale, sequence-first: rewritten (nodes named or not), and rap
+    conserves."""
     model = sequence_first(([node("ReduceMean", ["moved"], ["mean"], axes=[0], keepdims=1),
                              node("Sub", ["moved", "mean"], ["centred"]), node("Relu", ["centred"], ["r"]),
                              node("Mul", ["r", "two"], ["scaled"])], "scaled"))
+    for n in model.graph.node if not named else ():
+        n.name = ""
     x = np.random.default_rng(0).normal(size=(3, 4, 3)).astype(np.float32)
     ex = Explainer(model)
     assert ex.graph.batch_first_nodes == 6
