@@ -242,6 +242,7 @@ class Graph:
             left = self._fold_constants(nodes, names, relevant)
             unresolved = left if len(left) < len(unresolved) else []
         self.per_sample = set()  # constants folded to their value for one sample (_fold_per_sample)
+        self.batch_sized = {}  # shapes that hold the batch size: tensor -> (value at batch 1, 1 where the batch is)
         while self._fold_per_sample(nodes, relevant):  # a value folded fixes the shapes of later ones (PiT's stages)
             pass
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
@@ -385,7 +386,10 @@ class Graph:
         EdgeNeXt's ``repeat``), or a value that does not depend on it at all.  The shape computations are
         evaluated at batch sizes 1, 2 and 3; a float value that is the batch-1 value repeated along axis 0
         at both is folded to the batch-1 value, which every reader broadcasts back (an Add or Mul with data,
-        a Concat along another axis, a MatMul); a value the same at all three is a constant.  Returns whether a
+        a Concat along another axis, a MatMul); a value the same at all three is a constant; a vector of
+        integers that holds the batch size where it holds 1 at batch 1 is a shape with the batch in it
+        (``batch_sized``: Resize's sizes ``Concat(Shape(x)[:2], size)``, ``F.interpolate(x, size=...)``), which
+        index routing (ops/routing.py) evaluates at each batch size.  Returns whether a
         constant of the second kind was folded (then shape inference knows more, and a next round may fold more)."""
         model = self.model
         needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors
@@ -435,6 +439,10 @@ class Graph:
                 self.constants[t] = one
                 self.per_sample.add(t)
                 constant = True
+            elif one.ndim == 1 and np.issubdtype(one.dtype, np.integer) and all(v.shape == one.shape for v in more):
+                step = more[0] - one  # a shape with the batch size in it: Resize's sizes from Shape(x)
+                if np.isin(step, (0, 1)).all() and np.array_equal(more[1] - more[0], step) and (one[step == 1] == 1).all():
+                    self.batch_sized[t] = (one, step)
         return constant
 
     def producer_node(self, tensor):

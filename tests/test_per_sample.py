@@ -1,7 +1,8 @@
 """Values computed per sample from a free batch size (tests/fixtures/per_sample, tools/make_per_sample_fixtures.py):
 a class token broadcast by ``expand(B, -1, -1)`` and added to data (CaiT), a positional encoding made from the
 input's shape and repeated over the batch (XCiT, EdgeNeXt), tokens sliced at a length read off a broadcast
-class token (PiT).  They fold to one sample's value, which every reader broadcasts back; a value that differs
+class token (PiT).  They fold to one sample's value, which every reader broadcasts back; Resize's sizes from
+``interpolate(t, size=...)`` hold the batch size and are evaluated at each (GhostNetV2); a value that differs
 from sample to sample stays refused in one line."""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from onnxrap.compile import CompiledModel, compile_graph
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "per_sample"
 GRADIENT_CLASS = 3  # the class of the npz files' torch_gradient
-EXPLAINED = ["class_token_add", "token_slice"]
+EXPLAINED = ["class_token_add", "token_slice", "resize_to_size"]
 
 
 @pytest.fixture(params=EXPLAINED)
@@ -25,12 +26,23 @@ def model(request):
     return fixture_case(FIXTURES, request.param)
 
 
-def test_the_values_fold_to_one_sample(model):
+@pytest.mark.parametrize("name", ["class_token_add", "token_slice"])
+def test_the_values_fold_to_one_sample(name):
     """The class token and the positional encoding (a Tile over Shape(x)'s batch) fold to a leading axis of 1."""
-    name, path, case = model
-    graph = Explainer(path).graph
+    graph = Explainer(FIXTURES / f"{name}.onnx").graph
     assert graph.per_sample and all(graph.constants[t].shape[0] == 1 for t in graph.per_sample)
     assert any(graph.producer_node(t).op_type == "Tile" for t in graph.per_sample)  # the positional encoding
+
+
+def test_resize_sizes_hold_the_batch_size():
+    """``interpolate(t, size=...)``: Resize's sizes are ``Concat(Shape(t)[:2], size)``, at batch 1 ``(1, C, h,
+    w)``, with the batch size in place of the 1 at any other."""
+    graph = Explainer(FIXTURES / "resize_to_size.onnx").graph
+    resizes = [graph.producer_node(op.output) for op in graph.ops if op.op_type == "Resize"]
+    assert len(resizes) == 2
+    for node in resizes:
+        one, step = graph.batch_sized[node.input[3]]
+        assert step.tolist() == [1, 0, 0, 0] and one[0] == 1 and one[1] == 8
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3])

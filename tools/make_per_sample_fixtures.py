@@ -13,6 +13,9 @@ constant folding computes them.
 * ``token_slice``: the same tokens, a class token joined by Concat, a Linear and ReLU over all tokens, then
   ``u[:, :cls.shape[1]]`` and ``u[:, cls.shape[1]:]`` (PiT's split of class and image tokens), the head on the
   class token plus the image tokens' mean.
+* ``resize_to_size``: GhostNetV2's DFC attention, ``t * interpolate(sigmoid(conv(pool(t))), size=t.shape[-2:])``,
+  then ``interpolate(t, size=(2 h, 2 w))`` on the data path, both nearest; the exporter writes Resize's sizes as
+  ``Concat(Shape(t)[:2], size)``, a shape that holds the batch size.
 * ``batch_index`` (refused): the input plus ``0.1 * arange(B)``, a value that differs from sample to sample.
 
 Each ``<name>.npz`` holds ``x`` (a float32 batch of 2), ``ort_logits``, ``torch_logits`` and
@@ -56,6 +59,7 @@ def build(name, seed):
             self.cls = nn.Parameter(torch.randn(1, 1, WIDTH))
             self.mix = nn.Linear(WIDTH, WIDTH)
             self.head = nn.Linear(WIDTH, CLASSES)
+            self.gate = nn.Conv2d(WIDTH, WIDTH, 1)
 
         def tokens(self, x):
             t = self.patch(x)
@@ -63,6 +67,12 @@ def build(name, seed):
             return t.flatten(2).transpose(1, 2) + positional_encoding(b, h, w)
 
         def forward(self, x):
+            if name == "resize_to_size":
+                t = self.patch(x)
+                gate = torch.sigmoid(self.gate(nn.functional.avg_pool2d(t, 2)))
+                t = t * nn.functional.interpolate(gate, size=t.shape[-2:], mode="nearest")
+                t = nn.functional.interpolate(t, size=(t.shape[2] * 2, t.shape[3] * 2), mode="nearest")
+                return self.head(torch.relu(t).mean((2, 3)))
             if name == "batch_index":
                 b = x.shape[0]
                 x = x + 0.1 * torch.arange(b, dtype=x.dtype).view(b, 1, 1, 1)
@@ -105,7 +115,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in ("class_token_add", "token_slice", "batch_index"):
+    for name in ("class_token_add", "token_slice", "resize_to_size", "batch_index"):
         write(name, args.out, args.seed)
 
 
