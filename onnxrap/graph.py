@@ -25,7 +25,8 @@ from . import ops as op_registry
 from .errors import ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
+from .passes import (CANONICAL_PASSES, OpIndex, batchnorms_over_tokens, heads_unbound, layernorms_written_out,
+                     logits_behind_squashers)
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
@@ -248,7 +249,7 @@ class Graph:
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
-        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound)
+        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound, batchnorms_over_tokens)
                  for indices, op in find(nodes, names, self.constants, self.static_shape, kept)
                  if relevant.issuperset(indices)]
         # fused_nodes: (op, ONNX node) for each node that one op stands for (inspect counts them apart)
