@@ -5,10 +5,11 @@ looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
 (an input negative only down to a finite floor, a SiLU's output), ``conv.signed``
 (an input that may be negative, see signs.py), ``conv.projection`` (an output that
 reaches such an input unrectified, see signs.py), ``conv``, then
-``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
+``linear`` (``dense.*`` likewise; ``dense.product``, before all of them: a MatMul of two signals); other
+ops by position (``product``: a Mul of two signals; ``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``layernorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``softmax``, ``activation``, ``scale``,
-``identity``, ``shape``, ``pad``); ``rule_keys()`` lists them all.  A new method is one
+``identity``, ``shape``, ``pad``, ``norm``, ``quotient``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
 
