@@ -186,7 +186,7 @@ def _reaching(writers, sources):
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
     positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
-    what ``_refused_where_reached`` finds (Muls with no gate among them), as unsupported ops ``(name, op
+    what ``_refused_where_reached`` finds (norms and Divs that are no scale among them), as unsupported ops ``(name, op
     type, why)``."""
     bounds, producers = {}, {}
     norms = set()  # tensors computed from norms alone: non-negative ones scale a signal (GRN)
@@ -227,8 +227,8 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
 
 
 def _refused_where_reached(graph):
-    """The ops with a reason in ``refused_where_reached`` (a Mul or MatMul of two data tensors with no gate,
-    a Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
+    """The ops with a reason in ``refused_where_reached`` (a Softmax, a norm, a Div by a divisor not proven
+    positive, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
     unsupported ops.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []

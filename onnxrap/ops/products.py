@@ -16,8 +16,6 @@ refused by name (``refused_where_reached``).
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from . import Op, Unsupported, register
@@ -40,13 +38,16 @@ class Factor(DataMatMul):
 
 def factor_view(op, k):
     """Product ``op`` (a ``DataMatMul`` with no gate) as the linear map of its operand ``k`` (0: a, 1: b),
-    weighted by the other; its ``signed_input`` from signs.py's bounds of that operand."""
-    view = copy.copy(op)
-    view.__class__ = Factor
-    view.inputs = [op.operands[k], op.operands[1 - k]]
-    view.gate, view.gate_on_left = 1, k == 1  # a @ b: b right of a; a left of b
-    view.signed_input = op.factor_bounds[k][0] < 0
-    return view
+    weighted by the other, with ``op``'s output and bias; its ``signed_input`` from signs.py's bounds of that
+    operand.  Made once per op and operand."""
+    views = op.__dict__.setdefault("factor_views", {})
+    if k not in views:
+        view = Factor(op.name, op.op_type, [op.operands[k], op.operands[1 - k]], op.output)
+        view.bias_values = op.bias_values
+        view.gate, view.gate_on_left = 1, k == 1  # a @ b: b right of a; a left of b
+        view.signed_input = op.factor_bounds[k][0] < 0
+        views[k] = view
+    return views[k]
 
 
 class Norm(Op):
