@@ -284,14 +284,14 @@ def test_a_division_by_a_signed_tensor_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("method", RELEVANCE_METHODS)
 def test_a_norms_scale_gives_the_signal_all(method):
-    """x * ||x||, the norm over the last axis: x = [3, -4], ||x|| = 5, R = [0.6, -0.2]: x takes all of R, by hand,
-    and the norm none; the norm's own op is never walked (it is on the gate's branch)."""
+    """h * ||h||, the norm over the last axis, before a head: h = [3, -4], ||h|| = 5, R = [0.6, -0.2]: h takes all
+    of R and the norm none (not 5 R, the gradient's); the norm's own op is never walked (the gate's branch)."""
     nodes = [node("MatMul", ["x", "W"], "h"), node("ReduceL2", ["h"], "n", axes=[2], keepdims=1, name="norm"),
-             node("Mul", ["h", "n"], "y", name="scaled")]
+             node("Mul", ["h", "n"], "hn", name="scaled"), node("MatMul", ["hn", "W"], "y")]
     model = make_model(nodes, [("x", ["N", 1, 2])], [("y", ["N", 1, 2])], [const("W", np.eye(2))])
     scaled = next(op for op in Graph(model).ops if op.name == "scaled")
     assert scaled.inputs[scaled.gate] == "n"
     h, n = np.array([[[3.0, -4.0]]]), np.array([[[5.0]]])
-    out = rule(method, scaled)(scaled, Context(BK, {"h": h, "n": n, "y": h * n}, {}), np.array([[[0.6, -0.2]]]))
+    out = rule(method, scaled)(scaled, Context(BK, {"h": h, "n": n, "hn": h * n}, {}), np.array([[[0.6, -0.2]]]))
     np.testing.assert_allclose(out[1 - scaled.gate], [[[0.6, -0.2]]])
     assert out[scaled.gate] is None
