@@ -12,6 +12,8 @@ free batch axis, 64 px:
   ``ReLU(value) * sum(key * Softmax(query))``, a Mul of two signals;
 * ``grn_written``: a small network with GRN written out as ``Sqrt(ReduceSum(x * x))`` and as ``Pow(., 0.5)``,
   and ``x / ||x||`` (XCiT's normalisation, ReduceL2 then Clip then Div);
+* ``xcit``, ``edgenext``: timm's XCiT (width 32, depth 2, one class-attention layer) and EdgeNeXt (widths 16-64,
+  one block a stage): attention over L2-normalised q and k (``F.normalize``: ReduceL2, Clip, Div);
 
 and, trained on scikit-learn's digits as tools/train_digits.py trains the bundled CNN (its data, split and
 schedule; 1x32x32, 64 patches of 4x4), ``--digits``:
@@ -88,7 +90,7 @@ def fixture_models():
     """name -> (builder, the pattern it covers)."""
     import timm
     from timm.layers import GatedMlp
-    from timm.models import byobnet, mobilevit
+    from timm.models import byobnet, edgenext, mobilevit, xcit
     from timm.models.mlp_mixer import MlpMixer, SpatialGatingBlock
 
     def mobilevitv2():
@@ -112,6 +114,12 @@ def fixture_models():
         "gmlp": (gmlp, "spatial gating unit: Mul of two signals"),
         "mobilevitv2": (mobilevitv2, "separable attention: Mul of two signals, Softmax gate, ReduceSum"),
         "grn_written": (grn_written, "norms written out: Sqrt(ReduceSum(x * x)), Pow 0.5, x / ||x||"),
+        "xcit": (lambda: xcit.Xcit(img_size=SIZE, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                                   cls_attn_layers=1, num_classes=10),
+                 "cross-covariance attention: q, k normalised (ReduceL2, Clip, Div), a Softmax gate"),
+        "edgenext": (lambda: edgenext.EdgeNeXt(num_classes=10, dims=(16, 32, 48, 64), depths=(1, 1, 1, 1),
+                                               heads=(2, 2, 2, 2)),
+                     "split depth-wise transposed attention: q, k normalised, a positional encoding"),
     }
 
 
