@@ -270,7 +270,7 @@ class Graph:
         # The ops hold what they need; keep only the constants read at run time (shapes, Concat parts).
         read = {name for op in self.ops if isinstance(op, Concat) for name, is_data in op.parts if not is_data}
         self.constants = {k: v for k, v in self.constants.items() if k in read or v.size <= 4096}
-        self.unsupported += mark_signed_inputs(self)  # Muls with no gate; MatMuls with none, Softmaxes, where reached
+        self.unsupported += mark_signed_inputs(self)  # Softmaxes, norms, Divs that scale nothing, where reached
         if not_rewritten:  # the moves of the batch axis say why they were not rewritten batch-first
             self.unsupported = [(name, op_type, f"{why} (not rewritten batch-first: {not_rewritten})"
                                  if op_type == "Transpose" and why and "batch axis" in why else why)

@@ -5,10 +5,11 @@ looked up most specific first: ``conv.head``, ``conv.input``, ``conv.floored``
 (an input negative only down to a finite floor, a SiLU's output), ``conv.signed``
 (an input that may be negative, see signs.py), ``conv.projection`` (an output that
 reaches such an input unrectified, see signs.py), ``conv``, then
-``linear`` (``dense.*`` likewise); other ops by position (``tail``: between
+``linear`` (``dense.*`` likewise; ``dense.product``, before all of them: a MatMul of two signals); other
+ops by position (``product``: a Mul of two signals; ``tail``: between
 the last linear ops and the logits), then by kind (``batchnorm``,
 ``layernorm``, ``maxpool``, ``avgpool``, ``add``, ``concat``, ``gate``, ``softmax``, ``activation``, ``scale``,
-``identity``, ``shape``, ``pad``); ``rule_keys()`` lists them all.  A new method is one
+``identity``, ``shape``, ``pad``, ``norm``, ``quotient``); ``rule_keys()`` lists them all.  A new method is one
 ``@register`` factory; its keyword arguments are the method's options
 (``epsilon``, ``steps``, ...).  Users build their own the same way::
 
@@ -36,6 +37,7 @@ from .rules.linear import AlphaBeta, Epsilon, RapFirst, RapHidden, ZBox
 from .rules.normalization import CenteringShare
 from .rules.paper import PaperBatchNorm, PaperFirst, PaperFlow
 from .rules.pooling import MaxWinner, WindowShare
+from .rules.products import BilinearShare, FactorShare
 from .rules.signed import AbsShare, FlooredShare, NetSignShare
 
 
@@ -169,7 +171,8 @@ def rule_keys() -> set[str]:
                 todo.append(sub)
     families = {c.family for c in classes if c.family}
     return ({c.kind for c in classes if c.kind != "op"} | families | {"tail"}
-            | {f"{f}.{p}" for f in families for p in ("head", "input", "floored", "signed", "projection")})
+            | {f"{f}.{p}" for f in families for p in ("head", "input", "floored", "signed", "projection", "product")}
+            | {"product"})
 
 
 class Wrapper(Method):
@@ -314,13 +317,21 @@ def split_options(names, options, flag=str):
     return per_method
 
 
-# Rules every relevance method shares for ops that carry relevance without choices.
+# Rules every relevance method shares for ops that carry relevance without choices.  A product of two
+# signals (docs/rules.md, products): half to each factor, a MatMul's by the method's own linear rule
+# (``_products``).  A norm only ever computes a scale; a quotient by a positive divisor is one.
 _MOVES = {"activation": Pass(), "scale": Pass(), "identity": Pass(), "shape": Adjoint(), "pad": Adjoint(),
-          "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll(), "softmax": GateOnly()}
+          "concat": ConcatSlices(), "maxpool": MaxWinner(), "gate": SignalTakesAll(), "softmax": GateOnly(),
+          "product": FactorShare(), "norm": GateOnly(), "quotient": SignalTakesAll()}
+
+
+def _products(rule):
+    """A MatMul of two signals: half of R to each factor, shared by ``rule`` with the other as its weight."""
+    return {"dense.product": BilinearShare(rule)}
 
 _RAP = {**_MOVES, "dense.head": RapFirst(), "conv.head": RapFirst(), "conv.input": ZBox(),
         "linear": RapHidden(per_sign=False), "batchnorm": Pass(), "layernorm": CenteringShare(absolute=True),
-        "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True)}
+        "avgpool": WindowShare(absolute=True), "add": AddShare(absolute=True), **_products(AbsShare())}
 
 # rap's fix for heads behind pools (a 1x1-convolution classifier, then a global pool):
 # the seed 1 reaches the head as the gradient of the logit, so rap.head's sum_j R_j z_j is
@@ -387,7 +398,8 @@ def _rap_unbounded():
 def _rap_reference():
     return Method("rap-reference", {
         **_RAP, "linear": RapHidden(per_sign=True), "batchnorm": BatchNormMask(),
-        "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False)},
+        "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False),
+        **_products(RapHidden(per_sign=True))},
         description="RAP as its authors released it (docs/rules.md, reference)")
 
 
@@ -397,7 +409,7 @@ def _rap_paper(flow: str = "sum"):
         raise InputError(f"rap-paper's flow is sum, normal or inversion, not {flow!r}")
     flows = {k_name: Method(f"rap-paper-{k_name}", {
         **_RAP, "dense.head": PaperFirst(), "conv.head": PaperFirst(), "conv.input": PaperFlow(k),
-        "linear": PaperFlow(k), "batchnorm": PaperBatchNorm(k)}, seed="logit")
+        "linear": PaperFlow(k), "batchnorm": PaperBatchNorm(k), **_products(PaperFlow(k))}, seed="logit")
         for k_name, k in (("normal", 1), ("inversion", -1))}
     return PaperRap(flows, name="rap-paper", rules={}, seed="logit", options={"flow": flow},
                     description="RAP as the journal's equations (5)-(11) read (docs/rules.md, paper); experimental")
@@ -407,7 +419,8 @@ def _lrp(name, rules, description, options=None):
     """LRP composites (docs/rules.md, lrp): z-rules at joins and pools, z^B at the input convolution."""
     return Method(name, {**_MOVES, "conv.input": ZBox(stabilizer=1e-9), "batchnorm": BatchNormRatio(),
                          "layernorm": CenteringShare(absolute=False),
-                         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False), **rules},
+                         "avgpool": WindowShare(absolute=False), "add": AddShare(absolute=False),
+                         **_products(rules.get("dense", rules.get("linear"))), **rules},
                   seed="logit", description=description, options=options)
 
 

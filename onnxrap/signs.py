@@ -21,9 +21,14 @@ writes into the SiLU), ``writes_signed_stream = True``.  A Mul of two data
 tensors is a gate where exactly one factor is bounded in [0, 1], or, failing
 that, in [0, c] with c finite (``Gated.pick_gate``); its output has its
 signal's sign.  A MatMul of two data tensors is picked the same way (attention's
-``P @ V``: a Softmax's output is in [0, 1]).  A product with no gate (``Q @ K^T``),
-a Softmax and a move of the batch axis are refused where relevance reaches them,
-since no rule shares relevance over them: a gate's rule gives its gate none.
+``P @ V``: a Softmax's output is in [0, 1]).  A norm (ReduceL2, a square root) is
+non-negative, and a tensor computed from norms alone (``norms``) is a scale: where
+no factor is bounded, a non-negative one of those gates (ConvNeXtV2's GRN); a Div
+by a data tensor proven positive is a scale too.  A product with no gate is a
+product of two signals (ops/products.py).  A Softmax, a norm, a Div by a divisor
+not proven positive and a move of the batch axis are refused where relevance
+reaches them, since no rule shares relevance over them: a gate's rule gives its
+gate none.
 """
 from __future__ import annotations
 
@@ -103,9 +108,29 @@ def _probabilities(op, inputs, constants):
     return 0.0, 1.0
 
 
+def _norm(op, inputs, constants):
+    return 0.0, np.inf
+
+
+def _linear(op, inputs, constants):
+    """A MatMul of two data tensors: sums of an unknown number of products, of their sign where they have one
+    (a linear attention's ``ReLU(Q) ReLU(K)^T 1`` is non-negative), plus any bias absorbed (its epsilon); a linear
+    op with a constant weight: unbounded."""
+    if len(inputs) != 2:
+        return UNBOUNDED
+    low, high = _times(_times(*inputs), (0.0, np.inf))
+    bias = (0.0, 0.0) if op.bias_values is None else _of(op.bias_values)
+    return low + bias[0], high + bias[1]
+
+
+def _quotient(op, inputs, constants):
+    (low, high) = inputs[1]
+    return _times(inputs[0], (1 / high, 1 / low)) if low > 0 else UNBOUNDED
+
+
 BOUNDS = {"activation": _activation, "identity": _moves, "shape": _moves, "pad": _moves, "maxpool": _moves,
           "avgpool": _average, "add": _add, "concat": _concat, "scale": _scale, "gate": _gate,
-          "softmax": _probabilities}
+          "softmax": _probabilities, "norm": _norm, "quotient": _quotient, "linear": _linear}
 
 
 _SELF_GATE_GRID = -np.logspace(-4, 4, 8001)  # the negative signal values where x * g(x) is evaluated
@@ -161,16 +186,22 @@ def _reaching(writers, sources):
 def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
     """Set ``signed_input`` and ``writes_signed_stream`` on every linear op of ``graph``, mark the
     positions ``floored``, ``signed`` and ``projection`` and pick every Mul's and data MatMul's gate; return
-    what ``_refused_where_reached`` finds (Muls with no gate among them), as unsupported ops ``(name, op
+    what ``_refused_where_reached`` finds (norms and Divs that are no scale among them), as unsupported ops ``(name, op
     type, why)``."""
     bounds, producers = {}, {}
+    norms = set()  # tensors computed from norms alone: non-negative ones scale a signal (GRN)
     writers = {}  # tensor -> the linear ops whose output reaches it with no rectifier on the way
     streams = {}  # the same, where a floor also counts as a rectifier
     for op in graph.ops:  # topological order: an op's inputs are decided before it
         given = [bounds.get(name, UNBOUNDED) for name in op.inputs]
         sources = op.inputs
-        if isinstance(op, Gated) and not op.pick_gate(given):  # with no gate: refused where reached
-            sources = [op.signal]  # the gate scales the signal; relevance never reaches it
+        if getattr(op, "computes_norm", False) or (  # or arithmetic, pools and moves of norms only
+                not isinstance(op, Linear) and op.inputs and all(name in norms for name in op.inputs)):
+            norms.add(op.output)
+        if isinstance(op, Gated):
+            op.pick_gate(given, [name in norms for name in op.inputs])
+            if op.gate is not None:
+                sources = [op.signal]  # the gate scales the signal; relevance never reaches it
         decide = BOUNDS.get(op.kind)
         bounds[op.output] = decide(op, given, graph.constants) if decide is not None else UNBOUNDED
         if isinstance(op, Gate) and op.gate is not None:
@@ -196,8 +227,8 @@ def mark_signed_inputs(graph) -> list[tuple[str, str, str]]:
 
 
 def _refused_where_reached(graph):
-    """The ops with a reason in ``refused_where_reached`` (a Mul or MatMul of two data tensors with no gate,
-    a Softmax, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
+    """The ops with a reason in ``refused_where_reached`` (a Softmax, a norm, a Div by a divisor not proven
+    positive, a move of the batch axis) that relevance reaches from the logits past no gate's gate input, as
     unsupported ops.  The walk goes through the ONNX nodes refused before too, so that all are listed at once."""
     producers = {op.output: op for op in graph.ops}
     seen, todo, found = set(), [graph.logits_name], []

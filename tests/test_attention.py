@@ -146,21 +146,23 @@ def refused(model):
     return str(info.value)
 
 
-def test_a_product_of_two_signed_tensors_is_refused():
-    """q @ k^T with no Softmax after it: relevance reaches it, and no factor is a gate."""
+def test_a_product_of_two_signed_tensors_is_a_product():
+    """q @ k^T with no Softmax after it: relevance reaches it, and no factor is a gate: a product of two signals
+    (docs/rules.md, products), as is P @ V with P = Relu(q @ k^T), non-negative but unbounded."""
     scores = [node("Transpose", ["k"], "kt", perm=[0, 2, 1]), node("MatMul", ["q", "kt"], "qk", name="qk"),
               node("Relu", ["qk"], "p")]
-    message = refused(attention_classifier(scores))
-    assert "qk (MatMul: MatMul of two data tensors that is not a gate" in message
-    assert "pv (MatMul" in message  # Relu's output is non-negative but unbounded: no gate either, all listed
+    ops = {op.name: op for op in Graph(attention_classifier(scores)).ops}
+    assert ops["qk"].positions[0] == ops["pv"].positions[0] == "product"
 
 
-def test_two_probabilities_are_ambiguous():
+def test_two_probabilities_are_a_product():
+    """Which gates the other is ambiguous: a product, so relevance reaches both Softmaxes, refused there."""
     scores = [node("Softmax", ["q"], "p1", axis=-1), node("Transpose", ["k"], "kt", perm=[0, 2, 1]),
               node("Softmax", ["kt"], "p2", axis=-1), node("MatMul", ["p1", "p2"], "p", name="pp")]
-    message = refused(attention_classifier(scores))
-    assert "pp (MatMul: MatMul of two data tensors both bounded in [0, 1]: which one gates the other is ambiguous" \
-        in message
+    graph = Graph(attention_classifier(scores), strict=False)
+    pp = next(op for op in graph.ops if op.name == "pp")
+    assert pp.gate is None and pp.positions[0] == "product"
+    assert [name for name, *_ in graph.unsupported] == ["Softmax_p1", "Softmax_p2"]
 
 
 def test_a_softmax_that_relevance_reaches_is_refused():
@@ -179,13 +181,15 @@ def test_a_matrix_product_across_the_batch_is_refused():
 
 
 def test_the_cli_names_every_refused_node(tmp_path, capsys):
+    """A Softmax whose output the residual Add reads as a signal, and an op with no rule."""
     scores = [node("Transpose", ["k"], "kt", perm=[0, 2, 1]), node("MatMul", ["q", "kt"], "qk", name="qk"),
-              node("Relu", ["qk"], "p")]
+              node("Sin", ["qk"], "s", name="sin"), node("Softmax", ["s"], "p0", axis=-1, name="softmax"),
+              node("Add", ["p0", "s"], "p")]
     path = tmp_path / "bad.onnx"
     path.write_bytes(attention_classifier(scores).SerializeToString())
     np.save(tmp_path / "x.npy", np.ones((1, 3, 4), dtype=np.float32))
     code, _, err = run_cli(["explain", path, tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)
-    assert_one_line_error(code, err, "qk (MatMul", "pv (MatMul")
+    assert_one_line_error(code, err, "sin (Sin", "softmax (Softmax")
     assert not (tmp_path / "out").exists()
 
 

@@ -101,9 +101,10 @@ def test_the_pattern_without_a_change_is_recognised():
     assert graph.unsupported == [] and [op.op_type for op in graph.ops][0] == "LayerNormalization"
 
 
-@pytest.mark.parametrize("change", [dict(mean_reader=True), dict(exponent=3.0), dict(axes=(1,))],
-                         ids=["another reader of the mean", "Pow exponent 3", "an axis not trailing"])
+@pytest.mark.parametrize("change", [dict(exponent=3.0)], ids=["Pow exponent 3"])
 def test_near_misses_stay_refused_with_their_nodes_named(change, tmp_path, capsys):
+    """(Near misses whose sigma is proven positive, another reader of the mean, an axis not trailing, are
+    explained op by op: the Div by sigma is a scale, docs/rules.md, products.)"""
     model = written_out(**change)
     refused = {name for name, _, _ in Graph(model, strict=False).unsupported}
     assert {"sigma", "divide"} <= refused  # the square alone is a Pow activation

@@ -1,8 +1,8 @@
 """What each ONNX op computes, as far as relevance rules need to know.
 
 Every supported ONNX op type is registered here by the module of its family
-(``linear``, ``pooling``, ``elementwise``, ``normalization``, ``attention``, ``structure``, ``routing``,
-``fused``, ``quantize``).  A parser turns an
+(``linear``, ``pooling``, ``elementwise``, ``normalization``, ``attention``, ``products``, ``structure``,
+``routing``, ``fused``, ``quantize``).  A parser turns an
 ONNX node into an ``Op``: its canonical *kind* (what methods map to rules),
 its data inputs, and the forward and adjoint pieces the rules use.  A new op
 type is one ``@register`` entry in one family module.
@@ -123,5 +123,5 @@ def parse(view: NodeView) -> list[Op]:
 
 
 # Import the families so that their ops register.
-from . import (attention, elementwise, fused, linear, normalization, pooling, quantize, routing,  # noqa: E402,F401
-               structure)
+from . import (attention, elementwise, fused, linear, normalization, pooling, products, quantize,  # noqa: E402,F401
+               routing, structure)

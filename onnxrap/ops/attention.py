@@ -4,8 +4,9 @@ Attention computes ``P = Softmax(Q K^T / sqrt(d))`` and ``out = P V``.  ``P V`` 
 factor is provably in [0, 1]: a gate, as a Sigmoid's output gates a Mul (``Gated``), so signs.py picks it
 and the op is the linear map ``V -> P V`` with the data-dependent, non-negative weights P (Ali et al.,
 ICML 2022, hold P constant in the same way: docs/rules.md, attention).  Every linear rule then applies
-with P as its weight.  ``Q K^T`` has no gate: it only computes the gate, and relevance never reaches it;
-signs.py refuses it, and a Softmax, where relevance would (``refused_where_reached``).
+with P as its weight.  ``Q K^T`` has no gate: it only computes the gate, and relevance never reaches it
+(where it would, it is a product of two signals: ops/products.py); signs.py refuses a Softmax where
+relevance reaches it (``refused_where_reached``).
 """
 from __future__ import annotations
 
@@ -65,8 +66,9 @@ class DataMatMul(Gated, Dense):
 
     With a gate (signs.py, ``pick_gate``: attention's P in ``P @ V``) it is a dense linear op on the
     signal whose weight is the gate's value: ``inputs`` become ``[signal, gate]`` so that the linear rules,
-    which share relevance over ``inputs[0]``, give the gate none.  Without one (``Q @ K^T``) it only
-    computes a gate; ``forward`` and ``vjp`` (the gradient through both factors) serve it all the same.
+    which share relevance over ``inputs[0]``, give the gate none.  Without one (``Q @ K^T``) it is a
+    product of two signals (ops/products.py); ``forward`` and ``vjp`` (the gradient through both factors)
+    serve it all the same.
     """
 
     master = None  # the weights are data, not the model's (compile.py shares no initializer for them)
@@ -78,15 +80,20 @@ class DataMatMul(Gated, Dense):
         self.operands = list(inputs)  # a, b of a @ b, as the ONNX node has them
         self.gate_on_left = None
 
-    def pick_gate(self, bounds):
-        by_name = dict(zip(self.inputs, bounds))
+    def pick_gate(self, bounds, scales=(False, False)):
+        by_name = dict(zip(self.inputs, zip(bounds, scales)))
         self.inputs = list(self.operands)  # bounds in the ONNX order, however often it is asked
-        why = super().pick_gate([by_name[name] for name in self.operands])
+        super().pick_gate(*zip(*(by_name[name] for name in self.operands)))
         if self.gate is not None:
             self.gate_on_left = self.gate == 0
             self.inputs = [self.signal, self.inputs[self.gate]]
             self.gate = 1
-        return why
+
+    def factor_view(self, k):
+        """With no gate: operand ``k`` as a dense op's input, the other operand its weight (ops/products.py)."""
+        from .products import factor_view
+
+        return factor_view(self, k)
 
     def weights_in(self, ctx, dtype):
         p = ctx[self.inputs[1]].astype(dtype)

@@ -257,6 +257,10 @@ def _pow(v):
     if c.size != 1 or not float(c.reshape(())) > 0:
         raise Unsupported("an exponent that is not one positive number")
     c = float(c.reshape(()))
+    if c == 0.5:
+        from .products import square_root
+
+        return square_root(v.name, v.op_type, v.node.input[0], v.node.output[0])
     even = c.is_integer() and int(c) % 2 == 0
     return Activation(v.name, v.op_type, [v.node.input[0]], v.node.output[0], lambda xp, u: u ** c,
                       lambda xp, u: c * u ** (c - 1), (0.0, np.inf) if even or not c.is_integer() else
@@ -349,30 +353,26 @@ class Gated:
     the signal: ``Gate`` (a Mul) and attention's ``DataMatMul`` (ops/attention.py).
 
     signs.py proves the bounds and calls ``pick_gate``, which sets ``gate`` (0 or 1, the gate's place
-    among ``inputs``); an op with no single gate keeps ``None``, and is refused where relevance reaches it
-    (on a gate's branch, attention's ``Q @ K^T``, only its exact adjoint runs).
+    among ``inputs``); an op with no single gate keeps ``None`` and is a product of two signals, in the
+    position ``product`` (ops/products.py; docs/rules.md, products).
     """
 
     gate = None
 
-    def pick_gate(self, bounds):
+    def pick_gate(self, bounds, scales=(False, False)):
         """Take as the gate the one input whose ``(low, high)`` of ``bounds`` lies in [0, 1], or, where
-        none does, the one that lies in [0, c] with c finite; return why there is none (None where there
-        is).  [0, 1] is asked first so that a Sigmoid still gates a Relu6's output (in [0, 6])."""
+        none does, the one that lies in [0, c] with c finite, or, where none does, the one non-negative
+        input that ``scales`` marks as computed from norms alone (GRN's ``||x|| / mean ||x||``).  [0, 1] is
+        asked first so that a Sigmoid still gates a Relu6's output (in [0, 6]).  With no gate, or two
+        (``Sigmoid(a) * Sigmoid(b)``: which gates the other is ambiguous), the op is a product."""
         unit = [k for k, (low, high) in enumerate(bounds) if low >= 0 and high <= 1 + _ROUNDING]
         bounded = [k for k, (low, high) in enumerate(bounds) if low >= 0 and np.isfinite(high)]
-        gates = unit or bounded
+        scale = [k for k, (low, _) in enumerate(bounds) if low >= 0 and scales[k]]
+        gates = unit or bounded or scale
         self.gate = gates[0] if len(gates) == 1 else None
-        if not gates:
-            why = (f"{self.op_type} of two data tensors that is not a gate: neither factor is bounded in [0, c] "
-                   "with c finite (as a Sigmoid's, HardSigmoid's, Softmax's or Clip(x + 3, 0, 6)'s output is)")
-        elif len(gates) == 2:
-            span = "[0, 1]" if unit else "[0, c] with c finite, neither in [0, 1]"
-            why = f"{self.op_type} of two data tensors both bounded in {span}: which one gates the other is ambiguous"
-        else:
-            why = None
-        self.refused_where_reached = why  # no rule shares relevance between two signals (signs.py)
-        return why
+        self.factor_bounds = list(bounds)  # the factors' signs, for a product's rule (ops/products.py)
+        if self.gate is None and "product" not in self.positions:
+            self.positions = ("product",) + self.positions  # before any a linear op gets: its rule key wins
 
     @property
     def signal(self):
@@ -411,7 +411,9 @@ def _arithmetic(v):
             negated = ConstantArithmetic(v.name + ":negate", "Mul", [b], f"{v.node.output[0]}:negated", -1.0)
             negated.synthetic = True
             return [negated, Sum(v.name, v.op_type, [a, negated.output], v.node.output[0])]
-        raise Unsupported(f"{v.op_type} of two data tensors")
+        from .products import quotient
+
+        return quotient(v)
     (i,) = data
     if v.op_type == "Sum":  # one data input, maybe constants beside it
         rest = [v.const(k).astype(np.float64) for k in range(len(v.node.input)) if k != i]
