@@ -66,12 +66,20 @@ class Concat(Op):
 def _constant_part(v, t):
     """The constant a Concat's part that is no data holds: itself, or what an Expand broadcasts along the
     batch axis to the input's batch size (a ViT's class token, ``Expand(cls, Shape(x)...)``: batch sizes
-    are not constants).  The forward broadcasts it again; ``Concat.slices`` checks its size along the axis."""
+    are not constants).  The forward broadcasts it again; ``Concat.slices`` checks its size along the axis.
+    A constant of lower rank (CLIP's class embedding, ``(D,)`` expanded to ``(N, 1, D)``) gets leading
+    axes of 1 first, as Expand broadcasts it; it is kept under a name of its own."""
     node = v.graph.producer_node(t)
+    rank = len(v.graph.static_shape(t) or ())
     if t not in v.graph.constants and node is not None and node.op_type == "Expand" and \
-            node.input[0] in v.graph.constants and np.ndim(v.graph.constants[node.input[0]]) == len(
-                v.graph.static_shape(t) or ()) and np.shape(v.graph.constants[node.input[0]])[0] == 1:
-        return node.input[0]
+            node.input[0] in v.graph.constants and 0 < np.ndim(v.graph.constants[node.input[0]]) <= rank:
+        value = v.graph.constants[node.input[0]]
+        if np.ndim(value) == rank and np.shape(value)[0] == 1:
+            return node.input[0]
+        if np.ndim(value) < rank:
+            name = f"{node.input[0]} (rank {rank})"
+            v.graph.constants[name] = np.reshape(value, (1,) * (rank - np.ndim(value)) + np.shape(value))
+            return name
     v.graph.require_constant(t)
     return t
 
