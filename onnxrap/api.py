@@ -108,7 +108,8 @@ class Explainer:
     def labels(self):
         """Class names from the model's metadata, None if it has none: ``onnxrap.labels``, a JSON list (names
         may hold commas) or comma-separated; else Ultralytics' ``names``, a Python dict literal
-        ``{0: 'name', ...}`` (its classification exports carry it)."""
+        ``{0: 'name', ...}`` (its classification exports carry it); else Hugging Face's ``id2label`` in the
+        ``config.json`` beside the model file (``optimum-cli export onnx`` writes it there, not into the model)."""
         return self._metadata_labels()[1]
 
     @property
@@ -135,7 +136,25 @@ class Explainer:
                 raise ModelError(f"{where}: metadata names is not a dict of class indices 0, 1, ... to names "
                                  "(Ultralytics' form; give --labels)")
             return "names", [str(names[k]) for k in range(len(names))]
-        return None, None
+        return self._config_labels()
+
+    def _config_labels(self):
+        config = self.graph.path.parent / "config.json" if self.graph.path is not None else None
+        if config is None or not config.is_file():
+            return None, None
+        try:
+            id2label = json.loads(config.read_text()).get("id2label")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            return None, None  # not Hugging Face's config: not ours to judge
+        if id2label is None:
+            return None, None
+        try:
+            names = {int(k): str(v) for k, v in id2label.items()}
+        except (AttributeError, ValueError):
+            names = None
+        if names is None or sorted(names) != list(range(len(names))):
+            raise ModelError(f"{config}: id2label is not a map of class indices 0, 1, ... to names (give --labels)")
+        return "config.json id2label", [names[k] for k in range(len(names))]
 
     @property
     def layout(self) -> str:
