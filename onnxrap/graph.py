@@ -25,7 +25,8 @@ from . import ops as op_registry
 from .errors import InputError, ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
-from .passes import CANONICAL_PASSES, OpIndex, heads_unbound, layernorms_written_out, logits_behind_squashers
+from .passes import (CANONICAL_PASSES, OpIndex, batchnorms_over_tokens, heads_unbound, layernorms_written_out,
+                     logits_behind_squashers)
 from .signs import mark_signed_inputs
 
 # Inputs that only lend their shape or type: a data tensor there does not make the output data.
@@ -133,19 +134,10 @@ def _fill_free_dimensions(shapes, model, input_name, folded=None):
     where the batch is free (a dimension the same in both is fixed), else once.  Exporters compute
     attention's 1 / sqrt(head size) from the shape of a tensor reshaped to a size read off the input's shape
     (TorchScript's ``x.shape[-1] ** -0.5``).  ``folded``: values folded so far (``_skeleton``)."""
-    declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
-    free = bool(declared) and not declared[0].HasField("dim_value")
-    runs = []
-    for batch in (2, 3) if free else (None,):
-        skeleton = _skeleton(model, folded)
-        for vi in skeleton.graph.input:
-            if vi.name == input_name and batch is not None:
-                vi.type.tensor_type.shape.dim[0].Clear()
-                vi.type.tensor_type.shape.dim[0].dim_value = batch
-        try:
-            runs.append(_inferred_shapes(onnx.shape_inference.infer_shapes(skeleton, data_prop=True)))
-        except Exception:
-            return  # shapes only help
+    runs = [_shapes_at(model, input_name, batch, folded) for batch in
+            ((2, 3) if _free_batch(model, input_name) else (None,))]
+    if None in runs:
+        return  # shapes only help
     for name, shape in shapes.items():
         seen = [run.get(name) for run in runs]
         if None in seen or any(len(s) != len(shape) for s in seen):
@@ -171,6 +163,25 @@ def _with_sample_shape(model, label, input_name, sample_shape, copy):
             dim.Clear()
             dim.dim_value = int(size)
     return model
+
+
+def _free_batch(model, input_name) -> bool:
+    declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
+    return bool(declared) and not declared[0].HasField("dim_value")
+
+
+def _shapes_at(model, input_name, batch, folded=None):
+    """``{tensor: shape}`` inferred with the values of shape computations propagated, the input's free batch
+    set to ``batch`` (None: as declared); None where inference fails."""
+    skeleton = _skeleton(model, folded)
+    for vi in skeleton.graph.input:
+        if vi.name == input_name and batch is not None:
+            vi.type.tensor_type.shape.dim[0].Clear()
+            vi.type.tensor_type.shape.dim[0].dim_value = batch
+    try:
+        return _inferred_shapes(onnx.shape_inference.infer_shapes(skeleton, data_prop=True))
+    except Exception:
+        return None
 
 
 def _evaluated(node, known, opset):
@@ -256,10 +267,14 @@ class Graph:
                 t: v for t, v in self.constants.items() if t in self._node_producer and v.size <= 4096})
             left = self._fold_constants(nodes, names, relevant)
             unresolved = left if len(left) < len(unresolved) else []
+        self.per_sample = set()  # constants folded to their value for one sample (_fold_per_sample)
+        self.batch_sized = {}  # shapes that hold the batch size: tensor -> (value at batch 1, 1 where the batch is)
+        while self._fold_per_sample(nodes, relevant):  # a value folded fixes the shapes of later ones (PiT's stages)
+            pass
         self.folded_nodes = [nodes[i] for i in range(len(nodes)) if i not in relevant and
                              any(t in self.constants for t in nodes[i].output)]
         kept = {self.logits_name, *(o.name for o in model.graph.output)}
-        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound)
+        fused = [(indices, op) for find in (layernorms_written_out, heads_unbound, batchnorms_over_tokens)
                  for indices, op in find(nodes, names, self.constants, self.static_shape, kept)
                  if relevant.issuperset(indices)]
         # fused_nodes: (op, ONNX node) for each node that one op stands for (inspect counts them apart)
@@ -390,6 +405,71 @@ class Graph:
             for t, value in zip([t for t in node.output if t], values or ()):  # None: left for the capture run
                 self.constants[t] = value
         return [i for i in order if not all(t in self.constants for t in nodes[i].output if t)]
+
+    def _fold_per_sample(self, nodes, relevant):
+        """Fold what the data path reads that depends on the free batch size only by repeating one value per
+        sample: a class token or positional encoding broadcast to ``Shape(x)`` (CaiT's ``expand``, XCiT's and
+        EdgeNeXt's ``repeat``), or a value that does not depend on it at all.  The shape computations are
+        evaluated at batch sizes 1, 2 and 3; a float value that is the batch-1 value repeated along axis 0
+        at both is folded to the batch-1 value, which every reader broadcasts back (an Add or Mul with data,
+        a Concat along another axis, a MatMul); a value the same at all three is a constant; a vector of
+        integers that holds the batch size where it holds 1 at batch 1 is a shape with the batch in it
+        (``batch_sized``: Resize's sizes ``Concat(Shape(x)[:2], size)``, ``F.interpolate(x, size=...)``), which
+        index routing (ops/routing.py) evaluates at each batch size.  Returns whether a
+        constant of the second kind was folded (then shape inference knows more, and a next round may fold more)."""
+        model = self.model
+        needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors
+                  and t not in self.constants}
+        if not needed or not _free_batch(model, self.input_name):
+            return False
+        pending, todo = set(), list(needed)  # the nodes computing them, back to what is already folded
+        while todo:
+            i = self._node_producer.get(todo.pop())
+            if i is not None and i not in pending and i not in relevant:
+                pending.add(i)
+                todo.extend(t for t in nodes[i].input if t and t not in self.constants)
+        opset = list(model.opset_import)
+        folded = {t: v for t, v in self.constants.items()
+                  if t in self._node_producer and v.size <= 4096 and t not in self.per_sample}
+        runs = []
+        for batch in (1, 2, 3):
+            # shape inference reads a value folded to one sample as what it is at this batch size
+            repeated = {t: np.repeat(self.constants[t], batch, axis=0) for t in self.per_sample}
+            shapes = _shapes_at(model, self.input_name, batch, {**folded, **repeated})
+            if shapes is None:
+                return False
+            known = dict(self.constants)
+            for i in sorted(pending):
+                node = nodes[i]
+                if node.op_type in ("Shape", "Size") and node.input[0] not in known:
+                    shape = shapes.get(node.input[0])
+                    if shape is None or None in shape:
+                        continue
+                    value = _evaluated(node, {node.input[0]: np.zeros(shape, np.float32)}, opset)
+                elif all(t in known for t in node.input if t):
+                    value = _evaluated(node, known, opset)
+                else:
+                    continue
+                known.update(zip([t for t in node.output if t], value or ()))
+            runs.append(known)
+        constant = False
+        for t in needed:
+            one, *more = (run.get(t) for run in runs)
+            if one is None or any(v is None for v in more):
+                continue
+            if all(v.shape == one.shape and np.array_equal(v, one) for v in more):
+                self.constants[t] = one
+                constant = True
+            elif np.issubdtype(one.dtype, np.floating) and one.ndim >= 1 and one.shape[0] == 1 and all(
+                    np.array_equal(v, np.repeat(one, batch, axis=0)) for v, batch in zip(more, (2, 3))):
+                self.constants[t] = one
+                self.per_sample.add(t)
+                constant = True
+            elif one.ndim == 1 and np.issubdtype(one.dtype, np.integer) and all(v.shape == one.shape for v in more):
+                step = more[0] - one  # a shape with the batch size in it: Resize's sizes from Shape(x)
+                if np.isin(step, (0, 1)).all() and np.array_equal(more[1] - more[0], step) and (one[step == 1] == 1).all():
+                    self.batch_sized[t] = (one, step)
+        return constant
 
     def producer_node(self, tensor):
         """The ONNX node writing ``tensor``; None for the inputs and initializers."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .ops.elementwise import FLOAT_TYPES, ConstantArithmetic
+from .ops.elementwise import FLOAT_TYPES, BatchNorm, ConstantArithmetic
 from .ops.fused import Fused
 from .ops.linear import Conv, Linear
 from .ops.normalization import LayerNorm
@@ -159,6 +159,40 @@ def layernorms_written_out(nodes, names, constants, static_shape, kept):
         op = LayerNorm(names[first], "LayerNormalization", [x], nodes[indices[-1]].output[0], axis,
                        float(np.ravel(eps)[0]), affine["Mul"], affine["Add"])
         fused.append((indices, op))
+    return fused
+
+
+def batchnorms_over_tokens(nodes, names, constants, static_shape, kept):
+    """LeViT's BatchNorm1d over tokens, ``bn(x.flatten(0, 1)).reshape_as(x)``: a Flatten of ``(N, T, C)`` at
+    its last axis (which merges the batch with the tokens), an inference BatchNormalization of the rows, and a
+    Reshape back to x's shape.  The rows are normalised independently, so the three are one BatchNorm over
+    x's last axis, which keeps the batch axis.  Returns ``(indices of the nodes, the op)`` per chain; a chain
+    whose Flatten or BatchNormalization output anything else reads is left alone, and so refused."""
+    readers = _readers(nodes)
+    producers = {t: node for node in nodes for t in node.output}
+    fused = []
+    for first, flatten in enumerate(nodes):
+        shape = static_shape(flatten.input[0]) if flatten.op_type == "Flatten" else None
+        if not shape or len(shape) < 3 or None in shape[1:] or flatten.output[0] in kept:
+            continue
+        axis = next((a.i for a in flatten.attribute if a.name == "axis"), 1)
+        norm = [nodes[i] for i in readers.get(flatten.output[0], [])]
+        if axis % len(shape) != len(shape) - 1 or len(norm) != 1 or norm[0].op_type != "BatchNormalization" or \
+                any(a.name == "training_mode" and a.i for a in norm[0].attribute) or norm[0].output[0] in kept:
+            continue
+        back = readers.get(norm[0].output[0], [])
+        reshape = nodes[back[0]] if len(back) == 1 and nodes[back[0]].op_type == "Reshape" else None
+        if reshape is None or not all(t in constants for t in norm[0].input[1:5]):
+            continue
+        out = static_shape(reshape.output[0])
+        target = producers.get(reshape.input[1])  # reshape_as(x) with a free batch: Reshape(rows, Shape(x))
+        if not (out and tuple(out[1:]) == tuple(shape[1:])) and not (
+                target is not None and target.op_type == "Shape" and not target.attribute and
+                target.input[0] == flatten.input[0]):
+            continue
+        op = BatchNorm.of_node(names[back[0]], norm[0], [constants[t] for t in norm[0].input[1:5]],
+                               [flatten.input[0]], reshape.output[0], channel_last=True)
+        fused.append(([first, readers[flatten.output[0]][0], back[0]], op))
     return fused
 
 

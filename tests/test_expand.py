@@ -1,6 +1,6 @@
 """Expand of a data tensor (a broadcast: BoTNet's position logits, ``expand_as`` in PyTorch code) routes
 each output to the element it copies.  Checked against the same function where Add broadcasts by itself,
-with a constant target shape and with ``Shape(x)`` of a tensor whose batch is free."""
+with a constant target shape and with ``Shape(x)`` of a tensor whose batch is free (also through arithmetic)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +32,10 @@ EXPANDS = {
                              [const("shape", [2, C, H, W], np.int64)], batch=2),
     "Shape(x), free batch": _model([node("Shape", ["r"], "rs"), node("Expand", ["m", "rs"], "e"),
                                     node("Add", ["r", "e"], "s")]),
+    # arithmetic on the shape: at batch sizes 1, 2 and 3 still the batch size where it is 1 at batch 1
+    "Shape(x) * 1, free batch": _model([node("Shape", ["r"], "rs"), node("Mul", ["rs", "one"], "rs1"),
+                                        node("Expand", ["m", "rs1"], "e"), node("Add", ["r", "e"], "s")],
+                                       [const("one", [1, 1, 1, 1], np.int64)]),
 }
 
 
@@ -46,10 +50,11 @@ def test_expand_explains_as_a_broadcast(form, method):
 
 
 def test_expand_to_a_computed_shape_is_refused_by_name(tmp_path, capsys):
-    """A target shape computed from the values (not a Shape of a tensor) cannot be a routing."""
-    model = _model([node("Shape", ["r"], "rs"), node("Mul", ["rs", "one"], "rs1"),
-                    node("Expand", ["m", "rs1"], "e", name="broadcast"), node("Add", ["r", "e"], "s")],
-                   [const("one", [1, 1, 1, 1], np.int64)])
+    """A target shape computed from the values (here 1 wherever r is not all zero) cannot be a routing."""
+    model = _model([node("Shape", ["r"], "rs"), node("ReduceMax", ["r"], "top", keepdims=0),
+                    node("Sign", ["top"], "one_f"), node("Cast", ["one_f"], "one", to=onnx.TensorProto.INT64),
+                    node("Mul", ["rs", "one"], "rs1"), node("Expand", ["m", "rs1"], "e", name="broadcast"),
+                    node("Add", ["r", "e"], "s")])
     onnx.save(model, tmp_path / "m.onnx")
     np.save(tmp_path / "x.npy", rnd((2, C, H, W), 9))
     code, _, err = run_cli(["explain", tmp_path / "m.onnx", tmp_path / "x.npy", "-o", tmp_path / "out"], capsys)

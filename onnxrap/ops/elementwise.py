@@ -264,17 +264,27 @@ def _pow(v):
 
 
 class BatchNorm(Op):
-    """Inference BatchNormalization ``y = g * x + (bias - g * mean)`` per channel (axis 1)."""
+    """Inference BatchNormalization ``y = g * x + (bias - g * mean)`` per channel (axis 1; the last axis with
+    ``channel_last``: LeViT's BatchNorm over flattened tokens, passes.batchnorms_over_tokens)."""
 
     kind = "batchnorm"
 
-    def __init__(self, name, op_type, inputs, output, gain, shift):
+    def __init__(self, name, op_type, inputs, output, gain, shift, channel_last=False):
         super().__init__(name, op_type, inputs, output)
         self.gain_values = gain  # g = scale / sqrt(var + eps)
         self.shift_values = shift
+        self.channel_last = channel_last
+
+    @classmethod
+    def of_node(cls, name, node, statistics, inputs, output, channel_last=False):
+        """The op for the ONNX ``node``, whose scale, bias, mean and variance are ``statistics``."""
+        scale, bias, mean, var = (np.asarray(a, dtype=np.float64) for a in statistics)
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        gain = scale / np.sqrt(var + eps)
+        return cls(name, node.op_type, inputs, output, gain, bias - gain * mean, channel_last)
 
     def _per_channel(self, bk, name, x):
-        shape = (-1,) + (1,) * (x.ndim - 2)
+        shape = (-1,) if self.channel_last else (-1,) + (1,) * (x.ndim - 2)
         return bk.constant(self, (name, shape), x.dtype, lambda: getattr(self, name).reshape(shape))
 
     def gain(self, bk, x):
@@ -294,9 +304,7 @@ def _batchnorm(v):
         raise Unsupported("training_mode=1")
     if not v.attr("spatial", 1):  # opset 7-8: statistics per element, not per channel
         raise Unsupported("spatial=0")
-    scale, bias, mean, var = (v.const(i).astype(np.float64) for i in range(1, 5))
-    gain = scale / np.sqrt(var + float(v.attr("epsilon", 1e-5)))
-    return BatchNorm(v.name, v.op_type, [v.node.input[0]], v.node.output[0], gain, bias - gain * mean)
+    return BatchNorm.of_node(v.name, v.node, [v.const(i) for i in range(1, 5)], [v.node.input[0]], v.node.output[0])
 
 
 class ConstantArithmetic(Op):

@@ -28,7 +28,8 @@ class IndexRouting(Op):
     def __init__(self, name, op_type, inputs, output, node, constants, opset, batch_source):
         super().__init__(name, op_type, inputs, output)
         self.node = node  # a copy: the ONNX node whose semantics make the map
-        self.constants = constants  # its constant inputs (indices, starts, ...) by name
+        self.constants = constants  # its constant inputs (indices, starts, ...) by name; a function of the batch size
+        # where the input is a shape that holds it
         self.opset = opset
         self.batch_source = batch_source  # the model input: its first axis is the batch
         self._maps = {}  # (input shape, batch) -> (input positions per sample, output shape), on the host
@@ -76,7 +77,8 @@ class IndexRouting(Op):
         graph = onnx.helper.make_graph(
             [self.node], "route", [onnx.helper.make_tensor_value_info(data, onnx.TensorProto.INT64, shape)],
             [onnx.helper.make_tensor_value_info(self.output, onnx.TensorProto.INT64, None)],
-            [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in self.constants.items()])
+            [onnx.numpy_helper.from_array(np.asarray(v(shape[0]) if callable(v) else v), k)
+             for k, v in self.constants.items()])
         model = onnx.helper.make_model(graph, opset_imports=self.opset)
         try:
             (out,) = ReferenceEvaluator(model).run(None, {data: np.arange(int(np.prod(shape))).reshape(shape)})
@@ -110,12 +112,20 @@ def index_routing(v, index_inputs, output=0, name=None, constants=None):
     """The node, with every input but the data a constant (reading them raises Unsupported otherwise), as the
     map to its output ``output``; ``constants``: their values where the parser knows better."""
     if constants is None:
-        constants = {v.node.input[i]: v.const(i) for i in index_inputs if v.has_input(i)}
+        constants = {v.node.input[i]: _batch_sized(v.graph.batch_sized[v.node.input[i]])
+                     if v.node.input[i] in v.graph.batch_sized else v.const(i)
+                     for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
     node.CopyFrom(v.node)
     node.name = v.name
     return IndexRouting(name or v.name, v.op_type, [v.node.input[0]], v.node.output[output], node, constants,
                         list(v.graph.model.opset_import), v.graph.input_name)
+
+
+def _batch_sized(value):
+    """A shape that holds the batch size (graph.py, ``batch_sized``) as a function of the batch size."""
+    one, step = value
+    return lambda batch: one + (batch - 1) * step
 
 
 @register("Gather")
@@ -161,13 +171,5 @@ def _resize(v):
 def _expand(v):
     """A broadcast (MobileViTv2's context vector, BoTNet's position logits): each output copies the input
     element it broadcasts from; the adjoint sums over the broadcast axes.  ``expand_as(t)`` with a free
-    batch expands to ``Shape(t)``, known but for the batch: Expand broadcasts, so a 1 there expands alike
-    (the input already has the batch)."""
-    if not v.has_input(1) or v.node.input[1] in v.graph.constants:
-        return index_routing(v, [1])
-    shape_of = v.graph.producer_node(v.node.input[1])
-    like = None if shape_of is None or shape_of.op_type != "Shape" or shape_of.attribute else \
-        v.graph.static_shape(shape_of.input[0])
-    if like is None or not like or None in like[1:]:
-        return index_routing(v, [1])  # refused: its shape is not a constant
-    return index_routing(v, [1], constants={v.node.input[1]: np.array([1, *like[1:]], dtype=np.int64)})
+    batch expands to ``Shape(t)``, a shape that holds the batch size (graph.py, ``batch_sized``)."""
+    return index_routing(v, [1])

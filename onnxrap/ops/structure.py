@@ -56,37 +56,21 @@ class Concat(Op):
                 continue
             part = bk.constant(self, name, data.dtype, lambda name=name: ctx.constants[name])
             shape = tuple(part.shape[k] if k == axis else data.shape[k] for k in range(data.ndim))
-            parts.append(bk.xp.broadcast_to(part, shape))  # a class token along the batch (``_constant_part``)
+            parts.append(bk.xp.broadcast_to(part, shape))  # one sample's class token along the batch
         return bk.xp.concatenate(parts, axis=axis)
 
     def vjp(self, bk, ctx, grad):
         return [grad[index] for _, index in self.slices(ctx, ctx.constants)]
 
 
-def _constant_part(v, t):
-    """The constant a Concat's part that is no data holds: itself, or what an Expand broadcasts along the
-    batch axis to the input's batch size (a ViT's class token, ``Expand(cls, Shape(x)...)``: batch sizes
-    are not constants).  The forward broadcasts it again; ``Concat.slices`` checks its size along the axis.
-    A constant of lower rank (CLIP's class embedding, ``(D,)`` expanded to ``(N, 1, D)``) gets leading
-    axes of 1 first, as Expand broadcasts it; it is kept under a name of its own."""
-    node = v.graph.producer_node(t)
-    rank = len(v.graph.static_shape(t) or ())
-    if t not in v.graph.constants and node is not None and node.op_type == "Expand" and \
-            node.input[0] in v.graph.constants and 0 < np.ndim(v.graph.constants[node.input[0]]) <= rank:
-        value = v.graph.constants[node.input[0]]
-        if np.ndim(value) == rank and np.shape(value)[0] == 1:
-            return node.input[0]
-        if np.ndim(value) < rank:
-            name = f"{node.input[0]} (rank {rank})"
-            v.graph.constants[name] = np.reshape(value, (1,) * (rank - np.ndim(value)) + np.shape(value))
-            return name
-    v.graph.require_constant(t)
-    return t
-
-
 @register("Concat")
 def _concat(v):
-    parts = [(t, True) if t in v.graph.data_tensors else (_constant_part(v, t), False) for t in v.node.input]
+    # a part that is no data is a constant; a class token broadcast to the input's free batch
+    # (``Expand(cls, Shape(x)...)``) was folded to one sample's value (``Graph._fold_per_sample``)
+    parts = [(t, t in v.graph.data_tensors) for t in v.node.input]
+    for t, is_data in parts:
+        if not is_data:
+            v.graph.require_constant(t)
     return Concat(v.name, v.op_type, v.data_inputs(), v.node.output[0], int(v.attr("axis")), parts)
 
 
