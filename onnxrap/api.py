@@ -11,7 +11,7 @@ from . import methods
 from .device import resolve as resolve_device
 from .capture import Capture, batches, finite_scores
 from .engine import Context, propagate, recompute
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, UnsupportedOpsError
 from .graph import Graph
 
 
@@ -75,7 +75,10 @@ class Explainer:
         method and input shape; ``self.engine_note`` says which)."""
         if engine not in ("auto", "eager", "onnx"):
             raise InputError(f"unknown engine {engine!r} (auto, eager or onnx)")
-        self.graph = Graph(model, input_name, output_name)
+        self._source = (model, input_name, output_name)
+        self.graph = Graph(model, input_name, output_name, strict=False)
+        if self.graph.unsupported and not self.graph.sample_dims_free:
+            raise UnsupportedOpsError(self.graph.unsupported)
         problems = self.graph.problems()  # the same checks inspect reports
         if problems:
             raise ModelError(f"{self.graph.label}: {problems[0]}")
@@ -84,6 +87,7 @@ class Explainer:
         self.dtype = np.dtype(dtype)
         self.recompute = self.dtype == np.float64 if recompute is None else recompute
         self.capture = Capture(self.graph, self.device, verify)
+        self.verify = verify
         self.max_batch = 32  # samples per ONNX Runtime run where the batch size is free
         self._layout = None
         self.engine = engine
@@ -104,7 +108,8 @@ class Explainer:
     def labels(self):
         """Class names from the model's metadata, None if it has none: ``onnxrap.labels``, a JSON list (names
         may hold commas) or comma-separated; else Ultralytics' ``names``, a Python dict literal
-        ``{0: 'name', ...}`` (its classification exports carry it)."""
+        ``{0: 'name', ...}`` (its classification exports carry it); else Hugging Face's ``id2label`` in the
+        ``config.json`` beside the model file (``optimum-cli export onnx`` writes it there, not into the model)."""
         return self._metadata_labels()[1]
 
     @property
@@ -131,7 +136,25 @@ class Explainer:
                 raise ModelError(f"{where}: metadata names is not a dict of class indices 0, 1, ... to names "
                                  "(Ultralytics' form; give --labels)")
             return "names", [str(names[k]) for k in range(len(names))]
-        return None, None
+        return self._config_labels()
+
+    def _config_labels(self):
+        config = self.graph.path.parent / "config.json" if self.graph.path is not None else None
+        if config is None or not config.is_file():
+            return None, None
+        try:
+            id2label = json.loads(config.read_text()).get("id2label")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            return None, None  # not Hugging Face's config: not ours to judge
+        if id2label is None:
+            return None, None
+        try:
+            names = {int(k): str(v) for k, v in id2label.items()}
+        except (AttributeError, ValueError):
+            names = None
+        if names is None or sorted(names) != list(range(len(names))):
+            raise ModelError(f"{config}: id2label is not a map of class indices 0, 1, ... to names (give --labels)")
+        return "config.json id2label", [names[k] for k in range(len(names))]
 
     @property
     def layout(self) -> str:
@@ -161,6 +184,7 @@ class Explainer:
         ``trace``: also record, per op, the relevance sum at its output and at its inputs.
         """
         m = methods.get(method, **options)
+        self._fix_sample_shape(np.shape(x))
         m.check(self.graph)
         self.device.use()
         x = np.asarray(x, dtype=self.capture.input_dtype)  # the same object reaches backprop: captured once
@@ -175,6 +199,19 @@ class Explainer:
         label = m.label if contrast is None else f"{m.label} contrast={contrast}"
         return Explanation(relevance, logits, targets, label, self.channel_axis, sums or [], recomputed, unconserved,
                            nonfinite, m.conserves)
+
+    def _fix_sample_shape(self, shape):
+        """Parse the model again with its free sample dimensions set to ``shape``'s where, left free, some op is
+        not supported (optimum's exports: Swin's window pads and BEiT's position bias are computed from height
+        and width, and fold into constants only at one size); its ops are refused there if still not supported.
+        Later inputs must have the same shape (``Capture`` says so in one line)."""
+        if not self.graph.unsupported:
+            return
+        if len(shape) < 2:  # no sample shape to fix: refused as exported
+            raise UnsupportedOpsError(self.graph.unsupported)
+        model, input_name, output_name = self._source
+        self.graph = Graph(model, input_name, output_name, sample_shape=shape[1:])
+        self.capture = Capture(self.graph, self.device, self.verify)
 
     def _attribute(self, m, x, target, sums, contrast, trace):
         """Relevance, logits, targets and the seeds' targets (a contrast's: its seed weights) on the engine

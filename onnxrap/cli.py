@@ -152,7 +152,9 @@ def build_parser():
                         "(default: none, why the target)")
     _model_options(e)
     _image_options(e)
-    e.add_argument("--labels", help="class names, one per line")
+    e.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels, or "
+                                    "Ultralytics' names, metadata, or the id2label of a Hugging Face config.json "
+                                    "beside it)")
     e.add_argument("--save-npy", action="store_true", help="also save the input-shaped relevance as .npy")
     e.add_argument("--overlay", action="store_true", help="draw each heatmap over the input")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="arithmetic of the rules")
@@ -186,7 +188,8 @@ def build_parser():
     v.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label "
                                         "(label: class index or class name)")
     v.add_argument("--labels", help="class names, one per line (maps class folder names and CSV labels to indices; "
-                                    "default: the model's onnxrap.labels, or Ultralytics' names, metadata)")
+                                    "default: the model's onnxrap.labels, or Ultralytics' names, metadata, or "
+                                    "the id2label of a Hugging Face config.json beside it)")
     v.add_argument("--limit", type=int, help="evaluate at most N correctly classified inputs (the first N)")
     v.add_argument("--seed", type=int, default=0, help="seed of the shuffle perturbation (default: %(default)s)")
     v.add_argument("--concentration-max", type=int, default=10000,
@@ -229,7 +232,8 @@ def build_parser():
                                                      f"{', '.join(methods.FACTORIES)}")
     a.add_argument("--labels-csv", help="labels for a folder of images: a CSV with columns filename,label")
     a.add_argument("--labels", help="class names, one per line (default: the model's onnxrap.labels, or "
-                                    "Ultralytics' names, metadata)")
+                                    "Ultralytics' names, metadata, or the id2label of a Hugging Face config.json "
+                                    "beside it)")
     a.add_argument("--limit", type=int, help="audit the first N inputs (a larger N later extends the audit)")
     a.add_argument("--workers", type=int, default=1,
                    help="local worker processes (with --device cuda: one per GPU); with --ray: Ray actors "

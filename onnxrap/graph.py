@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import ops as op_registry
-from .errors import ModelError, UnsupportedOpsError, first_line
+from .errors import InputError, ModelError, UnsupportedOpsError, first_line
 from .ops.linear import Linear
 from .ops.structure import Concat
 from .batch_first import NotRewritten, batch_axis_restored
@@ -148,6 +148,25 @@ def _fill_free_dimensions(shapes, model, input_name, folded=None):
                              for d, *ds in zip(shape, *seen))
 
 
+def _with_sample_shape(model, label, input_name, sample_shape, copy):
+    """``model`` with ``input_name``'s free dimensions after the batch set to ``sample_shape``'s (a copy where
+    ``copy``).  optimum's exports leave channels, height and width free and compute window pads and position
+    biases from them: those fold into constants only at one size."""
+    if copy:
+        model, original = onnx.ModelProto(), model
+        model.CopyFrom(original)
+    vi = next(vi for vi in model.graph.input if vi.name == input_name)
+    dims = vi.type.tensor_type.shape.dim
+    if len(dims) != len(sample_shape) + 1:
+        raise InputError(f"{label}: input {input_name} has rank {len(dims)}, a sample of shape "
+                         f"{tuple(sample_shape)} rank {len(sample_shape) + 1} with its batch")
+    for dim, size in zip(list(dims)[1:], sample_shape):
+        if not dim.HasField("dim_value"):
+            dim.Clear()
+            dim.dim_value = int(size)
+    return model
+
+
 def _free_batch(model, input_name) -> bool:
     declared = next((vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.name == input_name), [])
     return bool(declared) and not declared[0].HasField("dim_value")
@@ -211,11 +230,17 @@ def _dequantized(node, inputs):
 class Graph:
     """The canonical DAG of a classifier: ``ops`` in topological order, ``dag`` over op names."""
 
-    def __init__(self, source, input_name: str | None = None, output_name: str | None = None, strict=True):
-        """``strict=False`` records unsupported nodes in ``unsupported`` instead of raising (for inspect)."""
+    def __init__(self, source, input_name: str | None = None, output_name: str | None = None, strict=True,
+                 sample_shape=None):
+        """``strict=False`` records unsupported nodes in ``unsupported`` instead of raising (for inspect).
+        ``sample_shape``: the shape of one sample, which fixes the input's free dimensions after the batch."""
         model, self.label, self.path = load_model(source)
-        self.model = model
         self.owns_model = not isinstance(source, onnx.ModelProto)  # a caller's proto is never changed
+        if sample_shape is not None:
+            model = _with_sample_shape(model, self.label, self._pick_input(model.graph, input_name), sample_shape,
+                                       copy=not self.owns_model)
+            self.owns_model = True
+        self.model = model
         self.weights_home = None  # a TemporaryDirectory holding the weights, once a Capture moved them there
         nodes, names = self._read(model)
         self.input_name = self._pick_input(model.graph, input_name)
@@ -575,6 +600,12 @@ class Graph:
         if scores:
             found.append(scores)
         return found
+
+    @property
+    def sample_dims_free(self) -> bool:
+        """Whether the input declares a free dimension after the batch (height and width in optimum's exports)."""
+        vi = next(vi for vi in self.model.graph.input if vi.name == self.input_name)
+        return any(not d.HasField("dim_value") for d in list(vi.type.tensor_type.shape.dim)[1:])
 
     @property
     def input_type(self):

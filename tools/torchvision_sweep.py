@@ -213,8 +213,8 @@ class TimmZoo:
 ZOOS = {"torchvision": TorchvisionZoo, "timm": TimmZoo}
 
 
-def export(model, x, path, exporter, external_data=True):
-    """Write ``model`` to ``path`` as a user would: TorchScript at opset 17 with a free batch, or dynamo (its
+def export(model, x, path, exporter, external_data=True, opset=17):
+    """Write ``model`` to ``path`` as a user would: TorchScript at ``opset`` with a free batch, or dynamo (its
     defaults, with its weights in ``<path>.data`` unless ``external_data`` is false)."""
     import torch
     xt = torch.from_numpy(x)
@@ -222,7 +222,7 @@ def export(model, x, path, exporter, external_data=True):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(model, (xt,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+            torch.onnx.export(model, (xt,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
         else:
             torch.onnx.export(model, (xt,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
