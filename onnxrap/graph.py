@@ -435,7 +435,8 @@ class Graph:
         evaluated at batch sizes 1, 2 and 3; a float value that is the batch-1 value repeated along axis 0
         at both is folded to the batch-1 value, which every reader broadcasts back (an Add or Mul with data,
         a Concat along another axis, a MatMul); a value the same at all three is a constant; a vector of
-        integers that holds the batch size where it holds 1 at batch 1 is a shape with the batch in it
+        integers whose entries are the batch size, or a multiple of it, where they change with it is a shape
+        with the batch in it
         (``batch_sized``: Resize's sizes ``Concat(Shape(x)[:2], size)``, ``F.interpolate(x, size=...)``), which
         index routing (ops/routing.py) evaluates at each batch size.  Returns whether a
         constant of the second kind was folded (then shape inference knows more, and a next round may fold more)."""
@@ -488,8 +489,10 @@ class Graph:
                 self.per_sample.add(t)
                 constant = True
             elif one.ndim == 1 and np.issubdtype(one.dtype, np.integer) and all(v.shape == one.shape for v in more):
-                step = more[0] - one  # a shape with the batch size in it: Resize's sizes from Shape(x)
-                if np.isin(step, (0, 1)).all() and np.array_equal(more[1] - more[0], step) and (one[step == 1] == 1).all():
+                step = more[0] - one  # a shape with the batch size in it (Resize's sizes from Shape(x)), or a
+                # multiple of it (Swin V2's windows merged into the batch: F.normalize's expand_as)
+                if (step >= 0).all() and np.array_equal(more[1] - more[0], step) and \
+                        np.array_equal(one[step != 0], step[step != 0]):
                     self.batch_sized[t] = (one, step)
         return constant
 

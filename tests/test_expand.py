@@ -70,3 +70,26 @@ def test_expand_with_a_free_batch_compiles():
     for method in ("rap", "gradient"):
         _, relevance = CompiledModel(compile_graph(ex.graph, methods.get(method), shape=x.shape[1:])).run(x)
         np.testing.assert_allclose(relevance, ex.explain(x, method=method).relevance, rtol=1e-4, atol=1e-7)
+
+
+def _merged(middle, inits=()):
+    """``_model`` with r reshaped to (2 N, C, H / 2, W) (windows in the batch, as Swin V2 has them), ``middle``
+    (reads r2 and m2 = its per-window mean, writes s2), and reshaped back."""
+    return _model([node("Reshape", ["r", "windows"], "r2"),
+                   node("ReduceMean", ["r2"], "m2", axes=[2, 3], keepdims=1), *middle,
+                   node("Reshape", ["s2", "image"], "s")],
+                  [const("windows", [-1, C, H // 2, W], np.int64), const("image", [-1, C, H, W], np.int64), *inits])
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-a2b1", "gradient"])
+def test_expand_to_a_shape_whose_batch_is_merged(method):
+    """``expand_as(t)`` where t's first axis is twice the batch (F.normalize in Swin V2's window attention):
+    the target shape is ``(2 N, ...)``, a multiple of the batch size, evaluated at each batch size."""
+    expanded = _merged([node("Shape", ["r2"], "rs"), node("Expand", ["m2", "rs"], "e"), node("Add", ["r2", "e"], "s2")])
+    broadcast = _merged([node("Add", ["r2", "m2"], "s2")])
+    for batch in (1, 3):
+        x = rnd((batch, C, H, W), 11)
+        np.testing.assert_allclose(run(expanded, x)[0], run(broadcast, x)[0], rtol=1e-6)
+        got = Explainer(expanded, dtype="float64").explain(x, method=method, target=[1] * batch)
+        want = Explainer(broadcast, dtype="float64").explain(x, method=method, target=[1] * batch)
+        np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-10, atol=1e-13)

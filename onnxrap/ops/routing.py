@@ -48,7 +48,7 @@ class IndexRouting(Op):
             rows, sample_shape = self.each_sample(tuple(shape[1:]))
             return rows, (batch,) + sample_shape
         size = int(np.prod(shape))
-        source = self._route(shape)
+        source = self._route(shape, batch)
         self._check_samples_apart(source, size, batch)
         return source.reshape(batch, -1) % (size // batch), source.shape
 
@@ -56,7 +56,7 @@ class IndexRouting(Op):
         """``(positions (1, K), output shape less the batch)`` where every sample of a batch of any size
         reads the same positions in its own sample (checked at 1, 2 and 3 samples); else None."""
         try:
-            one = self._route((1,) + sample_shape)
+            one = self._route((1,) + sample_shape, 1)
             if one.shape[0] == 1 and all(self._tiles(one, sample_shape, n) for n in (2, 3)):
                 return one.reshape(1, -1), one.shape[1:]
         except ModelError:  # indices that fit one batch size only
@@ -65,19 +65,20 @@ class IndexRouting(Op):
 
     def _tiles(self, one, sample_shape, n):
         """Whether ``n`` samples each read ``one``'s positions in their own sample."""
-        routed = self._route((n,) + sample_shape)
+        routed = self._route((n,) + sample_shape, n)
         sample = int(np.prod(sample_shape))
         return routed.shape == (n,) + one.shape[1:] and np.array_equal(
             routed.reshape(n, -1), one.reshape(1, -1) + sample * np.arange(n)[:, None])
 
-    def _route(self, shape):
+    def _route(self, shape, batch):
+        """The input positions of the output elements, for an input of ``shape`` in a batch of ``batch``."""
         from onnx.reference import ReferenceEvaluator
 
         data = self.node.input[0]
         graph = onnx.helper.make_graph(
             [self.node], "route", [onnx.helper.make_tensor_value_info(data, onnx.TensorProto.INT64, shape)],
             [onnx.helper.make_tensor_value_info(self.output, onnx.TensorProto.INT64, None)],
-            [onnx.numpy_helper.from_array(np.asarray(v(shape[0]) if callable(v) else v), k)
+            [onnx.numpy_helper.from_array(np.asarray(v(batch) if callable(v) else v), k)
              for k, v in self.constants.items()])
         model = onnx.helper.make_model(graph, opset_imports=self.opset)
         try:
