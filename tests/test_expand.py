@@ -93,3 +93,15 @@ def test_expand_to_a_shape_whose_batch_is_merged(method):
         got = Explainer(expanded, dtype="float64").explain(x, method=method, target=[1] * batch)
         want = Explainer(broadcast, dtype="float64").explain(x, method=method, target=[1] * batch)
         np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["rap", "lrp-a2b1", "gradient"])
+def test_tile_explains_as_a_broadcast(method):
+    """Tile of a data tensor (SwiftFormer's global query over the tokens) copies, as Expand does."""
+    tiled = _model([node("Tile", ["m", "repeats"], "t"), node("Add", ["r", "t"], "s")],
+                   [const("repeats", [1, 1, H, W], np.int64)])
+    x = rnd((2, C, H, W), 12)
+    np.testing.assert_allclose(run(tiled, x)[0], run(BROADCAST, x)[0], rtol=1e-6)
+    got = Explainer(tiled, dtype="float64").explain(x, method=method, target=[0, 3])
+    want = Explainer(BROADCAST, dtype="float64").explain(x, method=method, target=[0, 3])
+    np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-10, atol=1e-13)

@@ -1,5 +1,5 @@
 """Index routing with constant indices: Gather (any axis), GatherElements, GatherND, Slice (any steps), Split
-(one op per output), Expand (a broadcast), Resize and Upsample with mode nearest, and Pad with mode edge,
+(one op per output), Expand (a broadcast), Tile, Resize and Upsample with mode nearest, and Pad with mode edge,
 reflect or wrap (registered with Pad in structure.py).
 
 Each output element is a copy of one input element, so such an op is a map
@@ -166,6 +166,13 @@ def _resize(v):
     if mode != "nearest":
         raise Unsupported(f"mode {mode} (only nearest copies values; linear and cubic interpolate)")
     return index_routing(v, [1, 2, 3])  # roi, scales, sizes (Upsample: scales)
+
+
+@register("Tile")
+def _tile(v):
+    """Copies of the input along each axis (SwiftFormer's additive attention tiles its global query over the
+    tokens): each output copies one input element; the adjoint sums the copies."""
+    return index_routing(v, [1])
 
 
 @register("Expand")
