@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from onnx_helpers import const, make_model, node, run
@@ -178,3 +179,28 @@ def fixture_case(folder, name):
     """``(name, path of <name>.onnx, the arrays of <name>.npz)``."""
     path = folder / f"{name}.onnx"
     return name, path, dict(np.load(path.with_suffix(".npz")))
+
+
+def assert_files_small(folder, names, largest, total):
+    """Each fixture's .onnx under ``largest`` bytes, all of them under ``total``."""
+    sizes = {name: (folder / f"{name}.onnx").stat().st_size for name in names}
+    assert max(sizes.values()) < largest and sum(sizes.values()) < total, sizes
+
+
+def assert_logits_are_torchs(path, data):
+    """ONNX Runtime's logits are torch's (1e-4 of the largest) and onnxrap's forward is ONNX Runtime's (2e-5)."""
+    ort_logits = run(onnx.load(path), data["x"])[0]
+    scale = np.abs(data["torch_logits"]).max()
+    np.testing.assert_allclose(ort_logits, data["torch_logits"], rtol=0, atol=1e-4 * scale)
+    e = Explainer(path).explain(data["x"], target=data["target"], method="gradient")
+    np.testing.assert_allclose(e.logits, ort_logits, rtol=0, atol=2e-5 * scale)
+
+
+def assert_rap_conserves(path, data, dtype="float32", rtol=1e-4, atol=1e-4):
+    """rap in ``dtype`` with no float64 redo, nothing unconserved or non-finite, each map summing to its target's
+    logit (``atol`` of the largest); returns the explanation."""
+    e = Explainer(path, dtype=dtype).explain(data["x"], target=data["target"], method="rap")
+    assert e.recomputed == [] and e.unconserved == [] and e.nonfinite == []
+    sums = e.relevance.reshape(len(e.target), -1).sum(axis=1, dtype=np.float64)
+    np.testing.assert_allclose(sums, e.target_logit, rtol=rtol, atol=atol * np.abs(e.target_logit).max())
+    return e

@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
-from helpers import fixture_case, manifest_names, rel_l2
-from onnx_helpers import run
+from helpers import (assert_files_small, assert_logits_are_torchs, assert_rap_conserves, fixture_case,
+                     manifest_names, rel_l2)
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
 
@@ -25,29 +24,21 @@ def case(request):
 
 
 def test_every_file_is_small():
-    sizes = {name: (FIXTURES / f"{name}.onnx").stat().st_size for name in NAMES}
     assert set(NAMES) == {"convnextv2", "gmlp", "mobilevitv2", "grn_written", "xcit", "edgenext", "gmlp_digits",
                           "linattn_digits"}
-    assert max(sizes.values()) < 1e6 and sum(sizes.values()) < 2.5e6
+    assert_files_small(FIXTURES, NAMES, 1e6, 2.5e6)
 
 
 def test_the_logits_are_onnx_runtimes_and_torchs(case):
-    _, path, data = case
-    ort_logits = run(onnx.load(path), data["x"])[0]
-    scale = np.abs(data["torch_logits"]).max()
-    np.testing.assert_allclose(ort_logits, data["torch_logits"], rtol=0, atol=1e-4 * scale)
+    assert_logits_are_torchs(*case[1:])
 
 
 def test_rap_conserves_the_logit(case):
     """In float32 and float64; the mass (sum |R|) stays within twice the logit's size."""
-    _, path, data = case
     for dtype in ("float32", "float64"):
-        e = Explainer(path, dtype=dtype).explain(data["x"], target=data["target"], method="rap")
-        assert e.recomputed == [] and e.unconserved == [] and e.nonfinite == []
-        flat = e.relevance.reshape(len(e.target), -1).astype(np.float64)
-        np.testing.assert_allclose(flat.sum(axis=1), e.target_logit, rtol=1e-5,
-                                   atol=1e-5 * np.abs(e.target_logit).max())
-        assert (np.abs(flat).sum(axis=1) < 2 * np.abs(e.target_logit)).all()
+        e = assert_rap_conserves(*case[1:], dtype=dtype, rtol=1e-5, atol=1e-5)
+        mass = np.abs(e.relevance.reshape(len(e.target), -1).astype(np.float64)).sum(axis=1)
+        assert (mass < 2 * np.abs(e.target_logit)).all()
 
 
 def test_every_op_keeps_the_sum_it_receives(case):

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 
-from helpers import rel_l2, run_cli, fixture_case, manifest_names
-from onnx_helpers import run
+from helpers import (assert_files_small, assert_logits_are_torchs, assert_rap_conserves, fixture_case,
+                     manifest_names, rel_l2, run_cli)
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, NotCompilable, compile_graph
 
@@ -26,25 +24,15 @@ def case(request):
 
 
 def test_every_file_is_small():
-    sizes = {name: (FIXTURES / f"{name}.onnx").stat().st_size for name in NAMES}
-    assert max(sizes.values()) < 1e6 and sum(sizes.values()) < 5e6
+    assert_files_small(FIXTURES, NAMES, 1e6, 5e6)
 
 
 def test_the_logits_are_onnx_runtimes_and_torchs(case):
-    _, path, data = case
-    ort_logits = run(onnx.load(path), data["x"])[0]
-    scale = np.abs(data["torch_logits"]).max()
-    np.testing.assert_allclose(ort_logits, data["torch_logits"], rtol=0, atol=1e-4 * scale)
-    e = Explainer(path).explain(data["x"], target=data["target"], method="gradient")
-    np.testing.assert_allclose(e.logits, ort_logits, rtol=0, atol=2e-5 * scale)
+    assert_logits_are_torchs(*case[1:])
 
 
 def test_rap_conserves_the_logit_in_float32(case):
-    _, path, data = case
-    e = Explainer(path).explain(data["x"], target=data["target"], method="rap")
-    assert e.recomputed == [] and e.unconserved == [] and e.nonfinite == []
-    sums = e.relevance.reshape(len(e.target), -1).sum(axis=1, dtype=np.float64)
-    np.testing.assert_allclose(sums, e.target_logit, rtol=1e-4, atol=1e-4 * np.abs(e.target_logit).max())
+    assert_rap_conserves(*case[1:])
 
 
 def test_the_gradient_is_torchs(case):

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import rel_l2, run_cli, fixture_case, manifest_names
+from helpers import assert_files_small, assert_rap_conserves, fixture_case, manifest_names, rel_l2, run_cli
 from onnx_helpers import run
 from onnxrap import Explainer, methods
 from onnxrap.compile import CompiledModel, compile_graph
@@ -30,8 +30,7 @@ def case(request):
 
 
 def test_every_file_is_small():
-    sizes = {name: (FIXTURES / f"{name}.onnx").stat().st_size for name in NAMES}
-    assert max(sizes.values()) < 1.5e6 and sum(sizes.values()) < 10e6
+    assert_files_small(FIXTURES, NAMES, 1.5e6, 10e6)
 
 
 def test_the_logits_are_onnx_runtimes_and_torchs(case):
@@ -48,11 +47,7 @@ def test_the_logits_are_onnx_runtimes_and_torchs(case):
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("float64", 1e-6)])
 def test_rap_conserves_the_logit(case, dtype, tol):
     """float32 without a float64 redo; float64 (onnxrap's own forward) to its rounding of ONNX Runtime's logit."""
-    _, path, data = case
-    e = Explainer(path, dtype=dtype).explain(data["x"], target=data["target"], method="rap")
-    assert e.recomputed == [] and e.unconserved == [] and e.nonfinite == []
-    sums = e.relevance.reshape(len(e.target), -1).sum(axis=1, dtype=np.float64)
-    np.testing.assert_allclose(sums, e.target_logit, rtol=max(tol, 1e-5), atol=tol * np.abs(e.target_logit).max())
+    assert_rap_conserves(*case[1:], dtype=dtype, rtol=max(tol, 1e-5), atol=tol)
 
 
 def test_the_gradient_is_torchs(case):
