@@ -170,15 +170,14 @@ class Capture:
         """The capture's output must equal a plain run of the untouched model."""
         got = self.device.backend.to_host(got)
         scale = max(1.0, float(np.max(np.abs(plain))) if plain.size else 1.0)
-        # Two float32 runs of one model differ by kernel rounding only (about 1e-6 of the largest logit).
-        # TF32 rounds every product to 11 bits and both runs pick their kernels apart, so with it the
-        # check catches only differences above 1% (a capture that computed something else still shows).
-        rtol, atol = (1e-2, 1e-2) if self.device.tf32 else (1e-3, 1e-4)
+        rtol, atol = self.device.agreement()  # a capture that computed something else still shows
         finite_scores(self.graph.label, plain)
         if got.shape != plain.shape or not np.allclose(got, plain, rtol=rtol, atol=atol * scale):
             worst = float(np.max(np.abs(got - plain))) if got.shape == plain.shape else float("nan")
+            hint = (": two TF32 runs of this model disagree by that much, explain it without --tf32"
+                    if self.device.tf32 else "")
             raise ModelError(f"{self.graph.label}: the captured forward pass disagrees with a plain ONNX Runtime "
-                             f"run (max difference {worst:.3g}); refusing to explain")
+                             f"run (max difference {worst:.3g}); refusing to explain{hint}")
 
     def check_input(self, x):
         """Refuse NaN, Inf and inputs of the wrong shape, with one line."""
