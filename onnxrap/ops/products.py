@@ -115,7 +115,6 @@ class Quotient(Gated, Op):
         self.refused_where_reached = None if positive else (
             "Div of two data tensors whose divisor is not proven positive (only a positive one, as a norm plus "
             "epsilon, is a scale held constant)")
-        return self.refused_where_reached
 
     def forward(self, bk, ctx):
         return ctx[self.inputs[0]] / ctx[self.inputs[1]]

@@ -109,13 +109,12 @@ class IndexRouting(Op):
         return [bk.scatter_add(grad.reshape(n, -1), index, x.size // n).reshape(x.shape)]
 
 
-def index_routing(v, index_inputs, output=0, name=None, constants=None):
-    """The node, with every input but the data a constant (reading them raises Unsupported otherwise), as the
-    map to its output ``output``; ``constants``: their values where the parser knows better."""
-    if constants is None:
-        constants = {v.node.input[i]: _batch_sized(v.graph.batch_sized[v.node.input[i]])
-                     if v.node.input[i] in v.graph.batch_sized else v.const(i)
-                     for i in index_inputs if v.has_input(i)}
+def index_routing(v, index_inputs, output=0, name=None):
+    """The node, with every input but the data a constant (reading them raises Unsupported otherwise) or a
+    shape that holds the batch size (graph.py, ``batch_sized``), as the map to its output ``output``."""
+    constants = {v.node.input[i]: _batch_sized(v.graph.batch_sized[v.node.input[i]])
+                 if v.node.input[i] in v.graph.batch_sized else v.const(i)
+                 for i in index_inputs if v.has_input(i)}
     node = onnx.NodeProto()
     node.CopyFrom(v.node)
     node.name = v.name
