@@ -94,18 +94,9 @@ def _constants(model):
     return values
 
 
-def _data_tensors(model, input_name):
-    data = {input_name}
-    for node in model.graph.node:
-        if node.op_type not in ("Shape", "Size") and any(t in data for t in node.input):
-            data.update(t for t in node.output if t)
-    return data
-
-
-def moves_the_batch(model, input_name):
-    """Whether a Transpose on the data path moves axis 0 other than into a Split or Slices that take it apart
-    again (timm's q, k, v: passes.heads_unbound)."""
-    data = _data_tensors(model, input_name)
+def moves_the_batch(model, data):
+    """Whether a Transpose on the data path (``data``: the tensors that depend on the input's values) moves
+    axis 0 other than into a Split or Slices that take it apart again (timm's q, k, v: passes.heads_unbound)."""
     readers = {}
     for node in model.graph.node:
         for t in node.input:
@@ -118,13 +109,12 @@ def moves_the_batch(model, input_name):
     return False
 
 
-def _probe(model, input_name, shape, elem):
+def _probe(model, input_name, data, shape, elem):
     """The model run at batch sizes 1 and 2 (a fixed batch: its own), every data tensor an output, and every
     tensor of shape arithmetic that a data node reads.  Returns ``({tensor: shape at the last batch size},
     {tensor: axes holding the batch}, {tensor of shape arithmetic: value, where the same at both}, {output:
     value}, the input)`` of the last run (a batch of 2, where a rewrite that mixed samples would show); None
     where ONNX Runtime cannot run it."""
-    data = _data_tensors(model, input_name)
     known = _constants(model)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -164,13 +154,13 @@ def _options():
 class _Rewrite:
     """One walk over the ONNX nodes in order, writing the new graph's nodes (module docstring)."""
 
-    def __init__(self, model, input_name, shapes, batch_axes, computed, fixed):
+    def __init__(self, model, data, shapes, batch_axes, computed, fixed):
         self.model = model
         self.constants = _constants(model) | computed
         self.computed = computed
         self.shapes_read = set()  # outputs of the Shape nodes of moved tensors, which the new graph has not
         self.producers = {t: n for n in model.graph.node for t in n.output}
-        self.data = _data_tensors(model, input_name)
+        self.data = data
         self.shapes, self.batch_axes, self.fixed = shapes, batch_axes, fixed
         self.layouts = {}  # tensors whose batch moved: original name -> Layout
         self.nodes = []  # the new graph's nodes
@@ -664,19 +654,20 @@ class _Rewrite:
         self.over_axes(node, list(axes), keepdims=bool(attrs.get("keepdims", 1)), **{key: list})
 
 
-def batch_axis_restored(model, input_name, input_shape, elem):
+def batch_axis_restored(model, input_name, data, input_shape, elem):
     """``(the model rewritten batch-first, how many nodes were rewritten)``; None where nothing moves the batch
     axis.  Raises NotRewritten, saying why, where the rewrite cannot prove a step (the module's docstring).
-    ``input_shape``: the input's declared shape (None: a free dimension)."""
-    if not input_shape or not moves_the_batch(model, input_name):
+    ``data``: the tensors that depend on the input's values (graph.data_tensors); ``input_shape``: the input's
+    declared shape (None: a free dimension)."""
+    if not input_shape or not moves_the_batch(model, data):
         return None
     if any(d is None for d in input_shape[1:]):
         raise NotRewritten("the input's shape is free beyond the batch axis")
-    probed = _probe(model, input_name, input_shape, elem)
+    probed = _probe(model, input_name, data, input_shape, elem)
     if probed is None:
         raise NotRewritten("ONNX Runtime cannot run the model on noise to learn its shapes")
     shapes, batch_axes, computed, outputs, x = probed
-    rewrite = _Rewrite(model, input_name, shapes, batch_axes, computed, input_shape[0])
+    rewrite = _Rewrite(model, data, shapes, batch_axes, computed, input_shape[0])
     try:
         rewritten = rewrite.run()
         session = ort.InferenceSession(rewritten.SerializeToString(), _options(), providers=["CPUExecutionProvider"])

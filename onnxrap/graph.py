@@ -200,6 +200,16 @@ def _evaluated(node, known, opset):
         return None
 
 
+def data_tensors(nodes, input_name) -> set[str]:
+    """The tensors that depend on the values of the input ``input_name`` (not only on its shape or type)."""
+    data = {input_name}
+    for node in nodes:
+        ignored = SHAPE_OR_TYPE_INPUTS.get(node.op_type, ())
+        if any(t in data for k, t in enumerate(node.input) if k not in ignored):
+            data.update(t for t in node.output if t)
+    return data
+
+
 def _node_names(graph) -> list[str]:
     """Every node's name; unnamed nodes get ``OpType_index`` so messages can name them."""
     seen, names = set(), []
@@ -248,7 +258,8 @@ class Graph:
         # outputs are the exported one's; batch_first_nodes: how many ONNX nodes it rewrote (inspect says so)
         self.batch_first_nodes, not_rewritten = 0, None
         try:
-            restored = batch_axis_restored(model, self.input_name, self._shapes.get(self.input_name),
+            restored = batch_axis_restored(model, self.input_name, data_tensors(nodes, self.input_name),
+                                           self._shapes.get(self.input_name),
                                            self._types.get(self.input_name) or onnx.TensorProto.FLOAT)
         except NotRewritten as why:
             restored, not_rewritten = None, str(why)
@@ -262,18 +273,17 @@ class Graph:
         self.output_name, (self.logits_name, self.explained_through) = self._pick_output(model.graph, nodes,
                                                                                          output_name)
 
-        self.data_tensors = self._data_tensors(nodes)
+        self.data_tensors = data_tensors(nodes, self.input_name)
         if self.logits_name not in self.data_tensors:
             raise ModelError(f"{self.label}: output {self.logits_name} does not depend on input {self.input_name}")
         relevant = self._data_ancestors(nodes)
         self.constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        self.per_sample = set()  # constants folded to their value for one sample (_fold_per_sample)
         unresolved = self._fold_constants(nodes, names, relevant)
         while unresolved:  # a folded bound (torch's free-batch ShuffleNet: each unit's split) fixes later shapes
-            _fill_free_dimensions(self._shapes, model, self.input_name, {
-                t: v for t, v in self.constants.items() if t in self._node_producer and v.size <= 4096})
+            _fill_free_dimensions(self._shapes, model, self.input_name, self._folded_for_inference())
             left = self._fold_constants(nodes, names, relevant)
             unresolved = left if len(left) < len(unresolved) else []
-        self.per_sample = set()  # constants folded to their value for one sample (_fold_per_sample)
         self.batch_sized = {}  # shapes that hold the batch size: tensor -> (value at batch 1, 1 where the batch is)
         while self._fold_per_sample(nodes, relevant):  # a value folded fixes the shapes of later ones (PiT's stages)
             pass
@@ -345,14 +355,6 @@ class Graph:
         return output, logits_behind_squashers(output, nodes, self._node_producer)
 
     # -- data and constants ---------------------------------------------------
-    def _data_tensors(self, nodes):
-        data = {self.input_name}
-        for node in nodes:
-            ignored = SHAPE_OR_TYPE_INPUTS.get(node.op_type, ())
-            if any(t in data for k, t in enumerate(node.input) if k not in ignored):
-                data.update(t for t in node.output if t)
-        return data
-
     def _data_ancestors(self, nodes):
         """Indices of the data nodes the logits depend on."""
         producer = self._node_producer
@@ -372,22 +374,32 @@ class Graph:
             return tuple(np.shape(self.constants[name]))
         return shape
 
+    def _unfolded(self, nodes, relevant):
+        """``(the non-data tensors the data path reads that are no constant yet, the indices of the nodes that
+        compute them)``, walking back from them to what is known: data or a constant."""
+        known = lambda t: t in self.data_tensors or t in self.constants  # noqa: E731
+        needed = {t for i in relevant for t in nodes[i].input if t and not known(t)}
+        computing, todo = set(), list(needed)
+        while todo:
+            i = self._node_producer.get(todo.pop())
+            if i is not None and i not in computing and i not in relevant:
+                computing.add(i)
+                todo.extend(t for t in nodes[i].input if t and not known(t))
+        return needed, computing
+
+    def _folded_for_inference(self):
+        """The values folded so far that shape inference may read (``_skeleton``): the small ones computed by
+        nodes, not those folded to one sample's value (their batch is not the model's)."""
+        return {t: v for t, v in self.constants.items()
+                if t in self._node_producer and v.size <= 4096 and t not in self.per_sample}
+
     def _fold_constants(self, nodes, names, relevant):
         """Evaluate every non-data node the data path reads, where its inputs are known; return the ones left."""
-        needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors}
-        producer = self._node_producer
-        order, todo = set(), list(needed)
-        while todo:
-            i = producer.get(todo.pop())
-            if i is not None and i not in order and i not in relevant:
-                order.add(i)
-                todo.extend(t for t in nodes[i].input if t and t not in self.data_tensors)
+        _, order = self._unfolded(nodes, relevant)
         opset = [o for o in self.model.opset_import]
         partial = {}  # a Shape's output with free dimensions (None) -> the shape
         for i in sorted(order):
             node = nodes[i]
-            if all(t in self.constants for t in node.output if t):
-                continue  # folded in an earlier round
             if node.op_type == "CastLike" and node.input[1] in self.data_tensors:
                 if node.input[0] in self.constants:  # the data tensor lends only its type
                     elem = self._types.get(node.input[1]) or onnx.TensorProto.FLOAT
@@ -441,19 +453,11 @@ class Graph:
         index routing (ops/routing.py) evaluates at each batch size.  Returns whether a
         constant of the second kind was folded (then shape inference knows more, and a next round may fold more)."""
         model = self.model
-        needed = {t for i in relevant for t in nodes[i].input if t and t not in self.data_tensors
-                  and t not in self.constants}
+        needed, pending = self._unfolded(nodes, relevant)
         if not needed or not _free_batch(model, self.input_name):
             return False
-        pending, todo = set(), list(needed)  # the nodes computing them, back to what is already folded
-        while todo:
-            i = self._node_producer.get(todo.pop())
-            if i is not None and i not in pending and i not in relevant:
-                pending.add(i)
-                todo.extend(t for t in nodes[i].input if t and t not in self.constants)
         opset = list(model.opset_import)
-        folded = {t: v for t, v in self.constants.items()
-                  if t in self._node_producer and v.size <= 4096 and t not in self.per_sample}
+        folded = self._folded_for_inference()
         runs = []
         for batch in (1, 2, 3):
             # shape inference reads a value folded to one sample as what it is at this batch size

@@ -18,7 +18,7 @@ from onnxrap import Explainer, methods
 from onnxrap.batch_first import NotRewritten, batch_axis_restored
 from onnxrap.compile import CompiledModel, compile_graph
 from onnxrap.errors import UnsupportedOpsError
-from onnxrap.graph import Graph
+from onnxrap.graph import Graph, data_tensors
 from onnxrap.ops.attention import DataMatMul
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mha"
@@ -171,7 +171,7 @@ def test_what_mixes_the_samples_stays_refused(mixing, refused, tmp_path, capsys)
     no rewrite, and explain names the batch-moving Transpose in one line, as before."""
     model = sequence_first(mixing)
     with pytest.raises(NotRewritten, match=re.escape(refused)):
-        batch_axis_restored(model, "x", [None, 4, 3], onnx.TensorProto.FLOAT)
+        batch_axis_restored(model, "x", data_tensors(model.graph.node, "x"), [None, 4, 3], onnx.TensorProto.FLOAT)
     named = f"to_sequence_first (Transpose: moving the batch axis (not rewritten batch-first: {refused}))"
     with pytest.raises(UnsupportedOpsError) as info:
         Graph(model)
